@@ -1,0 +1,1 @@
+"""Model families of hf-sparse: one folder per family, transformers-style."""

@@ -1,0 +1,519 @@
+"""SparseBert: BERT whose encoder linear layers carry pruning masks.
+
+The models are the `transformers` BERT classes with each prunable `nn.Linear` of the encoder
+replaced by a `MaskedLinear`: the same weight and bias plus a boolean `weight_mask` buffer, as
+`torch.nn.utils.prune` keeps masks next to weights. Pruned weights are exactly zero; while
+gradients are on, the forward pass multiplies the weight by its mask, so pruned entries get zero
+gradients and optimizers (AdamW with weight decay included) leave them at zero.
+
+`save_pretrained` writes the compressed format of `sparse_format.py` and this file's source next
+to the weights, so the checkpoint also loads with `trust_remote_code=True` where hf-sparse is
+not installed. This file imports only torch, transformers and its two sibling files.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
+from transformers.models.bert.modeling_bert import BertPreTrainedModel
+
+from .configuration_sparse_bert import SPARSITY_CONFIG_KEYS, SparseBertConfig
+from .sparse_format import MASK_SUFFIX, SparseFormatError, encode_state_dict, load_sparse_checkpoint
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+CODE_FILES = ("configuration_sparse_bert.py", "modeling_sparse_bert.py", "sparse_format.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_sparse_bert.SparseBertConfig",
+    "AutoModel": "modeling_sparse_bert.SparseBertModel",
+    "AutoModelForMaskedLM": "modeling_sparse_bert.SparseBertForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_sparse_bert.SparseBertForSequenceClassification",
+    "AutoModelForQuestionAnswering": "modeling_sparse_bert.SparseBertForQuestionAnswering",
+    "AutoModelForTokenClassification": "modeling_sparse_bert.SparseBertForTokenClassification",
+    "AutoModelForMultipleChoice": "modeling_sparse_bert.SparseBertForMultipleChoice",
+}
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+_IGNORED_SAVE_KWARGS = ("save_function", "save_peft_format", "save_original_format", "use_temp_dir")
+
+
+class MaskedLinear(nn.Linear):
+    """`nn.Linear` with a boolean `weight_mask` buffer; where the mask is 0 the weight is exactly 0."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "MaskedLinear":
+        """Wraps `linear`'s own parameters (no copy) with an all-ones mask."""
+        masked = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        masked.weight = linear.weight
+        masked.bias = linear.bias
+        masked.weight_mask = torch.ones_like(linear.weight, dtype=torch.bool)
+        return masked
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if weight.requires_grad and torch.is_grad_enabled():
+            weight = weight * self.weight_mask
+        return F.linear(input, weight, self.bias)
+
+    @torch.no_grad()
+    def apply_mask_(self) -> None:
+        """Sets the weight to zero where the mask is 0."""
+        self.weight.mul_(self.weight_mask)
+
+    def extra_repr(self) -> str:
+        if self.weight_mask.device.type == "meta":
+            return super().extra_repr()
+        sparsity = 1.0 - self.weight_mask.float().mean().item()
+        return f"{super().extra_repr()}, sparsity={sparsity:.3f}"
+
+
+def _fill_ones(tensor: torch.Tensor) -> None:
+    try:  # transformers 5: skips tensors already loaded from a checkpoint
+        from transformers import initialization
+    except ImportError:
+        initialization = None
+    if initialization is not None and hasattr(initialization, "ones_"):
+        initialization.ones_(tensor)
+    else:
+        tensor.fill_(True)
+
+
+def mask_encoder(encoder: nn.Module, config: SparseBertConfig) -> None:
+    """Replaces the prunable linear layers of every encoder layer by `MaskedLinear`s."""
+    for layer in encoder.layer:
+        for name in config.prunable_modules:
+            parent_name, _, attr = name.rpartition(".")
+            parent = layer.get_submodule(parent_name)
+            linear = getattr(parent, attr)
+            if not isinstance(linear, MaskedLinear):
+                setattr(parent, attr, MaskedLinear.from_linear(linear))
+
+
+def _resolve_weight_files(path: Union[str, os.PathLike], hub_kwargs: dict) -> list[str]:
+    from transformers.utils import cached_file
+
+    kwargs = dict(hub_kwargs, _raise_exceptions_for_missing_entries=False)
+    first_error = None
+    try:
+        single = cached_file(path, WEIGHTS_NAME, **kwargs)
+    except OSError as err:  # some servers answer a missing file as a missing repository
+        single, first_error = None, err
+    if single:
+        return [single]
+    try:
+        index = cached_file(path, WEIGHTS_INDEX_NAME, **kwargs)
+    except OSError:
+        index = None
+    if not index:
+        if first_error is not None:
+            raise first_error
+        raise OSError(
+            f"{path}: found neither {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME}; hf-sparse reads safetensors checkpoints only"
+        )
+    with open(index, encoding="utf-8") as handle:
+        try:
+            shards = sorted(set(json.load(handle)["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as err:
+            raise SparseFormatError(f"{index}: not a safetensors index ({err!r})") from None
+    files = []
+    for shard in shards:
+        resolved = cached_file(path, shard, **kwargs)
+        if not resolved:
+            raise SparseFormatError(f"{index}: shard {shard!r} is missing")
+        files.append(resolved)
+    return files
+
+
+def expected_mask_shapes(config: SparseBertConfig) -> dict[str, tuple[int, int]]:
+    """Shape of each prunable weight, keyed `encoder.layer.<i>.<module>.weight`."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    shapes = {
+        "attention.self.query": (hidden, hidden),
+        "attention.self.key": (hidden, hidden),
+        "attention.self.value": (hidden, hidden),
+        "attention.output.dense": (hidden, hidden),
+        "intermediate.dense": (inter, hidden),
+        "output.dense": (hidden, inter),
+    }
+    return {
+        f"encoder.layer.{i}.{name}.weight": shapes[name]
+        for i in range(config.num_hidden_layers)
+        for name in config.prunable_modules
+    }
+
+
+def check_masks_against_config(state_dict: Mapping[str, torch.Tensor], config: SparseBertConfig, source: str) -> None:
+    """Every prunable weight has a mask of its shape; no other tensor has one."""
+    expected = expected_mask_shapes(config)
+    found = {}
+    for key, tensor in state_dict.items():
+        if not key.endswith(MASK_SUFFIX):
+            continue
+        weight_key = key[: -len(MASK_SUFFIX)]
+        short = weight_key[len("bert.") :] if weight_key.startswith("bert.") else weight_key
+        if short not in expected:
+            raise SparseFormatError(
+                f"{source}: extra mask {key!r}: the config's prunable_modules {config.prunable_modules} "
+                f"for {config.num_hidden_layers} layers have no such weight"
+            )
+        if tuple(tensor.shape) != expected[short]:
+            raise SparseFormatError(
+                f"{source}: tensor {weight_key!r} has shape {list(tensor.shape)}, the config expects {list(expected[short])}"
+            )
+        found[short] = key
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise SparseFormatError(
+            f"{source}: missing mask for {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
+
+
+def _publish_directory(tmp_dir: Path, target: Path) -> None:
+    """Moves a finished temporary directory into place, file by file if `target` already exists."""
+    if not target.exists():
+        os.replace(tmp_dir, target)
+        return
+    new_names = {p.name for p in tmp_dir.iterdir()}
+    for item in tmp_dir.iterdir():
+        dest = target / item.name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        os.replace(item, dest)
+    for old in target.iterdir():  # weight files of an earlier save that this one does not overwrite
+        if old.name not in new_names and old.is_file() and old.name.startswith(("model", "pytorch_model")):
+            if old.name.endswith((".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json")):
+                old.unlink()
+
+
+def _dense_config_dict(config: BertConfig) -> dict:
+    data = config.to_dict()
+    for key in ("model_type", "architectures", "auto_map", "transformers_version", *SPARSITY_CONFIG_KEYS):
+        data.pop(key, None)
+    return data
+
+
+class SparseBertPreTrainedModel(BertPreTrainedModel):
+    """Base class: loading, saving, masks and conversion to and from plain BERT."""
+
+    config_class = SparseBertConfig
+    config: SparseBertConfig
+    base_model_prefix = "bert"
+    # transformers 5 multiplies the loss under gradient accumulation when forward takes **kwargs
+    accepts_loss_kwargs = False
+    dense_class: type = BertPreTrainedModel
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MaskedLinear):
+            _fill_ones(module.weight_mask)
+
+    # ---- masks -----------------------------------------------------------------------------
+    def masked_linears(self) -> dict[str, MaskedLinear]:
+        """The `MaskedLinear` modules by qualified name."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, MaskedLinear)}
+
+    def get_masks(self) -> dict[str, torch.Tensor]:
+        """The mask buffers (not copies) by module name."""
+        return {name: m.weight_mask for name, m in self.masked_linears().items()}
+
+    @torch.no_grad()
+    def set_masks(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Replaces the masks of the named modules and zeroes the newly pruned weights.
+
+        Raises:
+            KeyError: a name is not a masked linear layer of this model.
+            ValueError: a mask has the wrong shape.
+        """
+        modules = self.masked_linears()
+        for name, mask in masks.items():
+            if name not in modules:
+                raise KeyError(f"{name!r} is not a masked linear layer; known: {sorted(modules)[:3]}...")
+            module = modules[name]
+            if tuple(mask.shape) != tuple(module.weight.shape):
+                raise ValueError(
+                    f"mask for {name!r} has shape {list(mask.shape)}, weight has {list(module.weight.shape)}"
+                )
+            module.weight_mask.copy_(mask.to(module.weight_mask.device, dtype=torch.bool))
+            module.apply_mask_()
+
+    @torch.no_grad()
+    def apply_masks_(self) -> None:
+        """Zeroes every weight whose mask is 0 (e.g. after an optimizer step that used stale momentum)."""
+        for module in self.masked_linears().values():
+            module.apply_mask_()
+
+    def sparsity(self) -> float:
+        """Fraction of prunable weights that are masked."""
+        masks = list(self.get_masks().values())
+        total = sum(m.numel() for m in masks)
+        return 1.0 - sum(int(m.sum()) for m in masks) / total if total else 0.0
+
+    # ---- loading ---------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, state_dict=None, **kwargs):
+        """Loads a SparseBert checkpoint written by `save_pretrained` (compressed safetensors).
+
+        Accepts the arguments of `PreTrainedModel.from_pretrained`. Dense BERT checkpoints are
+        rejected with a pointer to `from_dense`.
+        """
+        if pretrained_model_name_or_path is None or state_dict is not None:
+            return super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, config=config, state_dict=state_dict, **kwargs
+            )
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("hf-sparse checkpoints are safetensors only; use_safetensors=False is not supported")
+        kwargs.pop("use_safetensors", None)
+        hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        if "_commit_hash" in kwargs:
+            hub_kwargs["_commit_hash"] = kwargs["_commit_hash"]
+        files = _resolve_weight_files(pretrained_model_name_or_path, hub_kwargs)
+        decoded = load_sparse_checkpoint(files)
+        if isinstance(config, SparseBertConfig):
+            check_config = config
+        else:  # transformers loads it again below, applying config kwargs such as num_labels
+            config = config if config is not None else pretrained_model_name_or_path
+            check_config = cls.config_class.from_pretrained(config, **hub_kwargs)
+        check_masks_against_config(decoded, check_config, source=files[0])
+        want_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(
+                None, *model_args, config=config, state_dict=decoded, output_loading_info=True, **kwargs
+            )
+        except RuntimeError as err:
+            if "size mismatch" in str(err):
+                raise SparseFormatError(f"{files[0]}: {err}") from None
+            raise
+        if getattr(model.config, "_name_or_path", None) in (None, ""):
+            model.config._name_or_path = str(pretrained_model_name_or_path)
+        return (model, info) if want_info else model
+
+    @classmethod
+    def from_dense(
+        cls,
+        model_or_path: Union[str, os.PathLike, BertPreTrainedModel],
+        masks: Optional[Mapping[str, torch.Tensor]] = None,
+        *,
+        sparsity_pattern: str = "unstructured",
+        target_sparsity: Optional[float] = None,
+        prunable_modules: Optional[list[str]] = None,
+        **from_pretrained_kwargs,
+    ) -> "SparseBertPreTrainedModel":
+        """Builds a sparse model from a plain BERT model or checkpoint.
+
+        Args:
+            model_or_path: an instance of the matching `BertFor*` class, or a path / Hub id of a
+                plain BERT checkpoint in safetensors (loaded with that class).
+            masks: masks by module name (e.g. `"bert.encoder.layer.0.intermediate.dense"`); the
+                weights are zeroed where a mask is 0. `None` derives every mask from the zeros of
+                the weights.
+            sparsity_pattern, target_sparsity, prunable_modules: written to the `SparseBertConfig`.
+            from_pretrained_kwargs: passed to the dense class's `from_pretrained` (e.g. `num_labels`).
+        """
+        dense_cls = cls.dense_class
+        if isinstance(model_or_path, (str, os.PathLike)):
+            from_pretrained_kwargs.setdefault("use_safetensors", True)
+            dense = dense_cls.from_pretrained(model_or_path, **from_pretrained_kwargs)
+        else:
+            dense = model_or_path
+            if isinstance(dense, SparseBertPreTrainedModel) or not isinstance(dense, dense_cls):
+                raise TypeError(f"{cls.__name__}.from_dense expects a {dense_cls.__name__}, got {type(dense).__name__}")
+        config = SparseBertConfig(
+            sparsity_pattern=sparsity_pattern,
+            target_sparsity=target_sparsity,
+            prunable_modules=prunable_modules,
+            **_dense_config_dict(dense.config),
+        )
+        sparse = cls(config).to(dense.dtype)
+        missing, unexpected = sparse.load_state_dict(dense.state_dict(), strict=False)
+        missing = [k for k in missing if not k.endswith(MASK_SUFFIX)]
+        if missing or unexpected:
+            raise ValueError(f"{type(dense).__name__} and {cls.__name__} differ: missing {missing}, unexpected {unexpected}")
+        if masks is None:
+            masks = {name: m.weight != 0 for name, m in sparse.masked_linears().items()}
+        sparse.set_masks(masks)
+        sparse.train(dense.training)
+        return sparse
+
+    def to_dense(self) -> BertPreTrainedModel:
+        """A plain `BertFor*` model with the same weights (zeros where pruned) and no masks."""
+        config = BertConfig(**_dense_config_dict(self.config))
+        dense = self.dense_class(config)
+        state = {k: v for k, v in self.state_dict().items() if not k.endswith(MASK_SUFFIX)}
+        dense.load_state_dict(state, strict=True)
+        return dense.to(self.dtype).train(self.training)
+
+    # ---- saving ----------------------------------------------------------------------------
+    def save_pretrained(
+        self,
+        save_directory: Union[str, os.PathLike],
+        is_main_process: bool = True,
+        state_dict: Optional[dict] = None,
+        push_to_hub: bool = False,
+        max_shard_size: Union[int, str] = "5GB",
+        safe_serialization: bool = True,
+        variant: Optional[str] = None,
+        token: Optional[Union[str, bool]] = None,
+        **kwargs,
+    ) -> None:
+        """Writes config, compressed weights and modeling code; the folder appears only when complete.
+
+        Also accepts `repo_id`, `private`, `commit_message`, `revision` and `create_pr` with `push_to_hub=True`.
+        """
+        if not safe_serialization:
+            raise ValueError("hf-sparse writes safetensors only; safe_serialization=False is not supported")
+        if variant is not None:
+            raise ValueError("hf-sparse does not write weight variants; save to another folder instead")
+        push_options = {k: kwargs.pop(k) for k in ("repo_id", "private", "commit_message", "revision", "create_pr") if k in kwargs}
+        unknown = [k for k in kwargs if k not in _IGNORED_SAVE_KWARGS]
+        if unknown:
+            raise TypeError(f"save_pretrained() got unexpected keyword arguments {unknown}")
+        target = Path(save_directory)
+        if target.is_file():
+            raise ValueError(f"{target} is a file; save_pretrained needs a directory")
+        if state_dict is None:
+            state_dict = self.state_dict()
+        seen, unique = set(), {}
+        for key, tensor in state_dict.items():  # tied weights are stored once
+            ident = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape)) if tensor.numel() else None
+            if ident is not None and ident in seen:
+                continue
+            seen.add(ident)
+            unique[key] = tensor
+        masked = [k[: -len(MASK_SUFFIX)] for k in unique if k.endswith(MASK_SUFFIX)]
+        tensors, metadata = encode_state_dict(unique, masked)
+        if not is_main_process:
+            return
+
+        config = copy.deepcopy(self.config)
+        config.architectures = [type(self).__name__]
+        config.auto_map = dict(AUTO_MAP)
+        kept = sum(int(unique[k + MASK_SUFFIX].sum()) for k in masked)
+        total = sum(unique[k + MASK_SUFFIX].numel() for k in masked)
+        config.measured_sparsity = round(1.0 - kept / total, 6) if total else 0.0
+        dtype = next((t.dtype for t in unique.values() if t.is_floating_point()), torch.float32)
+        config.dtype = str(dtype).split(".")[-1]
+
+        from huggingface_hub import save_torch_state_dict
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            config.save_pretrained(tmp_dir)
+            save_torch_state_dict(tensors, tmp_dir, max_shard_size=max_shard_size, metadata=metadata, safe_serialization=True)
+            here = Path(__file__).resolve().parent
+            for name in CODE_FILES:
+                shutil.copyfile(here / name, tmp_dir / name)
+            _publish_directory(tmp_dir, target)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+        if push_to_hub:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+            repo_id = push_options.get("repo_id") or target.name
+            api.create_repo(repo_id, private=push_options.get("private"), exist_ok=True)
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=target,
+                commit_message=push_options.get("commit_message") or "Upload sparse model with hf-sparse",
+                revision=push_options.get("revision"),
+                create_pr=push_options.get("create_pr", False),
+            )
+
+
+class SparseBertModel(SparseBertPreTrainedModel, BertModel):
+    """`BertModel` with masked encoder linear layers."""
+
+    dense_class = BertModel
+
+    def __init__(self, config: SparseBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+        mask_encoder(self.encoder, config)
+
+
+class SparseBertForMaskedLM(SparseBertPreTrainedModel, BertForMaskedLM):
+    """`BertForMaskedLM` with masked encoder linear layers."""
+
+    dense_class = BertForMaskedLM
+
+    def __init__(self, config: SparseBertConfig):
+        super().__init__(config)
+        mask_encoder(self.bert.encoder, config)
+
+
+class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequenceClassification):
+    """`BertForSequenceClassification` with masked encoder linear layers."""
+
+    dense_class = BertForSequenceClassification
+
+    def __init__(self, config: SparseBertConfig):
+        super().__init__(config)
+        mask_encoder(self.bert.encoder, config)
+
+
+class SparseBertForQuestionAnswering(SparseBertPreTrainedModel, BertForQuestionAnswering):
+    """`BertForQuestionAnswering` with masked encoder linear layers."""
+
+    dense_class = BertForQuestionAnswering
+
+    def __init__(self, config: SparseBertConfig):
+        super().__init__(config)
+        mask_encoder(self.bert.encoder, config)
+
+
+class SparseBertForTokenClassification(SparseBertPreTrainedModel, BertForTokenClassification):
+    """`BertForTokenClassification` with masked encoder linear layers."""
+
+    dense_class = BertForTokenClassification
+
+    def __init__(self, config: SparseBertConfig):
+        super().__init__(config)
+        mask_encoder(self.bert.encoder, config)
+
+
+class SparseBertForMultipleChoice(SparseBertPreTrainedModel, BertForMultipleChoice):
+    """`BertForMultipleChoice` with masked encoder linear layers."""
+
+    dense_class = BertForMultipleChoice
+
+    def __init__(self, config: SparseBertConfig):
+        super().__init__(config)
+        mask_encoder(self.bert.encoder, config)
+
+
+__all__ = [
+    "MaskedLinear",
+    "SparseBertForMaskedLM",
+    "SparseBertForMultipleChoice",
+    "SparseBertForQuestionAnswering",
+    "SparseBertForSequenceClassification",
+    "SparseBertForTokenClassification",
+    "SparseBertModel",
+    "SparseBertPreTrainedModel",
+    "check_masks_against_config",
+    "expected_mask_shapes",
+    "mask_encoder",
+]

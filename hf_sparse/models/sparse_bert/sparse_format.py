@@ -1,0 +1,207 @@
+"""The compressed on-disk format of SparseBert weights (safetensors, format version 1).
+
+A masked weight `W` (with boolean mask `M`, same shape) is stored as two tensors:
+
+* `<name>.values`:  the entries of `W` where `M` is true, in row-major order (dtype of `W`);
+* `<name>.bitmask`: `M` flattened row-major and packed 8 per byte, least significant bit first (uint8).
+
+A 90%-sparse fp32 layer thus costs 10% of its dense bytes plus 1 bit per weight. Every other
+tensor is stored as is. The safetensors header metadata makes the file self-describing:
+
+* `hf_sparse_format`: `"bitmask"`;
+* `hf_sparse_format_version`: `"1"`;
+* `hf_sparse_shapes`: JSON object mapping each compressed `<name>` to its dense shape.
+
+Files may also hold a mask uncompressed as `<name>_mask` next to `<name>` ("dense" encoding);
+decoding accepts both and checks that the mask agrees with the zeros of the weight.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+
+FORMAT_NAME = "bitmask"
+FORMAT_VERSION = 1
+META_FORMAT = "hf_sparse_format"
+META_VERSION = "hf_sparse_format_version"
+META_SHAPES = "hf_sparse_shapes"
+VALUES_SUFFIX = ".values"
+BITMASK_SUFFIX = ".bitmask"
+MASK_SUFFIX = "_mask"
+
+
+class SparseFormatError(ValueError):
+    """A sparse checkpoint is malformed: names the file and the tensor at fault."""
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Packs a boolean tensor into uint8, 8 entries per byte, least significant bit first."""
+    flat = mask.detach().reshape(-1).to(device="cpu", dtype=torch.bool).numpy()
+    return torch.from_numpy(np.packbits(flat, bitorder="little"))
+
+
+def unpack_mask(packed: torch.Tensor, shape: Iterable[int]) -> torch.Tensor:
+    """Inverse of `pack_mask`: a boolean tensor of `shape`."""
+    shape = tuple(int(s) for s in shape)
+    count = math.prod(shape)
+    bits = np.unpackbits(packed.numpy(), count=count, bitorder="little")
+    return torch.from_numpy(bits).view(torch.bool).reshape(shape)
+
+
+def encode_state_dict(
+    state_dict: Mapping[str, torch.Tensor], masked_weights: Iterable[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Compresses the masked weights of a state dict.
+
+    Args:
+        state_dict: tensors by name; each name in `masked_weights` must have its mask under `<name>_mask`.
+        masked_weights: names of the weights to compress.
+
+    Returns:
+        `(tensors, metadata)` ready for `safetensors.torch.save_file`.
+
+    Raises:
+        SparseFormatError: a mask is missing, has another shape, or a weight is non-zero where its mask is 0.
+    """
+    tensors = dict(state_dict)
+    shapes = {}
+    for name in masked_weights:
+        if name not in tensors or name + MASK_SUFFIX not in tensors:
+            raise SparseFormatError(f"tensor {name!r}: weight or its mask {name + MASK_SUFFIX!r} is missing")
+        weight = tensors.pop(name).detach().cpu()
+        mask = tensors.pop(name + MASK_SUFFIX).detach().cpu()
+        _check_mask(name, weight, mask, where="model")
+        tensors[name + VALUES_SUFFIX] = weight.masked_select(mask.bool()).contiguous()
+        tensors[name + BITMASK_SUFFIX] = pack_mask(mask)
+        shapes[name] = list(weight.shape)
+    metadata = {
+        "format": "pt",
+        META_FORMAT: FORMAT_NAME,
+        META_VERSION: str(FORMAT_VERSION),
+        META_SHAPES: json.dumps(shapes, sort_keys=True),
+    }
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata
+
+
+def decode_state_dict(
+    tensors: dict[str, torch.Tensor], metadata: Mapping[str, str] | None, source: str
+) -> dict[str, torch.Tensor]:
+    """Inverse of `encode_state_dict`: dense weights plus `<name>_mask` boolean masks.
+
+    Args:
+        tensors: all tensors of the checkpoint (every shard merged).
+        metadata: the safetensors header metadata of the checkpoint.
+        source: file name used in error messages.
+
+    Raises:
+        SparseFormatError: the metadata is missing or of an unknown version, a tensor is missing,
+            truncated or of the wrong type, or a mask disagrees with its weight.
+    """
+    metadata = dict(metadata or {})
+    if metadata.get(META_FORMAT) != FORMAT_NAME:
+        raise SparseFormatError(
+            f"{source}: not an hf-sparse checkpoint (safetensors metadata {META_FORMAT!r} is "
+            f"{metadata.get(META_FORMAT)!r}, expected {FORMAT_NAME!r}); convert a dense checkpoint with "
+            "`hf-sparse convert` or `SparseBert*.from_dense(...)`"
+        )
+    version = metadata.get(META_VERSION)
+    if version != str(FORMAT_VERSION):
+        raise SparseFormatError(
+            f"{source}: sparse format version {version!r} is not supported by this version of hf-sparse "
+            f"(it reads version {FORMAT_VERSION}); upgrade hf-sparse"
+        )
+    try:
+        shapes = json.loads(metadata.get(META_SHAPES, "{}"))
+        shapes = {str(k): [int(d) for d in v] for k, v in shapes.items()}
+    except (TypeError, ValueError) as err:
+        raise SparseFormatError(f"{source}: metadata {META_SHAPES!r} is not a JSON map of shapes ({err})") from None
+
+    tensors = dict(tensors)
+    out = {}
+    for name, shape in shapes.items():
+        values = tensors.pop(name + VALUES_SUFFIX, None)
+        packed = tensors.pop(name + BITMASK_SUFFIX, None)
+        if values is None or packed is None:
+            missing = name + (VALUES_SUFFIX if values is None else BITMASK_SUFFIX)
+            raise SparseFormatError(f"{source}: tensor {missing!r} is missing (listed in {META_SHAPES!r})")
+        count = math.prod(shape)
+        if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != (count + 7) // 8:
+            raise SparseFormatError(
+                f"{source}: tensor {name + BITMASK_SUFFIX!r} has dtype {packed.dtype} and shape "
+                f"{list(packed.shape)}; expected uint8 of shape [{(count + 7) // 8}] for a weight of shape {shape}"
+            )
+        mask = unpack_mask(packed, shape)
+        kept = int(mask.sum())
+        if values.dim() != 1 or values.numel() != kept or not values.is_floating_point():
+            raise SparseFormatError(
+                f"{source}: tensor {name + VALUES_SUFFIX!r} has {values.numel()} {values.dtype} entries "
+                f"(shape {list(values.shape)}) but its bitmask keeps {kept}; the file is corrupted"
+            )
+        dense = torch.zeros(shape, dtype=values.dtype)
+        dense.masked_scatter_(mask, values)
+        out[name] = dense
+        out[name + MASK_SUFFIX] = mask
+
+    stray = sorted(k for k in tensors if k.endswith((VALUES_SUFFIX, BITMASK_SUFFIX)))
+    if stray:
+        raise SparseFormatError(f"{source}: tensor {stray[0]!r} is not listed in metadata {META_SHAPES!r}")
+    for key in sorted(k for k in tensors if k.endswith(MASK_SUFFIX)):
+        name = key[: -len(MASK_SUFFIX)]
+        if name not in tensors:
+            raise SparseFormatError(f"{source}: mask {key!r} has no weight {name!r}")
+        mask = tensors[key]
+        if mask.dtype not in (torch.bool, torch.uint8):
+            raise SparseFormatError(f"{source}: mask {key!r} has dtype {mask.dtype}; expected bool or uint8")
+        if mask.dtype == torch.uint8 and bool((mask > 1).any()):
+            raise SparseFormatError(f"{source}: mask {key!r} holds values other than 0 and 1")
+        tensors[key] = mask.bool()
+        _check_mask(name, tensors[name], tensors[key], where=source)
+    out.update(tensors)
+    return out
+
+
+def _check_mask(name: str, weight: torch.Tensor, mask: torch.Tensor, where: str) -> None:
+    if tuple(mask.shape) != tuple(weight.shape):
+        raise SparseFormatError(
+            f"{where}: mask {name + MASK_SUFFIX!r} has shape {list(mask.shape)}, weight {name!r} has {list(weight.shape)}"
+        )
+    stray = int(weight.masked_select(~mask.bool()).count_nonzero())
+    if stray:
+        raise SparseFormatError(
+            f"{where}: weight {name!r} has {stray} non-zero entries where its mask is 0 "
+            "(pruned weights must be exactly zero)"
+        )
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Reads every tensor and the header metadata of one safetensors file, with errors that name it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types for every malformed file
+        raise SparseFormatError(f"{path}: cannot read the safetensors file ({err}); it is truncated or corrupted") from None
+    return tensors, metadata
+
+
+def load_sparse_checkpoint(files: Iterable[str | os.PathLike]) -> dict[str, torch.Tensor]:
+    """Reads and decodes one or more safetensors shards of a sparse checkpoint."""
+    files = [str(f) for f in files]
+    tensors: dict[str, torch.Tensor] = {}
+    metadata = None
+    for path in files:
+        shard, shard_meta = read_safetensors(path)
+        if metadata is None:
+            metadata = shard_meta
+        elif shard_meta.get(META_SHAPES) != metadata.get(META_SHAPES):
+            raise SparseFormatError(f"{path}: metadata {META_SHAPES!r} differs from the first shard {files[0]}")
+        tensors.update(shard)
+    return decode_state_dict(tensors, metadata, source=files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} shards)")
