@@ -51,6 +51,16 @@ AUTO_MAP = {
     "AutoModelForMultipleChoice": "modeling_sparse_bert.SparseBertForMultipleChoice",
 }
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+# Arguments of `PreTrainedModel.from_pretrained` that are not config attributes (transformers 4.57 and 5.x).
+_LOADING_KWARGS = frozenset(
+    """cache_dir ignore_mismatched_sizes force_download local_files_only token revision use_safetensors
+    weights_only resume_download proxies output_loading_info use_auth_token trust_remote_code mirror
+    _from_pipeline _from_auto dtype torch_dtype device_map max_memory offload_folder offload_state_dict
+    offload_buffers load_in_8bit load_in_4bit quantization_config subfolder _commit_hash variant
+    adapter_kwargs adapter_name generation_config gguf_file tp_plan tp_size distributed_config device_mesh
+    use_kernels key_mapping low_cpu_mem_usage _fast_init attn_implementation fusion_config disable_mmap
+    experts_implementation kernel_config""".split()
+)
 _IGNORED_SAVE_KWARGS = ("save_function", "save_peft_format", "save_original_format", "use_temp_dir")
 
 
@@ -208,7 +218,7 @@ def _publish_directory(tmp_dir: Path, target: Path) -> None:
 
 def _dense_config_dict(config: BertConfig) -> dict:
     data = config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version", *SPARSITY_CONFIG_KEYS):
+    for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", *SPARSITY_CONFIG_KEYS):
         data.pop(key, None)
     return data
 
@@ -290,13 +300,19 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
             hub_kwargs["_commit_hash"] = kwargs["_commit_hash"]
         files = _resolve_weight_files(pretrained_model_name_or_path, hub_kwargs)
         decoded = load_sparse_checkpoint(files)
-        if isinstance(config, SparseBertConfig):
-            check_config = config
-        else:  # transformers loads it again below, applying config kwargs such as num_labels
-            config = config if config is not None else pretrained_model_name_or_path
-            check_config = cls.config_class.from_pretrained(config, **hub_kwargs)
-        check_masks_against_config(decoded, check_config, source=files[0])
+        if not isinstance(config, SparseBertConfig):  # split config kwargs (e.g. num_labels) as transformers does
+            loading = {k: kwargs.pop(k) for k in list(kwargs) if k in _LOADING_KWARGS}
+            config, kwargs = cls.config_class.from_pretrained(
+                config if config is not None else pretrained_model_name_or_path,
+                return_unused_kwargs=True,
+                **hub_kwargs,
+                **kwargs,
+            )
+            kwargs.update(loading)
+        check_masks_against_config(decoded, config, source=files[0])
         want_info = kwargs.pop("output_loading_info", False)
+        for key in ("subfolder", "proxies", "_commit_hash"):  # used for the files above; meaningless without a path
+            kwargs.pop(key, None)
         try:
             model, info = super().from_pretrained(
                 None, *model_args, config=config, state_dict=decoded, output_loading_info=True, **kwargs
@@ -305,7 +321,7 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
             if "size mismatch" in str(err):
                 raise SparseFormatError(f"{files[0]}: {err}") from None
             raise
-        if getattr(model.config, "_name_or_path", None) in (None, ""):
+        if getattr(model.config, "_name_or_path", None) in (None, "", "None"):
             model.config._name_or_path = str(pretrained_model_name_or_path)
         return (model, info) if want_info else model
 

@@ -1,0 +1,92 @@
+"""The `hf-sparse` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .models.sparse_bert.sparse_format import SparseFormatError
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import dense_to_sparse, inspect_checkpoint, sparse_to_dense
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise ValueError(f"{out} exists and is not empty; pass --force to write into it")
+    if args.to_bert:
+        sparse_to_dense(args.src, out, head=args.head)
+        print(f"wrote plain BERT checkpoint to {out}")
+        return 0
+    dense_to_sparse(args.src, out, head=args.head, sparsity_pattern=args.pattern, target_sparsity=args.target_sparsity)
+    report = inspect_checkpoint(out)
+    print(f"wrote sparse checkpoint to {out}: global sparsity {report['global_sparsity']:.4f}, {report['weight_bytes']:,} bytes of weights")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .convert import inspect_checkpoint
+
+    report = inspect_checkpoint(args.path)
+    failed = [c for c in report["checks"] if not c["ok"]]
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 1 if failed else 0
+    print(f"{report['path']}: {report['source']}")
+    print(f"  architectures: {report['architectures']}  dtype: {report['dtype']}  format version: {report['format_version']}")
+    print(f"  declared pattern: {report['sparsity_pattern']}  target sparsity: {report['target_sparsity']}")
+    print(f"  weight files: {report['weight_bytes']:,} bytes ({', '.join(report['weight_files'])})")
+    print(
+        f"  global sparsity: {report['global_sparsity']:.4f} ({report['kept_weights']:,} of "
+        f"{report['prunable_weights']:,} prunable weights kept)"
+    )
+    print(f"  fully pruned heads: {report['fully_pruned_heads']}  fully pruned neurons: {report['fully_pruned_neurons']}")
+    print(f"  masks also follow: {', '.join(report['consistent_with']) or '-'}")
+    print(f"  {'layer':<48} {'shape':>12} {'sparsity':>9}")
+    for layer in report["layers"]:
+        shape = "x".join(str(d) for d in layer["shape"])
+        print(f"  {layer['name']:<48} {shape:>12} {layer['sparsity']:>9.4f}")
+    for check in report["checks"]:
+        print(f"  [{'ok' if check['ok'] else 'FAIL'}] {check['check']}" + ("" if check["ok"] else f": {check['detail']}"))
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-sparse", description="Sparse pre-trained BERT models for the Hugging Face ecosystem.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    convert = sub.add_parser("convert", help="dense BERT with zeros -> sparse_bert (masks from zeros), or back with --to-bert")
+    convert.add_argument("src", help="local folder or Hub id of the source checkpoint (safetensors)")
+    convert.add_argument("out", help="output folder")
+    convert.add_argument("--to-bert", action="store_true", help="export a sparse_bert checkpoint as a plain BertFor* one")
+    convert.add_argument("--head", help="model head (default: from the checkpoint's architectures): base, masked-lm, ...")
+    convert.add_argument("--pattern", default="unstructured", help="sparsity pattern to record, e.g. unstructured, 2:4, block:4x1")
+    convert.add_argument("--target-sparsity", type=float, default=None, help="target sparsity to record in the config")
+    convert.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    convert.set_defaults(func=_cmd_convert)
+
+    inspect = sub.add_parser("inspect", help="per-layer and global sparsity, pattern and integrity checks")
+    inspect.add_argument("path", help="local folder or Hub id")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    try:
+        return args.func(args)
+    except (SparseFormatError, ValueError, OSError, KeyError, TypeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"hf-sparse: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
