@@ -216,6 +216,19 @@ def _publish_directory(tmp_dir: Path, target: Path) -> None:
                 old.unlink()
 
 
+def _write_shards(tensors: dict, metadata: dict, folder: Path, max_shard_size: Union[int, str]) -> None:
+    """Writes `model.safetensors`, or shards plus an index; every shard carries the format metadata."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    split = split_torch_state_dict_into_shards(tensors, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: tensors[n] for n in names}, str(folder / filename), metadata=metadata)
+    if split.is_sharded:
+        index = {"metadata": {**split.metadata, **metadata}, "weight_map": split.tensor_to_filename}
+        (folder / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))
+
+
 def _dense_config_dict(config: BertConfig) -> dict:
     data = config.to_dict()
     for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", *SPARSITY_CONFIG_KEYS):
@@ -431,13 +444,11 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
         dtype = next((t.dtype for t in unique.values() if t.is_floating_point()), torch.float32)
         config.dtype = str(dtype).split(".")[-1]
 
-        from huggingface_hub import save_torch_state_dict
-
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             config.save_pretrained(tmp_dir)
-            save_torch_state_dict(tensors, tmp_dir, max_shard_size=max_shard_size, metadata=metadata, safe_serialization=True)
+            _write_shards(tensors, metadata, tmp_dir, max_shard_size)
             here = Path(__file__).resolve().parent
             for name in CODE_FILES:
                 shutil.copyfile(here / name, tmp_dir / name)

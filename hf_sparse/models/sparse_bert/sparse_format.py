@@ -186,7 +186,8 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            # clone: tensors sliced from the file are not 64-byte aligned, which changes BLAS rounding
+            tensors = {key: handle.get_tensor(key).clone() for key in handle.keys()}
     except Exception as err:  # safetensors raises its own error types for every malformed file
         raise SparseFormatError(f"{path}: cannot read the safetensors file ({err}); it is truncated or corrupted") from None
     return tensors, metadata

