@@ -32,6 +32,7 @@ from transformers import (
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
+    PretrainedConfig,
 )
 from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
@@ -313,7 +314,7 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
             hub_kwargs["_commit_hash"] = kwargs["_commit_hash"]
         files = _resolve_weight_files(pretrained_model_name_or_path, hub_kwargs)
         decoded = load_sparse_checkpoint(files)
-        if not isinstance(config, SparseBertConfig):  # split config kwargs (e.g. num_labels) as transformers does
+        if not isinstance(config, PretrainedConfig):  # split config kwargs (e.g. num_labels) as transformers does
             loading = {k: kwargs.pop(k) for k in list(kwargs) if k in _LOADING_KWARGS}
             config, kwargs = cls.config_class.from_pretrained(
                 config if config is not None else pretrained_model_name_or_path,
@@ -322,6 +323,8 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
                 **kwargs,
             )
             kwargs.update(loading)
+        if getattr(config, "model_type", None) != "sparse_bert":
+            raise ValueError(f"{cls.__name__} needs a sparse_bert config, got model_type {getattr(config, 'model_type', None)!r}")
         check_masks_against_config(decoded, config, source=files[0])
         want_info = kwargs.pop("output_loading_info", False)
         for key in ("subfolder", "proxies", "_commit_hash"):  # used for the files above; meaningless without a path

@@ -1,0 +1,122 @@
+"""`hf-sparse convert` and `hf-sparse inspect` on hand-made dense-with-zeros checkpoints."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from hf_sparse import SparseBertForMaskedLM
+from hf_sparse.cli import main
+
+from conftest import dummy_inputs, tiny_config
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def run_cli(capsys):
+    def run(*args):
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def test_console_script_is_installed(tmp_path):
+    script = Path(sys.executable).parent / "hf-sparse"
+    result = subprocess.run([str(script), "inspect", tmp_path / "missing"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.startswith("hf-sparse: error:")
+
+
+@pytest.fixture
+def dense_with_zeros(tmp_path, tiny_tokenizer):
+    """A plain BertForMaskedLM folder whose encoder weights are 80% zeros, with a tokenizer."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(**{**tiny_config().to_diff_dict(), "model_type": "bert"})
+    model = transformers.BertForMaskedLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".encoder.layer." in name and name.endswith("weight") and param.dim() == 2:
+                param.mul_(torch.rand_like(param) >= 0.8)
+    folder = tmp_path / "dense"
+    model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder, model
+
+
+def test_convert_inspect_and_back(dense_with_zeros, tmp_path, run_cli):
+    folder, dense = dense_with_zeros
+    out = tmp_path / "sparse"
+    result = run_cli("convert", folder, out)
+    assert result.returncode == 0, result.stderr
+    assert "global sparsity 0.8" in result.stdout
+    assert (out / "vocab.txt").is_file() and (out / "tokenizer_config.json").is_file()
+
+    sparse = SparseBertForMaskedLM.from_pretrained(out)
+    inputs = dummy_inputs("SparseBertForMaskedLM")
+    with torch.no_grad():
+        assert torch.equal(sparse(**inputs).logits, dense(**inputs).logits)
+    for name, module in sparse.masked_linears().items():
+        assert torch.equal(module.weight_mask, module.weight != 0), name
+
+    report = run_cli("inspect", out, "--json")
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    assert data["model_type"] == "sparse_bert" and data["architectures"] == ["SparseBertForMaskedLM"]
+    assert data["global_sparsity"] == pytest.approx(sparse.sparsity(), abs=1e-6)
+    assert len(data["layers"]) == 12 and all(c["ok"] for c in data["checks"])
+    text = run_cli("inspect", out)
+    assert "[ok] pruned weights are zero" in text.stdout and "bert.encoder.layer.1.output.dense" in text.stdout
+
+    back = tmp_path / "back"
+    result = run_cli("convert", "--to-bert", out, back)
+    assert result.returncode == 0, result.stderr
+    plain = transformers.BertForMaskedLM.from_pretrained(back)
+    assert json.loads((back / "config.json").read_text())["model_type"] == "bert"
+    with torch.no_grad():
+        assert torch.equal(plain(**inputs).logits, dense(**inputs).logits)
+
+
+def test_inspect_dense_checkpoint_derives_masks(dense_with_zeros, run_cli):
+    folder, _ = dense_with_zeros
+    data = json.loads(run_cli("inspect", folder, "--json").stdout)
+    assert data["source"].startswith("plain BERT checkpoint")
+    assert 0.78 < data["global_sparsity"] < 0.82
+
+
+def test_inspect_flags_pattern_violation(dense_with_zeros, tmp_path, run_cli):
+    folder, _ = dense_with_zeros
+    out = tmp_path / "sparse"
+    assert run_cli("convert", folder, out, "--pattern", "2:4").returncode == 0  # random zeros are not 2:4
+    result = run_cli("inspect", out)
+    assert result.returncode == 1
+    assert "[FAIL] masks follow the declared pattern '2:4'" in result.stdout
+
+
+def test_cli_errors_are_specific(dense_with_zeros, tmp_path, capsys):
+    folder, _ = dense_with_zeros
+    assert main(["inspect", str(tmp_path / "nowhere")]) == 2
+    assert "hf-sparse: error:" in capsys.readouterr().err
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "x").write_text("keep")
+    assert main(["convert", str(folder), str(tmp_path / "occupied")]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["convert", str(folder), str(tmp_path / "o2"), "--head", "nonsense"]) == 2
+    assert "unknown head 'nonsense'" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+    assert main(["convert", str(folder), str(tmp_path / "o3"), "--pattern", "diagonal"]) == 2
+    assert "unknown sparsity_pattern 'diagonal'" in capsys.readouterr().err
+    assert not (tmp_path / "o3").exists()
+    (folder / "model.safetensors").unlink()
+    assert main(["convert", str(folder), str(tmp_path / "o4")]) == 2
+    assert not (tmp_path / "o4").exists()
+    err = capsys.readouterr().err
+    assert "hf-sparse: error:" in err and "Traceback" not in err

@@ -1,0 +1,207 @@
+"""Bad checkpoints give specific errors naming file and tensor; failed saves leave nothing behind."""
+
+import json
+from unittest import mock
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from hf_sparse import SparseBertForMaskedLM, SparseBertModel, SparseFormatError
+from hf_sparse.models.sparse_bert import modeling_sparse_bert
+from hf_sparse.models.sparse_bert.sparse_format import pack_mask, unpack_mask
+
+from conftest import build
+
+Q = "bert.encoder.layer.0.attention.self.query.weight"
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    folder = tmp_path / "ckpt"
+    build("SparseBertForMaskedLM").save_pretrained(folder)
+    return folder
+
+
+def rewrite(folder, edit_tensors=None, edit_meta=None):
+    path = folder / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = dict(f.metadata())
+    if edit_tensors:
+        edit_tensors(tensors, meta)
+    if edit_meta:
+        edit_meta(meta)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def test_pack_unpack_round_trip_odd_length():
+    mask = torch.rand(7, 13) > 0.5
+    packed = pack_mask(mask)
+    assert packed.numel() == (7 * 13 + 7) // 8
+    assert torch.equal(unpack_mask(packed, (7, 13)), mask)
+
+
+def test_missing_mask(ckpt):
+    def drop(t, meta):
+        shapes = json.loads(meta["hf_sparse_shapes"])
+        shape = shapes.pop(Q)
+        meta["hf_sparse_shapes"] = json.dumps(shapes)
+        t.pop(Q + ".bitmask")
+        t[Q] = torch.zeros(shape)
+        t.pop(Q + ".values")
+
+    path = rewrite(ckpt, drop)
+    with pytest.raises(SparseFormatError, match=r"model\.safetensors: missing mask for 'encoder\.layer\.0\.attention\.self\.query\.weight'"):
+        SparseBertForMaskedLM.from_pretrained(ckpt)
+    assert str(path) in str(pytest.raises(SparseFormatError, SparseBertModel.from_pretrained, ckpt).value)
+
+
+def test_missing_values_tensor(ckpt):
+    rewrite(ckpt, lambda t, m: t.pop(Q + ".values"))
+    with pytest.raises(SparseFormatError, match=r"model\.safetensors: tensor '.*query\.weight\.values' is missing"):
+        SparseBertForMaskedLM.from_pretrained(ckpt)
+
+
+def test_extra_mask(ckpt):
+    def extra(t, meta):
+        t["bert.pooler.dense.weight_mask"] = torch.ones(36, 36, dtype=torch.bool)
+        t["bert.pooler.dense.weight"] = torch.ones(36, 36)
+
+    rewrite(ckpt, extra)
+    with pytest.raises(SparseFormatError, match=r"extra mask 'bert\.pooler\.dense\.weight_mask'"):
+        SparseBertForMaskedLM.from_pretrained(ckpt)
+
+
+def test_mask_that_disagrees_with_zeros(ckpt):
+    def dense_encoding(t, meta):
+        shapes = json.loads(meta["hf_sparse_shapes"])
+        shape = shapes.pop(Q)
+        meta["hf_sparse_shapes"] = json.dumps(shapes)
+        mask = unpack_mask(t.pop(Q + ".bitmask"), shape)
+        t.pop(Q + ".values")
+        t[Q] = torch.ones(shape)  # non-zero where the mask is 0
+        t[Q + "_mask"] = mask
+
+    rewrite(ckpt, dense_encoding)
+    with pytest.raises(SparseFormatError, match=r"weight '.*query\.weight' has \d+ non-zero entries where its mask is 0"):
+        SparseBertForMaskedLM.from_pretrained(ckpt)
+
+
+def test_dense_encoding_that_agrees_loads(ckpt):
+    original = SparseBertForMaskedLM.from_pretrained(ckpt)
+
+    def dense_encoding(t, meta):
+        shapes = json.loads(meta["hf_sparse_shapes"])
+        shape = shapes.pop(Q)
+        meta["hf_sparse_shapes"] = json.dumps(shapes)
+        mask = unpack_mask(t.pop(Q + ".bitmask"), shape)
+        dense = torch.zeros(shape)
+        dense[mask] = t.pop(Q + ".values")
+        t[Q], t[Q + "_mask"] = dense, mask.to(torch.uint8)
+
+    rewrite(ckpt, dense_encoding)
+    loaded = SparseBertForMaskedLM.from_pretrained(ckpt)
+    for key, value in original.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+def test_shape_mismatch_with_config(ckpt):
+    config = json.loads((ckpt / "config.json").read_text())
+    config["intermediate_size"] = 40
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SparseFormatError, match=r"intermediate\.dense\.weight' has shape \[37, 36\], the config expects \[40, 36\]"):
+        SparseBertForMaskedLM.from_pretrained(ckpt)
+
+
+def test_bitmask_of_wrong_size(ckpt):
+    rewrite(ckpt, lambda t, m: t.__setitem__(Q + ".bitmask", t[Q + ".bitmask"][:-1].clone()))
+    with pytest.raises(SparseFormatError, match=r"tensor '.*query\.weight\.bitmask' has dtype torch.uint8 and shape \[\d+\]; expected uint8 of shape"):
+        SparseBertForMaskedLM.from_pretrained(ckpt)
+
+
+def test_values_count_disagrees_with_bitmask(ckpt):
+    rewrite(ckpt, lambda t, m: t.__setitem__(Q + ".values", t[Q + ".values"][:-3].clone()))
+    with pytest.raises(SparseFormatError, match=r"'.*query\.weight\.values' has \d+ torch.float32 entries .* but its bitmask keeps \d+; the file is corrupted"):
+        SparseBertForMaskedLM.from_pretrained(ckpt)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99])
+def test_truncated_file(ckpt, keep):
+    path = ckpt / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(SparseFormatError, match=rf"{path}: cannot read the safetensors file .* truncated or corrupted"):
+        SparseBertForMaskedLM.from_pretrained(ckpt)
+
+
+def test_garbage_header(ckpt):
+    path = ckpt / "model.safetensors"
+    path.write_bytes(b"\xff" * 64)
+    with pytest.raises(SparseFormatError, match="truncated or corrupted"):
+        SparseBertForMaskedLM.from_pretrained(ckpt)
+
+
+def test_unknown_format_version_in_file(ckpt):
+    rewrite(ckpt, edit_meta=lambda m: m.__setitem__("hf_sparse_format_version", "7"))
+    with pytest.raises(SparseFormatError, match=r"model\.safetensors: sparse format version '7' is not supported .* upgrade hf-sparse"):
+        SparseBertForMaskedLM.from_pretrained(ckpt)
+
+
+def test_unknown_format_version_in_config(ckpt):
+    config = json.loads((ckpt / "config.json").read_text())
+    config["sparse_format_version"] = 2
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="sparse_format_version 2 is not supported"):
+        SparseBertForMaskedLM.from_pretrained(ckpt)
+
+
+def test_unknown_pattern_in_config(ckpt):
+    config = json.loads((ckpt / "config.json").read_text())
+    config["sparsity_pattern"] = "diagonal"
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unknown sparsity_pattern 'diagonal'"):
+        SparseBertForMaskedLM.from_pretrained(ckpt)
+
+
+def test_dense_checkpoint_points_to_from_dense(tmp_path):
+    dense = build("SparseBertForMaskedLM").to_dense()
+    dense.save_pretrained(tmp_path)
+    with pytest.raises(SparseFormatError, match=r"model\.safetensors: not an hf-sparse checkpoint .*hf-sparse convert.*from_dense"):
+        SparseBertForMaskedLM.from_pretrained(tmp_path)
+
+
+def test_missing_weights_file(tmp_path):
+    build("SparseBertModel").config.save_pretrained(tmp_path)
+    with pytest.raises(OSError, match="found neither model.safetensors nor model.safetensors.index.json"):
+        SparseBertModel.from_pretrained(tmp_path)
+
+
+def test_pickle_is_refused(ckpt):
+    with pytest.raises(ValueError, match="safetensors only"):
+        SparseBertModel.from_pretrained(ckpt, use_safetensors=False)
+    with pytest.raises(ValueError, match="safetensors only"):
+        build("SparseBertModel").save_pretrained(ckpt, safe_serialization=False)
+
+
+def test_broken_invariant_refuses_to_save_and_writes_nothing(tmp_path):
+    model = build("SparseBertForMaskedLM")
+    with torch.no_grad():
+        module = model.bert.encoder.layer[1].output.dense
+        module.weight[~module.weight_mask] = 1.0
+    target = tmp_path / "out"
+    with pytest.raises(SparseFormatError, match=r"weight 'bert\.encoder\.layer\.1\.output\.dense\.weight' has \d+ non-zero entries where its mask is 0"):
+        model.save_pretrained(target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_mid_write_leaves_previous_checkpoint_intact(ckpt):
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    other = build("SparseBertForMaskedLM", seed=1)
+    with mock.patch.object(modeling_sparse_bert, "_write_shards", side_effect=OSError("disk full")):
+        with pytest.raises(OSError, match="disk full"):
+            other.save_pretrained(ckpt)
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    assert [p.name for p in ckpt.parent.iterdir()] == ["ckpt"], "no temporary folder left behind"

@@ -1,0 +1,65 @@
+"""A saved checkpoint loads with trust_remote_code=True in a process where hf_sparse cannot be imported."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import build, dummy_inputs
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["hf_sparse"] = None  # any `import hf_sparse` now fails
+    import torch
+    from safetensors.torch import load_file, save_file
+    import transformers
+
+    folder, inputs_file, out_file = sys.argv[1:4]
+    inputs = load_file(inputs_file)
+    try:
+        transformers.AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=False)
+        refused = False
+    except Exception as err:
+        refused = "trust_remote_code" in str(err) or "sparse_bert" in str(err)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    base = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    save_file({"logits": logits}, out_file)
+    print("RESULT " + json.dumps({
+        "module": type(model).__module__,
+        "class": type(model).__name__,
+        "base": type(base).__name__,
+        "refused_without_trust": refused,
+        "sparsity": model.sparsity(),
+        "hf_sparse_imported": sys.modules.get("hf_sparse") is not None,
+    }))
+    """
+)
+
+
+def test_trust_remote_code_without_hf_sparse(tmp_path):
+    model = build("SparseBertForSequenceClassification")
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder)
+    inputs = dummy_inputs("SparseBertForSequenceClassification")
+    save_file(inputs, str(tmp_path / "inputs.safetensors"))
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(folder), str(tmp_path / "inputs.safetensors"), str(tmp_path / "out.safetensors")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT "))
+    info = json.loads(line[len("RESULT "):])
+    assert info["module"].startswith("transformers_modules.")
+    assert info["class"] == "SparseBertForSequenceClassification" and info["base"] == "SparseBertModel"
+    assert info["refused_without_trust"] and not info["hf_sparse_imported"]
+    assert abs(info["sparsity"] - model.sparsity()) < 1e-9
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    assert torch.equal(load_file(str(tmp_path / "out.safetensors"))["logits"], expected)
