@@ -136,15 +136,19 @@ def decode_state_dict(
                 f"{source}: tensor {name + BITMASK_SUFFIX!r} has dtype {packed.dtype} and shape "
                 f"{list(packed.shape)}; expected uint8 of shape [{(count + 7) // 8}] for a weight of shape {shape}"
             )
-        mask = unpack_mask(packed, shape)
-        kept = int(mask.sum())
+        bits = np.unpackbits(packed.numpy(), count=count, bitorder="little")
+        kept = int(np.count_nonzero(bits))
+        mask = torch.from_numpy(bits).view(torch.bool).reshape(shape)
         if values.dim() != 1 or values.numel() != kept or not values.is_floating_point():
             raise SparseFormatError(
                 f"{source}: tensor {name + VALUES_SUFFIX!r} has {values.numel()} {values.dtype} entries "
                 f"(shape {list(values.shape)}) but its bitmask keeps {kept}; the file is corrupted"
             )
-        dense = torch.zeros(shape, dtype=values.dtype)
-        dense.masked_scatter_(mask, values)
+        if kept == count:  # nothing pruned: the values are the dense weight
+            dense = values.reshape(shape)
+        else:
+            dense = torch.zeros(shape, dtype=values.dtype)
+            dense.masked_scatter_(mask, values)
         out[name] = dense
         out[name + MASK_SUFFIX] = mask
 

@@ -1,0 +1,176 @@
+"""On-disk size and load time of the compressed SparseBert format vs a dense BERT checkpoint.
+
+BERT-base shape (12 layers, hidden 768, FFN 3072) with random weights, magnitude-pruned per layer
+to 0/80/90/97%. For each sparsity: bytes of the prunable weights on disk (values + bitmasks) as a
+fraction of their dense fp32 bytes, total file bytes, and two median load times as ratios to the
+dense `BertModel.from_pretrained` measured in the same run:
+
+* `load`: `from_pretrained` alone. For the dense safetensors file transformers maps the file and
+  reads pages only when a weight is first used, so this compares unlike work (decode vs. mmap).
+* `first output`: `from_pretrained` plus one forward pass (batch 1, sequence 128): the time until
+  the model has produced a result, which includes reading every dense weight. The target applies here.
+
+    python benchmarks/format.py                      # writes benchmarks/results/format.{json,md}
+    python benchmarks/format.py --layers 2 --repeats 3   # a quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors import safe_open
+
+import hf_sparse
+from hf_sparse import SparseBertModel
+from hf_sparse.pruning import magnitude_masks
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_BYTES_AT_90 = 0.135
+TARGET_LOAD_RATIO = 1.5
+
+
+def median_load_seconds(load, repeats: int) -> float:
+    load()  # warm the page cache and imports
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model = load()
+        times.append(time.perf_counter() - start)
+        del model
+    return statistics.median(times)
+
+
+def load_and_run(load, inputs):
+    def run():
+        model = load()
+        with torch.no_grad():
+            model(**inputs)
+        return model
+
+    return run
+
+
+def prunable_bytes(folder: Path) -> int:
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():
+                if key.endswith((".values", ".bitmask")):
+                    t = handle.get_slice(key)
+                    total += t.get_shape()[0] * {"F32": 4, "BF16": 2, "F16": 2, "U8": 1}[t.get_dtype()]
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.8, 0.9, 0.97])
+    parser.add_argument("--out", type=Path, default=RESULTS / "format")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    transformers.logging.set_verbosity_error()
+
+    config = transformers.BertConfig(num_hidden_layers=args.layers)
+    dense = transformers.BertModel(config).eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        dense.save_pretrained(tmp / "dense")
+        dense_file = (tmp / "dense" / "model.safetensors").stat().st_size
+        inputs = {"input_ids": torch.randint(1000, 30000, (1, 128))}
+        dense_loader = lambda: transformers.BertModel.from_pretrained(tmp / "dense")  # noqa: E731
+        dense_load = median_load_seconds(dense_loader, args.repeats)
+        dense_first = median_load_seconds(load_and_run(dense_loader, inputs), args.repeats)
+        sparse = SparseBertModel.from_dense(dense)
+        prunable = sum(m.weight.numel() for m in sparse.masked_linears().values())
+        dense_prunable_bytes = prunable * 4
+        print(f"dense: {dense_file:,} bytes, load {dense_load * 1000:.0f} ms; prunable weights {prunable:,}", flush=True)
+        for sparsity in args.sparsities:
+            sparse.set_masks(magnitude_masks(sparse, sparsity))
+            folder = tmp / f"sparse-{sparsity}"
+            sparse.save_pretrained(folder)
+            file_bytes = (folder / "model.safetensors").stat().st_size
+            p_bytes = prunable_bytes(folder)
+            loader = lambda: SparseBertModel.from_pretrained(folder)  # noqa: E731
+            load = median_load_seconds(loader, args.repeats)
+            first = median_load_seconds(load_and_run(loader, inputs), args.repeats)
+            rows.append(
+                {
+                    "sparsity": sparsity,
+                    "measured_sparsity": round(sparse.sparsity(), 6),
+                    "file_bytes": file_bytes,
+                    "file_ratio_to_dense": round(file_bytes / dense_file, 4),
+                    "prunable_bytes": p_bytes,
+                    "prunable_ratio_to_dense_fp32": round(p_bytes / dense_prunable_bytes, 4),
+                    "load_ms": round(load * 1000, 1),
+                    "load_ratio_to_dense": round(load / dense_load, 3),
+                    "first_output_ms": round(first * 1000, 1),
+                    "first_output_ratio_to_dense": round(first / dense_first, 3),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+        # the round trip the numbers rely on is exact
+        reloaded = SparseBertModel.from_pretrained(folder)
+        assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in sparse.state_dict().items())
+
+    at_90 = next((r for r in rows if r["sparsity"] == 0.9), None)
+    targets = {
+        "prunable_bytes_at_90_le_13.5pct": None if at_90 is None else at_90["prunable_ratio_to_dense_fp32"] <= TARGET_BYTES_AT_90,
+        "first_output_ratio_le_1.5_all_rows": all(r["first_output_ratio_to_dense"] <= TARGET_LOAD_RATIO for r in rows),
+        "load_ratio_le_1.5_all_rows": all(r["load_ratio_to_dense"] <= TARGET_LOAD_RATIO for r in rows),
+    }
+    result = {
+        "benchmark": "format",
+        "command": "python benchmarks/format.py " + " ".join(sys.argv[1:]),
+        "shape": {"layers": args.layers, "hidden": config.hidden_size, "intermediate": config.intermediate_size},
+        "dtype": "float32",
+        "repeats": args.repeats,
+        "dense_file_bytes": dense_file,
+        "dense_prunable_fp32_bytes": dense_prunable_bytes,
+        "dense_load_ms": round(dense_load * 1000, 1),
+        "dense_first_output_ms": round(dense_first * 1000, 1),
+        "rows": rows,
+        "targets_met": targets,
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "hf_sparse": hf_sparse.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"BERT-base shape ({args.layers} layers), fp32, random weights, magnitude-pruned per layer; "
+        f"dense file {dense_file / 1e6:.1f} MB; dense `from_pretrained` {dense_load * 1000:.0f} ms (lazy mmap), "
+        f"dense first output {dense_first * 1000:.0f} ms (medians of {args.repeats}).",
+        "",
+        "| sparsity | file MB | file / dense | prunable bytes / dense fp32 | load ms | load / dense | first output ms | first output / dense |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['sparsity']:.0%} | {r['file_bytes'] / 1e6:.1f} | {r['file_ratio_to_dense']:.3f} | "
+            f"{r['prunable_ratio_to_dense_fp32']:.2%} | {r['load_ms']:.0f} | {r['load_ratio_to_dense']:.2f}x | "
+            f"{r['first_output_ms']:.0f} | {r['first_output_ratio_to_dense']:.2f}x |"
+        )
+    lines += ["", f"Targets: {json.dumps(targets)}"]
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
