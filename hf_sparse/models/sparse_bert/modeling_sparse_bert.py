@@ -37,7 +37,13 @@ from transformers import (
 from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
 from .configuration_sparse_bert import SPARSITY_CONFIG_KEYS, SparseBertConfig
-from .sparse_format import MASK_SUFFIX, SparseFormatError, encode_state_dict, load_sparse_checkpoint
+from .sparse_format import (
+    MASK_SUFFIX,
+    SparseFormatError,
+    encode_state_dict,
+    load_sparse_checkpoint,
+    write_safetensors,
+)
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -220,11 +226,10 @@ def _publish_directory(tmp_dir: Path, target: Path) -> None:
 def _write_shards(tensors: dict, metadata: dict, folder: Path, max_shard_size: Union[int, str]) -> None:
     """Writes `model.safetensors`, or shards plus an index; every shard carries the format metadata."""
     from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
 
     split = split_torch_state_dict_into_shards(tensors, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
     for filename, names in split.filename_to_tensors.items():
-        save_file({n: tensors[n] for n in names}, str(folder / filename), metadata=metadata)
+        write_safetensors({n: tensors[n] for n in names}, folder / filename, metadata)
     if split.is_sharded:
         index = {"metadata": {**split.metadata, **metadata}, "weight_map": split.tensor_to_filename}
         (folder / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))

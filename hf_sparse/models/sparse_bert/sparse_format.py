@@ -183,15 +183,57 @@ def _check_mask(name: str, weight: torch.Tensor, mask: torch.Tensor, where: str)
         )
 
 
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}
+ALIGNMENT = 64
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
+    """Writes a standard safetensors file whose data starts on a 64-byte boundary.
+
+    Uncompressed tensors come first, so those whose byte size is a multiple of 64 (every BERT
+    weight of hidden size 384, 768, 1024...) stay 64-byte aligned when memory-mapped: they load
+    without a copy and compute exactly as in memory. Compressed tensors follow.
+    """
+    order = sorted(tensors, key=lambda k: (k.endswith((VALUES_SUFFIX, BITMASK_SUFFIX)), k))
+    header: dict = {"__metadata__": dict(metadata)}
+    offset = 0
+    for name in order:
+        tensor = tensors[name]
+        if tensor.dtype not in _DTYPES:
+            raise SparseFormatError(f"tensor {name!r}: dtype {tensor.dtype} cannot be stored in safetensors")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-(8 + len(encoded)) % ALIGNMENT)
+    with open(path, "wb") as handle:
+        handle.write(len(encoded).to_bytes(8, "little"))
+        handle.write(encoded)
+        for name in order:
+            tensor = tensors[name].detach().cpu().contiguous()
+            if tensor.numel():
+                handle.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Reads every tensor and the header metadata of one safetensors file, with errors that name it."""
+    """Reads every tensor and the header metadata of one safetensors file, with errors that name it.
+
+    Tensors are memory-mapped (copy-on-write) where 64-byte aligned, copied otherwise: BLAS rounding
+    depends on alignment, and a copy makes a reloaded model compute exactly like the saved one.
+    """
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            # clone: tensors sliced from the file are not 64-byte aligned, which changes BLAS rounding
-            tensors = {key: handle.get_tensor(key).clone() for key in handle.keys()}
+            tensors = {}
+            for key in handle.keys():
+                tensor = handle.get_tensor(key)
+                tensors[key] = tensor if tensor.data_ptr() % ALIGNMENT == 0 else tensor.clone()
     except Exception as err:  # safetensors raises its own error types for every malformed file
         raise SparseFormatError(f"{path}: cannot read the safetensors file ({err}); it is truncated or corrupted") from None
     return tensors, metadata
