@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs hf-sparse into a virtual environment and runs the whole test suite, real-model tests included.
+#   bash scripts/test.sh                  # default environment (transformers 4.57)
+#   bash scripts/test.sh transformers5    # newest transformers 5.x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+flavour="${1:-default}"
+bash scripts/setup_env.sh "$flavour"
+venv=.venv; [ "$flavour" = transformers5 ] && venv=.venv-tf5
+HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest -m "real or not real" -p no:cacheprovider -q tests
