@@ -58,7 +58,11 @@ def test_convert_inspect_and_back(dense_with_zeros, tmp_path, run_cli):
     result = run_cli("convert", folder, out)
     assert result.returncode == 0, result.stderr
     assert "global sparsity 0.8" in result.stdout
-    assert (out / "vocab.txt").is_file() and (out / "tokenizer_config.json").is_file()
+    from hf_sparse.convert import TOKENIZER_FILES
+
+    source_files = [n for n in TOKENIZER_FILES if (folder / n).is_file()]
+    assert "tokenizer_config.json" in source_files
+    assert all((out / n).read_bytes() == (folder / n).read_bytes() for n in source_files)
 
     sparse = SparseBertForMaskedLM.from_pretrained(out)
     inputs = dummy_inputs("SparseBertForMaskedLM")
@@ -120,3 +124,23 @@ def test_cli_errors_are_specific(dense_with_zeros, tmp_path, capsys):
     assert not (tmp_path / "o4").exists()
     err = capsys.readouterr().err
     assert "hf-sparse: error:" in err and "Traceback" not in err
+
+
+def test_convert_pretraining_checkpoint_keeps_mlm_head(tmp_path, run_cli):
+    """Intel's pruneofa-style checkpoints are BertForPreTraining: the MLM head is kept, NSP dropped."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(**{**tiny_config().to_diff_dict(), "model_type": "bert"})
+    model = transformers.BertForPreTraining(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".encoder.layer." in name and name.endswith("weight") and param.dim() == 2:
+                param.mul_(torch.rand_like(param) >= 0.9)
+    model.save_pretrained(tmp_path / "pretraining")
+    result = run_cli("convert", tmp_path / "pretraining", tmp_path / "sparse")
+    assert result.returncode == 0, result.stderr
+    sparse = SparseBertForMaskedLM.from_pretrained(tmp_path / "sparse")
+    assert json.loads((tmp_path / "sparse" / "config.json").read_text())["architectures"] == ["SparseBertForMaskedLM"]
+    inputs = dummy_inputs("SparseBertForMaskedLM")
+    with torch.no_grad():
+        assert torch.equal(sparse(**inputs).logits, model(**inputs).prediction_logits)
+    assert 0.89 < sparse.sparsity() < 0.91
