@@ -221,3 +221,16 @@ def test_pipelines_run(task, tiny_tokenizer):
         pytest.skip(f"transformers {transformers.__version__} removed the {task!r} pipeline")
     pipe = transformers.pipeline(task, model=build(head), tokenizer=tiny_tokenizer)
     assert check(call(pipe))
+
+
+def test_plain_load_state_dict_reads_the_compressed_file(tmp_path):
+    """What Trainer does on resume: safetensors.load_file + model.load_state_dict."""
+    from safetensors.torch import load_file
+
+    model = build("SparseBertForMaskedLM", sparsity=0.85)
+    model.save_pretrained(tmp_path)
+    fresh = build("SparseBertForMaskedLM", sparsity=0.1, seed=3)
+    result = fresh.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=False)
+    assert not result.unexpected_keys
+    assert set(result.missing_keys) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    assert_state_equal(model, fresh)

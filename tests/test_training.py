@@ -54,3 +54,27 @@ def test_gradient_accumulation_loss_is_not_multiplied(tmp_path):
     assert loss_b == pytest.approx(loss_a, rel=1e-4)
     for (name, p), (_, q) in zip(full.named_parameters(), accum.named_parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_trainer_checkpoint_resume_restores_sparse_weights_exactly(tmp_path):
+    straight = build("SparseBertForSequenceClassification", sparsity=0.8)
+    train(straight, tmp_path / "straight", max_steps=4)
+
+    first = build("SparseBertForSequenceClassification", sparsity=0.8)
+    train(first, tmp_path / "run", max_steps=4, save_strategy="steps", save_steps=2)
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert (checkpoint / "model.safetensors").is_file()
+    resumed = build("SparseBertForSequenceClassification", sparsity=0.1, seed=7)  # different start: must be overwritten
+    trainer = transformers.Trainer(
+        model=resumed,
+        args=transformers.TrainingArguments(
+            output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, learning_rate=5e-3, weight_decay=0.1,
+            max_steps=4, report_to=[], save_strategy="no", seed=0, use_cpu=True, disable_tqdm=True,
+        ),
+        train_dataset=RandomTokens(),
+    )
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    for name, mask in straight.get_masks().items():
+        assert torch.equal(mask, resumed.get_masks()[name]), name

@@ -38,7 +38,15 @@ from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
 from .configuration_sparse_bert import SPARSITY_CONFIG_KEYS, SparseBertConfig
 from .sparse_format import (
+    BITMASK_SUFFIX,
+    FORMAT_NAME,
+    FORMAT_VERSION,
     MASK_SUFFIX,
+    META_FORMAT,
+    META_SHAPES,
+    META_VERSION,
+    VALUES_SUFFIX,
+    decode_state_dict,
     SparseFormatError,
     encode_state_dict,
     load_sparse_checkpoint,
@@ -77,6 +85,22 @@ class MaskedLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
+        self._register_load_state_dict_pre_hook(self._decode_compressed_weight)
+
+    def _decode_compressed_weight(self, state_dict, prefix, *args) -> None:
+        """Lets `load_state_dict` read the compressed keys of a saved file (e.g. a Trainer resuming)."""
+        values, bitmask = state_dict.get(prefix + "weight" + VALUES_SUFFIX), state_dict.get(prefix + "weight" + BITMASK_SUFFIX)
+        if values is None or bitmask is None:
+            return
+        source = f"state dict entry {prefix}weight"
+        decoded = decode_state_dict(
+            {"weight" + VALUES_SUFFIX: values, "weight" + BITMASK_SUFFIX: bitmask},
+            {META_FORMAT: FORMAT_NAME, META_VERSION: str(FORMAT_VERSION), META_SHAPES: json.dumps({"weight": list(self.weight.shape)})},
+            source=source,
+        )
+        del state_dict[prefix + "weight" + VALUES_SUFFIX], state_dict[prefix + "weight" + BITMASK_SUFFIX]
+        state_dict[prefix + "weight"] = decoded["weight"]
+        state_dict[prefix + "weight_mask"] = decoded["weight_mask"]
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "MaskedLinear":
