@@ -1,5 +1,25 @@
-"""Pruning methods. Each module turns weights into scores and scores into masks for a target sparsity."""
+"""Pruning methods (score -> mask for a target sparsity), schedules, and the Trainer callback."""
 
-from .magnitude import magnitude_masks, mask_from_scores
+from .base import PruningMethod, mask_from_scores
+from .block import BlockPruning
+from .callback import PruningCallback
+from .magnitude import MagnitudePruning, magnitude_masks
+from .movement import MovementPruning
+from .n_m import NMPruning
+from .schedule import ConstantSchedule, CubicSchedule, OneShotSchedule
+from .structured import StructuredPruning
 
-__all__ = ["magnitude_masks", "mask_from_scores"]
+__all__ = [
+    "BlockPruning",
+    "ConstantSchedule",
+    "CubicSchedule",
+    "OneShotSchedule",
+    "PruningCallback",
+    "MagnitudePruning",
+    "MovementPruning",
+    "NMPruning",
+    "PruningMethod",
+    "StructuredPruning",
+    "magnitude_masks",
+    "mask_from_scores",
+]

@@ -1,0 +1,87 @@
+"""Structured pruning: whole attention heads and FFN neurons, ranked by the L1 norm of their weights.
+
+A head is its rows in Q, K, V and its columns in the attention output; a neuron is its row in the
+intermediate layer and its column in the output layer. Pruning both sides makes the head's or
+neuron's contribution exactly zero, so compaction can later remove it physically.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from ..analysis import split_module_name
+from .base import PruningMethod, mask_from_scores
+
+_QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
+
+
+class StructuredPruning(PruningMethod):
+    """`structures` is ("heads",), ("neurons",) or both; `sparsity` is the fraction of heads/neurons removed."""
+
+    name = "structured"
+
+    def __init__(self, structures=("heads", "neurons"), scope: str = "layer"):
+        super().__init__(scope)
+        self.structures = tuple(s for s in ("heads", "neurons") if s in structures)
+        if not self.structures:
+            raise ValueError(f"structures must include 'heads' and/or 'neurons', got {structures!r}")
+        self.pattern = "structured:" + "+".join(self.structures)
+
+    def scores(self, model) -> dict[str, torch.Tensor]:
+        return {name: m.weight.detach().abs() for name, m in model.masked_linears().items()}
+
+    @torch.no_grad()
+    def masks(self, model, sparsity: float) -> dict[str, torch.Tensor]:
+        heads = model.config.num_attention_heads
+        modules = model.masked_linears()
+        layers: dict[tuple, dict[str, str]] = defaultdict(dict)
+        for name in modules:
+            layer, module = split_module_name(name)
+            layers[(name[: name.index(f"encoder.layer.{layer}.")], layer)][module] = name
+        masks = {name: m.weight_mask.clone() for name, m in modules.items()}
+        groups = []  # (kind, layer key, unit scores)
+        for key, names in layers.items():
+            if "heads" in self.structures:
+                needed = (*_QKV, "attention.output.dense")
+                self._require(names, needed, "heads")
+                score = sum(modules[names[m]].weight.abs().reshape(heads, -1).sum(1) for m in _QKV)
+                out = modules[names["attention.output.dense"]]
+                score = score + out.weight.abs().reshape(out.weight.shape[0], heads, -1).sum(dim=(0, 2))
+                alive = modules[names["attention.output.dense"]].weight_mask.reshape(out.weight.shape[0], heads, -1).any(dim=(0, 2))
+                groups.append(("heads", key, torch.where(alive, score, torch.full_like(score, float("-inf")))))
+            if "neurons" in self.structures:
+                self._require(names, ("intermediate.dense", "output.dense"), "neurons")
+                inter, out = modules[names["intermediate.dense"]], modules[names["output.dense"]]
+                score = inter.weight.abs().sum(1) + out.weight.abs().sum(0)
+                alive = out.weight_mask.any(dim=0)
+                groups.append(("neurons", key, torch.where(alive, score, torch.full_like(score, float("-inf")))))
+        for kind in self.structures:
+            kind_groups = [(key, s) for k, key, s in groups if k == kind]
+            if self.scope == "global":
+                keep_all = mask_from_scores(torch.cat([s for _, s in kind_groups]), sparsity)
+                keeps, start = [], 0
+                for key, s in kind_groups:
+                    keeps.append((key, keep_all[start : start + s.numel()]))
+                    start += s.numel()
+            else:
+                keeps = [(key, mask_from_scores(s, sparsity)) for key, s in kind_groups]
+            for key, keep in keeps:
+                names = layers[key]
+                if kind == "heads":
+                    for m in _QKV:
+                        w = masks[names[m]]
+                        masks[names[m]] = w & keep.repeat_interleave(w.shape[0] // heads)[:, None]
+                    w = masks[names["attention.output.dense"]]
+                    masks[names["attention.output.dense"]] = w & keep.repeat_interleave(w.shape[1] // heads)[None, :]
+                else:
+                    masks[names["intermediate.dense"]] &= keep[:, None]
+                    masks[names["output.dense"]] &= keep[None, :]
+        return masks
+
+    @staticmethod
+    def _require(names: dict, needed: tuple, kind: str) -> None:
+        missing = [m for m in needed if m not in names]
+        if missing:
+            raise ValueError(f"pruning {kind} needs {missing} in the config's prunable_modules")

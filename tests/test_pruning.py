@@ -1,0 +1,164 @@
+"""Pruning methods reach their exact targets and patterns; the cubic schedule; the Trainer callback."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from hf_sparse.analysis import pattern_violations
+from hf_sparse.pruning import (
+    BlockPruning,
+    CubicSchedule,
+    MagnitudePruning,
+    MovementPruning,
+    NMPruning,
+    OneShotSchedule,
+    PruningCallback,
+    StructuredPruning,
+)
+
+from conftest import build, dummy_inputs
+from test_training import RandomTokens
+
+
+def fresh(**overrides):
+    # hidden 48 / intermediate 64: divisible by the block and group sizes used here
+    return build("SparseBertForSequenceClassification", sparsity=0.0, hidden_size=48, intermediate_size=64, **overrides)
+
+
+def kept_fraction(masks):
+    return sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+
+
+@pytest.mark.parametrize(
+    "method, sparsity",
+    [
+        (MagnitudePruning("layer"), 0.9),
+        (MagnitudePruning("global"), 0.97),
+        (BlockPruning((1, 4)), 0.8),
+        (BlockPruning((4, 1), scope="global"), 0.9),
+        (NMPruning(2, 4), 0.5),
+        (StructuredPruning(("heads",)), 0.5),
+        (StructuredPruning(("neurons",)), 0.75),
+        (StructuredPruning(("heads", "neurons"), scope="global"), 0.5),
+    ],
+    ids=lambda x: getattr(x, "pattern", None) and f"{x.name}-{x.pattern}-{x.scope}" or str(x),
+)
+def test_method_reaches_exact_target_and_pattern(method, sparsity):
+    model = fresh()
+    masks = method.masks(model, sparsity)
+    model.set_masks(masks)
+    assert pattern_violations(method.pattern, model.get_masks(), model.config.num_attention_heads) == []
+    if method.name == "structured":
+        heads = model.config.num_attention_heads
+        for name, mask in masks.items():
+            if name.endswith("attention.output.dense") and "heads" in method.structures and method.scope == "layer":
+                assert int((~mask.reshape(48, heads, -1).any(dim=(0, 2))).sum()) == round(sparsity * heads)
+            if name.endswith("intermediate.dense") and "neurons" in method.structures and method.scope == "layer":
+                assert int((~mask.any(dim=1)).sum()) == round(sparsity * 64)
+    else:  # exact at the granularity of the pattern (single weights, or whole blocks)
+        unit = method.block[0] * method.block[1] if method.name == "block" else 1
+        if method.scope == "layer":
+            for name, mask in masks.items():
+                assert int((~mask).sum()) == round(sparsity * mask.numel() / unit) * unit, name
+        else:
+            total = sum(m.numel() for m in masks.values())
+            assert sum(int((~m).sum()) for m in masks.values()) == round(sparsity * total / unit) * unit
+    for module in model.masked_linears().values():
+        assert torch.all(module.weight[~module.weight_mask] == 0)
+
+
+def test_magnitude_keeps_the_largest():
+    model = fresh()
+    masks = MagnitudePruning().masks(model, 0.5)
+    for name, module in model.masked_linears().items():
+        w = module.weight.abs()
+        assert w[masks[name]].min() >= w[~masks[name]].max(), name
+
+
+def test_nm_rejects_other_targets():
+    with pytest.raises(ValueError, match="2:4 pruning gives sparsity 0.5, not 0.9"):
+        NMPruning(2, 4).masks(fresh(), 0.9)
+
+
+def test_movement_scores_follow_minus_weight_times_grad():
+    model = fresh().train()
+    method = MovementPruning()
+    inputs = dummy_inputs("SparseBertForSequenceClassification")
+    model(**inputs, labels=torch.tensor([0, 1])).loss.backward()
+    method.observe(model)
+    name, module = next(iter(model.masked_linears().items()))
+    assert torch.allclose(method.scores(model)[name], -(module.weight * module.weight.grad))
+    masks = method.masks(model, 0.6)
+    assert int((~masks[name]).sum()) == round(0.6 * module.weight.numel())
+    soft = MovementPruning(soft=True)
+    soft.load_state_dict(method.state_dict())
+    total = sum(m.weight.numel() for m in model.masked_linears().values())
+    assert sum(int((~m).sum()) for m in soft.masks(model, 0.6).values()) == round(0.6 * total)
+
+
+def test_cubic_schedule_matches_formula():
+    schedule = CubicSchedule(0.0, 0.9, start_step=10, end_step=110, frequency=10)
+    assert schedule.sparsity_at(0) == 0.0 and schedule.sparsity_at(10) == 0.0
+    for t in (20, 50, 90):
+        assert schedule.sparsity_at(t) == pytest.approx(0.9 + (0.0 - 0.9) * (1 - (t - 10) / 100) ** 3)
+    assert schedule.sparsity_at(25) == schedule.sparsity_at(20), "held between pruning steps"
+    assert schedule.sparsity_at(110) == schedule.sparsity_at(500) == 0.9
+    assert [t for t in range(0, 130) if schedule.is_update_step(t)] == list(range(10, 120, 10))
+    values = [schedule.sparsity_at(t) for t in range(0, 130)]
+    assert values == sorted(values), "monotone"
+    with pytest.raises(ValueError):
+        CubicSchedule(0.5, 0.1, 0, 10)
+
+
+def trainer_for(model, callback, out, **args):
+    defaults = dict(
+        output_dir=str(out), per_device_train_batch_size=4, learning_rate=5e-3, weight_decay=0.1, max_steps=8,
+        logging_steps=2, report_to=[], save_strategy="no", seed=0, use_cpu=True, disable_tqdm=True,
+    )
+    defaults.update(args)
+    return transformers.Trainer(
+        model=model, args=transformers.TrainingArguments(**defaults), train_dataset=RandomTokens(32), callbacks=[callback]
+    )
+
+
+def test_callback_prunes_on_the_cubic_schedule(tmp_path):
+    model = fresh()
+    schedule = CubicSchedule(0.0, 0.9, start_step=2, end_step=8, frequency=2)
+    callback = PruningCallback(MagnitudePruning(), schedule, model)
+    trainer = trainer_for(model, callback, tmp_path)
+    trainer.train()
+    assert [h["step"] for h in callback.history] == [2, 4, 6, 8]
+    for entry in callback.history:
+        assert entry["target"] == pytest.approx(schedule.sparsity_at(entry["step"]), abs=1e-6)
+        assert entry["sparsity"] == pytest.approx(entry["target"], abs=1e-3)
+    assert model.sparsity() == pytest.approx(0.9, abs=1e-3)
+    for module in model.masked_linears().values():
+        assert torch.all(module.weight[~module.weight_mask] == 0)
+    written = json.loads((tmp_path / "pruning_history.json").read_text())
+    assert written == callback.history
+
+
+def run_movement(out, max_steps=8, save_steps=None, resume=None, seed_model=0):
+    model = fresh(seed=seed_model)
+    callback = PruningCallback(MovementPruning(), CubicSchedule(0.0, 0.8, 2, 8, 2), model)
+    extra = dict(save_strategy="steps", save_steps=save_steps) if save_steps else {}
+    trainer = trainer_for(model, callback, out, max_steps=max_steps, **extra)
+    trainer.train(resume_from_checkpoint=resume)
+    return model, callback
+
+
+def test_kill_and_resume_gives_the_same_masks(tmp_path):
+    straight, _ = run_movement(tmp_path / "straight")
+    # "killed" after the step-4 checkpoint: a new process would rebuild everything and resume
+    run_movement(tmp_path / "run", max_steps=8, save_steps=4)
+    assert (tmp_path / "run" / "checkpoint-4" / "pruning_state.safetensors").is_file()
+    history = json.loads((tmp_path / "run" / "checkpoint-4" / "pruning_history.json").read_text())
+    assert [h["step"] for h in history] == [2, 4]
+    resumed, callback = run_movement(tmp_path / "run", resume=str(tmp_path / "run" / "checkpoint-4"), seed_model=5)
+    assert [h["step"] for h in callback.history] == [6, 8]
+    for name, mask in straight.get_masks().items():
+        assert torch.equal(mask, resumed.get_masks()[name]), name
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
