@@ -1,0 +1,154 @@
+"""`DistillationTrainer`: the stock `Trainer` with a teacher, through `compute_loss` only."""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from .losses import (
+    attention_loss,
+    contrastive_loss,
+    hidden_state_loss,
+    kd_loss,
+    same_example_positives,
+    same_label_positives,
+)
+
+
+@dataclass
+class DistillationConfig:
+    """Weights of the loss terms (0 disables a term) and their settings.
+
+    `task_weight * task loss + kd_weight * logits KD + hidden_weight * hidden MSE
+    + attention_weight * attention KL + prc/snc/fic weights * CAP contrastive losses`.
+    """
+
+    task_weight: float = 1.0
+    kd_weight: float = 1.0
+    temperature: float = 2.0
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
+    prc_weight: float = 0.0  # contrast with the pre-trained (dense) model
+    snc_weight: float = 0.0  # contrast with the model's own earlier pruning snapshots
+    fic_weight: float = 0.0  # contrast with a fine-tuned model, same-label positives
+    contrastive_temperature: float = 0.1
+    max_snapshots: int = 3
+
+
+def _representation(outputs) -> torch.Tensor:
+    """[CLS] vector of the last hidden layer."""
+    return outputs.hidden_states[-1][:, 0]
+
+
+class _SnapshotCallback(TrainerCallback):
+    """Keeps frozen copies of the student each time its sparsity grows (CAP's SnC)."""
+
+    def __init__(self, trainer: "DistillationTrainer"):
+        self.trainer = trainer
+        self.last_sparsity = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        model = self.trainer.unwrapped_student
+        sparsity = model.sparsity() if hasattr(model, "sparsity") else None
+        if sparsity is not None and self.last_sparsity is not None and sparsity > self.last_sparsity + 1e-9:
+            self.trainer.snapshots.append(_frozen_copy(model))
+        self.last_sparsity = sparsity
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    snapshot = copy.deepcopy(model).eval()
+    for param in snapshot.parameters():
+        param.requires_grad_(False)
+    return snapshot
+
+
+class DistillationTrainer(Trainer):
+    """A `Trainer` whose loss adds distillation terms from separate, frozen models.
+
+    Args:
+        teacher: the dense teacher for logits / hidden / attention distillation (Prune OFA: the dense
+            pre-trained model upstream, a dense fine-tuned model downstream).
+        pretrained: the pre-trained model for CAP's PrC (defaults to `teacher`).
+        finetuned: the fine-tuned model for CAP's FiC (defaults to `teacher`).
+        distillation: a `DistillationConfig`.
+    Other arguments go to `Trainer`. Attention distillation needs `attn_implementation="eager"` on both models.
+    """
+
+    def __init__(self, *args, teacher=None, pretrained=None, finetuned=None, distillation: Optional[DistillationConfig] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.distillation = distillation or DistillationConfig()
+        cfg = self.distillation
+        needs_teacher = cfg.kd_weight or cfg.hidden_weight or cfg.attention_weight
+        if needs_teacher and teacher is None:
+            raise ValueError("kd/hidden/attention distillation needs a teacher model")
+        self.teacher = self._prepare(teacher)
+        self.pretrained = self._prepare(pretrained) if pretrained is not None else self.teacher
+        self.finetuned = self._prepare(finetuned) if finetuned is not None else self.teacher
+        if (cfg.prc_weight and self.pretrained is None) or (cfg.fic_weight and self.finetuned is None):
+            raise ValueError("PrC needs a pre-trained model and FiC a fine-tuned model (or a teacher)")
+        self.snapshots: deque = deque(maxlen=cfg.max_snapshots)
+        if cfg.snc_weight:
+            self.add_callback(_SnapshotCallback(self))
+
+    @property
+    def unwrapped_student(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def _prepare(self, model):
+        if model is None:
+            return None
+        model = model.to(self.args.device).eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        return model
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        cfg = self.distillation
+        want_hidden = bool(cfg.hidden_weight or cfg.prc_weight or cfg.snc_weight or cfg.fic_weight)
+        want_attn = bool(cfg.attention_weight)
+        outputs = model(**inputs, output_hidden_states=want_hidden or None, output_attentions=want_attn or None)
+        labels = inputs.get("labels")
+        loss = outputs.loss * cfg.task_weight if (cfg.task_weight and outputs.loss is not None) else 0.0
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        attention_mask = inputs.get("attention_mask")
+        terms = {}
+        if self.teacher is not None and (cfg.kd_weight or cfg.hidden_weight or cfg.attention_weight):
+            with torch.no_grad():
+                teacher_out = self.teacher(**model_inputs, output_hidden_states=cfg.hidden_weight > 0 or None, output_attentions=want_attn or None)
+            if cfg.kd_weight:
+                mask = labels != -100 if (labels is not None and labels.dim() == outputs.logits.dim() - 1 and labels.dim() > 1) else None
+                terms["kd"] = cfg.kd_weight * kd_loss(outputs.logits, teacher_out.logits, cfg.temperature, mask)
+            if cfg.hidden_weight:
+                terms["hidden"] = cfg.hidden_weight * hidden_state_loss(outputs.hidden_states, teacher_out.hidden_states, attention_mask)
+            if cfg.attention_weight:
+                terms["attention"] = cfg.attention_weight * attention_loss(outputs.attentions, teacher_out.attentions, attention_mask)
+        if cfg.prc_weight or cfg.snc_weight or cfg.fic_weight:
+            anchors = _representation(outputs)
+            batch = anchors.shape[0]
+            with torch.no_grad():
+                if cfg.prc_weight:
+                    prc = _representation(self.pretrained(**model_inputs, output_hidden_states=True))
+                if cfg.snc_weight and self.snapshots:
+                    snc = torch.cat([_representation(s(**model_inputs, output_hidden_states=True)) for s in self.snapshots])
+                if cfg.fic_weight:
+                    fic = _representation(self.finetuned(**model_inputs, output_hidden_states=True))
+            t = cfg.contrastive_temperature
+            if cfg.prc_weight:
+                terms["prc"] = cfg.prc_weight * contrastive_loss(anchors, prc, same_example_positives(batch, 1, anchors.device), t)
+            if cfg.snc_weight and self.snapshots:
+                views = snc.shape[0] // batch
+                terms["snc"] = cfg.snc_weight * contrastive_loss(anchors, snc, same_example_positives(batch, views, anchors.device), t)
+            if cfg.fic_weight:
+                if labels is None or labels.dim() != 1:
+                    raise ValueError("FiC needs one class label per example")
+                terms["fic"] = cfg.fic_weight * contrastive_loss(anchors, fic, same_label_positives(labels, labels), t)
+        for value in terms.values():
+            loss = loss + value
+        if not torch.is_tensor(loss):
+            raise ValueError("every loss term is disabled or unavailable: set task_weight or a distillation weight")
+        return (loss, outputs) if return_outputs else loss

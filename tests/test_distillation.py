@@ -1,0 +1,113 @@
+"""Distillation and contrastive losses: zero/minimal where they should be, correct gradients; the trainer."""
+
+import math
+
+import pytest
+import torch
+import transformers
+
+from hf_sparse.distillation import (
+    DistillationConfig,
+    DistillationTrainer,
+    attention_loss,
+    contrastive_loss,
+    hidden_state_loss,
+    kd_loss,
+    same_example_positives,
+    same_label_positives,
+)
+from hf_sparse.pruning import CubicSchedule, MagnitudePruning, PruningCallback
+
+from conftest import build
+from test_training import RandomTokens
+
+
+def test_kd_loss_zero_for_identical_logits_and_matches_definition():
+    logits = torch.randn(4, 7, 11)
+    assert kd_loss(logits, logits.clone(), 2.0).abs() < 1e-6
+    student, teacher = torch.randn(5, 3), torch.randn(5, 3)
+    p_t = torch.softmax(teacher / 3.0, -1)
+    expected = (p_t * (p_t.log() - torch.log_softmax(student / 3.0, -1))).sum(-1).mean() * 9.0
+    assert torch.allclose(kd_loss(student, teacher, 3.0), expected, atol=1e-6)
+
+
+def test_kd_loss_mask_selects_positions():
+    student, teacher = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    mask = torch.tensor([[True, False, False], [False, False, True]])
+    assert torch.allclose(kd_loss(student, teacher, 2.0, mask), kd_loss(student[mask], teacher[mask], 2.0), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["kd", "hidden", "attention", "contrastive"])
+def test_gradients_are_correct(name):
+    torch.manual_seed(0)
+    d = torch.float64
+    if name == "kd":
+        s, t = torch.randn(3, 5, dtype=d, requires_grad=True), torch.randn(3, 5, dtype=d)
+        fn = lambda s: kd_loss(s, t, 2.0)  # noqa: E731
+    elif name == "hidden":
+        s, t = torch.randn(3, 2, 4, 6, dtype=d, requires_grad=True), torch.randn(3, 2, 4, 6, dtype=d)
+        mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+        fn = lambda s: hidden_state_loss(tuple(s), tuple(t), mask)  # noqa: E731
+    elif name == "attention":
+        s = torch.softmax(torch.randn(2, 2, 3, 4, 4, dtype=d), -1).requires_grad_(True)
+        t = torch.softmax(torch.randn(2, 2, 3, 4, 4, dtype=d), -1)
+        fn = lambda s: attention_loss(tuple(s), tuple(t))  # noqa: E731
+    else:
+        s, t = torch.randn(4, 6, dtype=d, requires_grad=True), torch.randn(8, 6, dtype=d)
+        positives = same_example_positives(4, 2)
+        fn = lambda s: contrastive_loss(s, t, positives, 0.5)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (s,))
+
+
+def test_hidden_and_attention_zero_when_equal():
+    hidden = tuple(torch.randn(2, 5, 8) for _ in range(4))
+    assert hidden_state_loss(hidden, hidden) == 0
+    attn = tuple(torch.softmax(torch.randn(2, 3, 5, 5), -1) for _ in range(3))
+    assert attention_loss(attn, attn).abs() < 1e-6
+    # a 3-layer student against a 6-layer teacher maps to teacher layers 2, 4, 6 by default
+    teacher = tuple(torch.randn(2, 5, 8) for _ in range(7))
+    student = (teacher[0], teacher[2], teacher[4], teacher[6])
+    assert hidden_state_loss(student, teacher) == 0
+
+
+def test_contrastive_loss_definition_and_minimum():
+    anchors = torch.eye(4, dtype=torch.float64)
+    # candidates equal to anchors: the positive has similarity 1/T, negatives 0
+    loss = contrastive_loss(anchors, anchors.clone(), same_example_positives(4, 1), temperature=0.1)
+    assert loss == pytest.approx(-math.log(math.exp(10) / (math.exp(10) + 3)), rel=1e-5)
+    worse = contrastive_loss(anchors, anchors.flip(0), same_example_positives(4, 1), temperature=0.1)
+    assert worse > loss
+    labels = torch.tensor([0, 0, 1, 1])
+    positives = same_label_positives(labels, labels)
+    assert positives.sum() == 8
+    # with same-label positives the two same-label candidates share the mass
+    sup = contrastive_loss(anchors, anchors, positives, temperature=0.1)
+    expected = -math.log((math.exp(10) + 1) / (math.exp(10) + 3))
+    assert sup == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="positives has shape"):
+        contrastive_loss(anchors, anchors, positives[:2], 0.1)
+
+
+def test_trainer_with_teacher_kd_zero_against_itself_and_all_terms_run(tmp_path):
+    student = build("SparseBertForSequenceClassification", sparsity=0.0, attn_implementation="eager")
+    teacher = student.to_dense()
+    teacher.config._attn_implementation = "eager"
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4, report_to=[], save_strategy="no",
+        use_cpu=True, disable_tqdm=True, learning_rate=1e-3, logging_steps=1,
+    )
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=RandomTokens(16), teacher=teacher,
+        distillation=DistillationConfig(task_weight=0.0, kd_weight=1.0),
+    )
+    batch = {k: torch.stack([RandomTokens(16)[i][k] for i in range(4)]) for k in ("input_ids", "attention_mask", "labels")}
+    assert trainer.compute_loss(student, batch).abs() < 1e-6, "KD against an identical teacher is zero"
+    full = DistillationConfig(task_weight=1.0, kd_weight=1.0, hidden_weight=1.0, attention_weight=1.0, prc_weight=0.1, snc_weight=0.1, fic_weight=0.1)
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=RandomTokens(16), teacher=teacher, distillation=full,
+        callbacks=[PruningCallback(MagnitudePruning(), CubicSchedule(0.0, 0.5, 1, 3, 1), student)],
+    )
+    trainer.train()
+    assert len(trainer.snapshots) >= 1, "SnC snapshots are taken when sparsity grows"
+    assert student.sparsity() == pytest.approx(0.5, abs=1e-3)
+    assert all(math.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
