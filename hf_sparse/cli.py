@@ -54,6 +54,27 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from .upstream import UpstreamRecipe, run_upstream
+
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        import yaml
+
+        overrides[key] = yaml.safe_load(value)
+    recipe = UpstreamRecipe.from_yaml(args.recipe, **overrides)
+    out = Path(args.output_dir or Path("out") / recipe.name)
+    if (out / "model").exists() and not args.force:
+        raise ValueError(f"{out / 'model'} exists; pass --force to overwrite it")
+    metrics = run_upstream(recipe, out, resume=args.resume)
+    print(json.dumps({k: metrics[k] for k in ("teacher", "student", "sparsity", "steps", "wall_seconds")}, indent=2))
+    print(f"wrote {out / 'model'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-sparse", description="Sparse pre-trained BERT models for the Hugging Face ecosystem.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--target-sparsity", type=float, default=None, help="target sparsity to record in the config")
     convert.add_argument("--force", action="store_true", help="write into a non-empty output folder")
     convert.set_defaults(func=_cmd_convert)
+
+    prune = sub.add_parser("prune", help="prune once, upstream: MLM + KD + gradual pruning from a recipe")
+    prune.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
+    prune.add_argument("--output-dir", help="default: out/<recipe name>")
+    prune.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe setting (repeatable)")
+    prune.add_argument("--resume", action="store_true", help="resume from the newest checkpoint in the output dir")
+    prune.add_argument("--force", action="store_true", help="overwrite an existing output model")
+    prune.set_defaults(func=_cmd_prune)
 
     inspect = sub.add_parser("inspect", help="per-layer and global sparsity, pattern and integrity checks")
     inspect.add_argument("path", help="local folder or Hub id")

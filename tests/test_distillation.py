@@ -111,3 +111,25 @@ def test_trainer_with_teacher_kd_zero_against_itself_and_all_terms_run(tmp_path)
     assert len(trainer.snapshots) >= 1, "SnC snapshots are taken when sparsity grows"
     assert student.sparsity() == pytest.approx(0.5, abs=1e-3)
     assert all(math.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
+
+
+def test_labelled_logits_only_matches_full_mlm():
+    student = build("SparseBertForMaskedLM", sparsity=0.5)
+    teacher = build("SparseBertForMaskedLM", sparsity=0.0, seed=3).to_dense().eval()
+    ids = torch.randint(5, 99, (3, 9), generator=torch.Generator().manual_seed(0))
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 5], labels[2, 0] = 7, 8, 9
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    full = student(**batch)
+    flat = student(**batch, only_labelled_logits=True)
+    assert torch.allclose(flat.logits, full.logits[labels != -100], atol=1e-5)
+    assert torch.allclose(flat.loss, full.loss, atol=1e-5)
+    args = transformers.TrainingArguments(output_dir="unused", report_to=[], use_cpu=True)
+    losses = []
+    for only in (False, True):
+        trainer = DistillationTrainer(
+            model=student, args=args, teacher=teacher,
+            distillation=DistillationConfig(task_weight=1.0, kd_weight=1.0, labelled_logits_only=only),
+        )
+        losses.append(trainer.compute_loss(student, batch))
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)

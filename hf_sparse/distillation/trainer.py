@@ -38,6 +38,7 @@ class DistillationConfig:
     fic_weight: float = 0.0  # contrast with a fine-tuned model, same-label positives
     contrastive_temperature: float = 0.1
     max_snapshots: int = 3
+    labelled_logits_only: bool = False  # MLM: logits only where labels != -100 (SparseBertForMaskedLM)
 
 
 def _representation(outputs) -> torch.Tensor:
@@ -111,18 +112,27 @@ class DistillationTrainer(Trainer):
         cfg = self.distillation
         want_hidden = bool(cfg.hidden_weight or cfg.prc_weight or cfg.snc_weight or cfg.fic_weight)
         want_attn = bool(cfg.attention_weight)
-        outputs = model(**inputs, output_hidden_states=want_hidden or None, output_attentions=want_attn or None)
         labels = inputs.get("labels")
+        extra = {"only_labelled_logits": True} if cfg.labelled_logits_only else {}
+        outputs = model(**inputs, output_hidden_states=want_hidden or None, output_attentions=want_attn or None, **extra)
         loss = outputs.loss * cfg.task_weight if (cfg.task_weight and outputs.loss is not None) else 0.0
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         attention_mask = inputs.get("attention_mask")
         terms = {}
         if self.teacher is not None and (cfg.kd_weight or cfg.hidden_weight or cfg.attention_weight):
             with torch.no_grad():
-                teacher_out = self.teacher(**model_inputs, output_hidden_states=cfg.hidden_weight > 0 or None, output_attentions=want_attn or None)
+                flags = dict(output_hidden_states=cfg.hidden_weight > 0 or None, output_attentions=want_attn or None)
+                if cfg.labelled_logits_only:  # the teacher's logits at the same positions only
+                    base = getattr(self.teacher, self.teacher.base_model_prefix)
+                    teacher_out = base(**model_inputs, **flags, return_dict=True)
+                    teacher_logits = self.teacher.cls(teacher_out.last_hidden_state[labels != -100])
+                else:
+                    teacher_out = self.teacher(**model_inputs, **flags)
+                    teacher_logits = teacher_out.logits
             if cfg.kd_weight:
-                mask = labels != -100 if (labels is not None and labels.dim() == outputs.logits.dim() - 1 and labels.dim() > 1) else None
-                terms["kd"] = cfg.kd_weight * kd_loss(outputs.logits, teacher_out.logits, cfg.temperature, mask)
+                token_level = labels is not None and labels.dim() > 1 and labels.dim() == outputs.logits.dim() - 1
+                mask = labels != -100 if token_level else None
+                terms["kd"] = cfg.kd_weight * kd_loss(outputs.logits, teacher_logits, cfg.temperature, mask)
             if cfg.hidden_weight:
                 terms["hidden"] = cfg.hidden_weight * hidden_state_loss(outputs.hidden_states, teacher_out.hidden_states, attention_mask)
             if cfg.attention_weight:

