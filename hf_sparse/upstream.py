@@ -181,6 +181,24 @@ def evaluate_mlm(model, batches: list[dict]) -> dict:
     return {"mlm_loss": round(total_loss / count, 4), "mlm_accuracy": round(correct / count, 4), "masked_tokens": count}
 
 
+def _head_warmup_trainer_class():
+    from transformers import Trainer
+
+    class HeadWarmupTrainer(Trainer):
+        """MLM loss with the encoder frozen: no encoder backward, logits only at masked positions."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs["labels"]
+            with torch.no_grad():
+                hidden = model.bert(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).last_hidden_state
+            selected = labels != -100
+            logits = model.cls(hidden[selected])
+            loss = torch.nn.functional.cross_entropy(logits, labels[selected])
+            return (loss, logits) if return_outputs else loss
+
+    return HeadWarmupTrainer
+
+
 def _training_args(output_dir: Path, recipe: UpstreamRecipe, **overrides):
     from transformers import TrainingArguments
 
@@ -230,7 +248,7 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
     if new_head and recipe.head_warmup_steps > 0:
         for name, param in dense.named_parameters():
             param.requires_grad_(name.startswith("cls.predictions.transform") or name == "cls.predictions.bias")
-        warmup = Trainer(
+        warmup = _head_warmup_trainer_class()(
             model=dense,
             args=_training_args(
                 output_dir / "head-warmup", recipe, max_steps=recipe.head_warmup_steps, learning_rate=recipe.head_warmup_learning_rate,
