@@ -188,6 +188,8 @@ def _head_warmup_trainer_class():
         """MLM loss with the encoder frozen: no encoder backward, logits only at masked positions."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not hasattr(model, "bert"):  # wrapped for DDP: the plain forward keeps gradients in sync
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs["labels"]
             with torch.no_grad():
                 hidden = model.bert(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).last_hidden_state
