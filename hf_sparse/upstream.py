@@ -62,11 +62,16 @@ class UpstreamRecipe:
     pruning_start: float = 0.1  # fraction of max_steps
     pruning_end: float = 0.7
     pruning_frequency: int = 50
-    # losses: mlm_weight * MLM + kd_weight * KD(T) + hidden_weight * hidden MSE
+    # losses: mlm_weight * MLM + kd_weight * KD(T) + hidden/attention distillation (SparseBERT)
+    # + CAP contrastive terms against the dense pre-trained model (PrC) and earlier snapshots (SnC)
     mlm_weight: float = 1.0
     kd_weight: float = 1.0
     temperature: float = 2.0
     hidden_weight: float = 0.0
+    attention_weight: float = 0.0
+    prc_weight: float = 0.0
+    snc_weight: float = 0.0
+    contrastive_temperature: float = 0.1
     # optimisation
     max_steps: int = 1500
     learning_rate: float = 1e-4
@@ -243,7 +248,8 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
     eval_batches = [collator([{"input_ids": b} for b in eval_blocks[i : i + 32]]) for i in range(0, len(eval_blocks), 32)]
 
     # 1. the dense teacher, with a warmed-up MLM head if the checkpoint has none
-    dense, info = BertForMaskedLM.from_pretrained(model_dir, output_loading_info=True)
+    attention = {"attn_implementation": "eager"} if recipe.attention_weight else {}  # attentions need eager
+    dense, info = BertForMaskedLM.from_pretrained(model_dir, output_loading_info=True, **attention)
     new_head = sorted(k for k in info["missing_keys"] if k.startswith("cls."))
     metrics: dict = {"recipe": recipe.name, "train_blocks": len(train_blocks), "eval_blocks": len(eval_blocks), "new_head_weights": new_head}
     metrics["teacher_before_head_warmup"] = evaluate_mlm(dense, eval_batches)
@@ -282,6 +288,10 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
             kd_weight=recipe.kd_weight,
             temperature=recipe.temperature,
             hidden_weight=recipe.hidden_weight,
+            attention_weight=recipe.attention_weight,
+            prc_weight=recipe.prc_weight,
+            snc_weight=recipe.snc_weight,
+            contrastive_temperature=recipe.contrastive_temperature,
             labelled_logits_only=True,
         ),
         callbacks=[callback],

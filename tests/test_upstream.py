@@ -27,6 +27,13 @@ def test_recipe_yaml_round_trip_and_errors(tmp_path):
         UpstreamRecipe(method="random").pruning_method()
 
 
+@pytest.mark.parametrize("name", ["prune_ofa_80", "prune_ofa_90", "prune_ofa_95", "prune_ofa_97", "sparsebert_90", "cap_97"])
+def test_every_shipped_recipe_parses(name):
+    recipe = UpstreamRecipe.from_yaml(f"recipes/{name}.yaml")
+    assert recipe.name == name
+    recipe.pruning_method(), recipe.schedule()
+
+
 def test_corpus_reader_skips_headings_and_dedups_passages():
     texts = read_corpus([DATA_DIR / "wikitext-2" / "valid.txt", DATA_DIR / "squad_v1.1" / "train-subset.json"])
     assert not any(t.startswith("=") for t in texts)
