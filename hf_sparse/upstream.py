@@ -115,7 +115,7 @@ class UpstreamRecipe:
         start = int(self.pruning_start * self.max_steps)
         end = int(self.pruning_end * self.max_steps)
         if self.method == "n:m":
-            return OneShotSchedule(self.final_sparsity, step=start)
+            return OneShotSchedule(self.pruning_method().sparsity, step=start)
         return CubicSchedule(self.initial_sparsity, self.final_sparsity, start, max(end, start + 1), self.pruning_frequency)
 
 

@@ -101,14 +101,21 @@ def test_trainer_with_teacher_kd_zero_against_itself_and_all_terms_run(tmp_path)
         distillation=DistillationConfig(task_weight=0.0, kd_weight=1.0),
     )
     batch = {k: torch.stack([RandomTokens(16)[i][k] for i in range(4)]) for k in ("input_ids", "attention_mask", "labels")}
+    student.train()
     assert trainer.compute_loss(student, batch).abs() < 1e-6, "KD against an identical teacher is zero"
+    student.eval()
+    assert torch.allclose(trainer.compute_loss(student, batch), student(**batch).loss), "evaluation: task loss only"
     full = DistillationConfig(task_weight=1.0, kd_weight=1.0, hidden_weight=1.0, attention_weight=1.0, prc_weight=0.1, snc_weight=0.1, fic_weight=0.1)
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=RandomTokens(16), teacher=teacher, distillation=full,
         callbacks=[PruningCallback(MagnitudePruning(), CubicSchedule(0.0, 0.5, 1, 3, 1), student)],
     )
     trainer.train()
-    assert len(trainer.snapshots) >= 1, "SnC snapshots are taken when sparsity grows"
+    pruning = next(c for c in trainer.callback_handler.callbacks if isinstance(c, PruningCallback))
+    # SnC snapshots: the model just before each later pruning step, i.e. at each earlier stage (dense ones skipped)
+    expected = [h["sparsity"] for h in pruning.history[:-1] if h["sparsity"] > 0]
+    assert expected, "the schedule must produce at least one sparse intermediate stage"
+    assert [round(s.sparsity(), 6) for s in trainer.snapshots] == expected
     assert student.sparsity() == pytest.approx(0.5, abs=1e-3)
     assert all(math.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
 

@@ -157,7 +157,7 @@ def test_kill_and_resume_gives_the_same_masks(tmp_path):
     history = json.loads((tmp_path / "run" / "checkpoint-4" / "pruning_history.json").read_text())
     assert [h["step"] for h in history] == [2, 4]
     resumed, callback = run_movement(tmp_path / "run", resume=str(tmp_path / "run" / "checkpoint-4"), seed_model=5)
-    assert [h["step"] for h in callback.history] == [6, 8]
+    assert [h["step"] for h in callback.history] == [2, 4, 6, 8], "history continues from the checkpoint"
     for name, mask in straight.get_masks().items():
         assert torch.equal(mask, resumed.get_masks()[name]), name
     for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):

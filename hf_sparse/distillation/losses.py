@@ -94,7 +94,9 @@ def contrastive_loss(
     """CAP's contrastive objective (supervised InfoNCE with several positives).
 
     For anchor i: -log( sum_{j in P(i)} exp(sim(i, j) / T) / sum_j exp(sim(i, j) / T) ), with cosine
-    similarity, averaged over anchors that have at least one positive.
+    similarity, averaged over anchors that have at least one positive. The positives' probabilities
+    are summed inside the log (the "L_in" form of Khosla et al. 2020); with one positive per anchor
+    (PrC, or SnC with one snapshot) this equals the per-positive average form.
 
     Args:
         anchors: [B, D] representations of the pruned model.

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
+
+from ..pruning.callback import PruningCallback
 
 from .losses import (
     attention_loss,
@@ -46,21 +48,6 @@ def _representation(outputs) -> torch.Tensor:
     return outputs.hidden_states[-1][:, 0]
 
 
-class _SnapshotCallback(TrainerCallback):
-    """Keeps frozen copies of the student each time its sparsity grows (CAP's SnC)."""
-
-    def __init__(self, trainer: "DistillationTrainer"):
-        self.trainer = trainer
-        self.last_sparsity = None
-
-    def on_step_end(self, args, state, control, **kwargs):
-        model = self.trainer.unwrapped_student
-        sparsity = model.sparsity() if hasattr(model, "sparsity") else None
-        if sparsity is not None and self.last_sparsity is not None and sparsity > self.last_sparsity + 1e-9:
-            self.trainer.snapshots.append(_frozen_copy(model))
-        self.last_sparsity = sparsity
-
-
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     snapshot = copy.deepcopy(model).eval()
     for param in snapshot.parameters():
@@ -92,9 +79,22 @@ class DistillationTrainer(Trainer):
         self.finetuned = self._prepare(finetuned) if finetuned is not None else self.teacher
         if (cfg.prc_weight and self.pretrained is None) or (cfg.fic_weight and self.finetuned is None):
             raise ValueError("PrC needs a pre-trained model and FiC a fine-tuned model (or a teacher)")
+        # compute_loss ignores num_items_in_batch: let the Trainer average over accumulation steps
+        self.model_accepts_loss_kwargs = False
         self.snapshots: deque = deque(maxlen=cfg.max_snapshots)
-        if cfg.snc_weight:
-            self.add_callback(_SnapshotCallback(self))
+        if cfg.snc_weight:  # CAP's snapshots: the model as it was just before each pruning step
+            pruning = [cb for cb in self.callback_handler.callbacks if isinstance(cb, PruningCallback)]
+            if not pruning:
+                raise ValueError("SnC needs a PruningCallback among the callbacks: snapshots are taken at its pruning steps")
+            pruning[0].before_update.append(self._take_snapshot)
+        if cfg.attention_weight:  # attentions are returned after dropout: distil the undropped ones
+            for module in self.model.modules():
+                if type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None), torch.nn.Dropout):
+                    module.dropout.p = 0.0
+
+    def _take_snapshot(self, model) -> None:
+        if model.sparsity() > 0:  # the dense model is PrC's job
+            self.snapshots.append(_frozen_copy(model))
 
     @property
     def unwrapped_student(self):
@@ -109,11 +109,14 @@ class DistillationTrainer(Trainer):
         return model
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:  # evaluation: the task loss and logits only
+            outputs = model(**inputs)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
         cfg = self.distillation
         want_hidden = bool(cfg.hidden_weight or cfg.prc_weight or cfg.snc_weight or cfg.fic_weight)
         want_attn = bool(cfg.attention_weight)
         labels = inputs.get("labels")
-        extra = {"only_labelled_logits": True} if cfg.labelled_logits_only else {}
+        extra = {"only_labelled_logits": True} if cfg.labelled_logits_only and labels is not None else {}
         outputs = model(**inputs, output_hidden_states=want_hidden or None, output_attentions=want_attn or None, **extra)
         loss = outputs.loss * cfg.task_weight if (cfg.task_weight and outputs.loss is not None) else 0.0
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
@@ -122,16 +125,21 @@ class DistillationTrainer(Trainer):
         if self.teacher is not None and (cfg.kd_weight or cfg.hidden_weight or cfg.attention_weight):
             with torch.no_grad():
                 flags = dict(output_hidden_states=cfg.hidden_weight > 0 or None, output_attentions=want_attn or None)
-                if cfg.labelled_logits_only:  # the teacher's logits at the same positions only
+                if cfg.labelled_logits_only and labels is not None:  # the teacher's logits at the same positions only
                     base = getattr(self.teacher, self.teacher.base_model_prefix)
                     teacher_out = base(**model_inputs, **flags, return_dict=True)
                     teacher_logits = self.teacher.cls(teacher_out.last_hidden_state[labels != -100])
                 else:
                     teacher_out = self.teacher(**model_inputs, **flags)
-                    teacher_logits = teacher_out.logits
-            if cfg.kd_weight:
+                    teacher_logits = getattr(teacher_out, "logits", None)
+            if cfg.kd_weight and getattr(outputs, "start_logits", None) is not None:  # question answering
+                terms["kd"] = cfg.kd_weight * 0.5 * (
+                    kd_loss(outputs.start_logits, teacher_out.start_logits, cfg.temperature)
+                    + kd_loss(outputs.end_logits, teacher_out.end_logits, cfg.temperature)
+                )
+            elif cfg.kd_weight:
                 token_level = labels is not None and labels.dim() > 1 and labels.dim() == outputs.logits.dim() - 1
-                mask = labels != -100 if token_level else None
+                mask = labels != -100 if token_level and not cfg.labelled_logits_only else None
                 terms["kd"] = cfg.kd_weight * kd_loss(outputs.logits, teacher_logits, cfg.temperature, mask)
             if cfg.hidden_weight:
                 terms["hidden"] = cfg.hidden_weight * hidden_state_loss(outputs.hidden_states, teacher_out.hidden_states, attention_mask)

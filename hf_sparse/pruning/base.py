@@ -56,10 +56,12 @@ class PruningMethod:
     def masks(self, model: SparseBertPreTrainedModel, sparsity: float) -> dict[str, torch.Tensor]:
         """Masks at `sparsity` (fraction of each layer, or of all layers with scope="global").
 
-        Already-pruned weights score lowest, so with a growing target the masks only shrink.
+        Already-pruned weights score lowest and stay pruned: masks only shrink.
         """
-        scores = {name: self._exclude_pruned(s, m) for (name, s), m in zip(self.scores(model).items(), model.masked_linears().values())}
-        return self.select(scores, sparsity)
+        modules = model.masked_linears()
+        scores = {name: self._exclude_pruned(s, modules[name]) for name, s in self.scores(model).items()}
+        # a target below the current sparsity keeps the current masks: pruned weights stay pruned
+        return {name: mask & modules[name].weight_mask for name, mask in self.select(scores, sparsity).items()}
 
     def select(self, scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
         if self.scope == "layer":

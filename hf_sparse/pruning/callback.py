@@ -11,8 +11,6 @@ import torch
 from transformers import TrainerCallback
 
 from .base import PruningMethod  # noqa: F401
-from .schedule import ConstantSchedule
-
 STATE_FILE = "pruning_state.safetensors"
 
 
@@ -48,6 +46,7 @@ class PruningCallback(TrainerCallback):
         self.schedule = schedule
         self.model = model
         self.history: list[dict] = []
+        self.before_update: list = []  # callables(model) run just before masks change (e.g. CAP snapshots)
 
     # ---- helpers ---------------------------------------------------------------------------
     def _update(self, step: int, optimizer=None) -> None:
@@ -55,6 +54,8 @@ class PruningCallback(TrainerCallback):
         if sparsity is None:
             return
         masks = _broadcast_masks(self.method.masks(self.model, sparsity))
+        for listener in self.before_update:
+            listener(self.model)
         self.model.set_masks(masks)
         if optimizer is not None:
             self._mask_optimizer_state(optimizer)
@@ -74,6 +75,9 @@ class PruningCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step > 0:  # resuming: masks came back with the weights; restore method state
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE
+            history = checkpoint.with_name("pruning_history.json")
+            if history.is_file():
+                self.history = json.loads(history.read_text())
             if self.method.stateful:
                 if not checkpoint.is_file():
                     raise FileNotFoundError(
@@ -90,7 +94,7 @@ class PruningCallback(TrainerCallback):
         self.method.observe(self.model)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if not isinstance(self.schedule, ConstantSchedule) and self.schedule.is_update_step(state.global_step):
+        if self.schedule.is_update_step(state.global_step):
             self._update(state.global_step, kwargs.get("optimizer"))
         else:
             self.model.apply_masks_()

@@ -26,6 +26,9 @@ class MovementPruning(PruningMethod):
 
     @torch.no_grad()
     def observe(self, model) -> None:
+        grads = [m.weight.grad for m in model.masked_linears().values() if m.weight.grad is not None]
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            return  # an overflowing mixed-precision step: the optimizer skips it, and so do the scores
         for name, module in model.masked_linears().items():
             grad = module.weight.grad
             if grad is None:

@@ -91,8 +91,10 @@ class MaskedLinear(nn.Linear):
     def _decode_compressed_weight(self, state_dict, prefix, *args) -> None:
         """Lets `load_state_dict` read the compressed keys of a saved file (e.g. a Trainer resuming)."""
         values, bitmask = state_dict.get(prefix + "weight" + VALUES_SUFFIX), state_dict.get(prefix + "weight" + BITMASK_SUFFIX)
-        if values is None or bitmask is None:
+        if values is None and bitmask is None:
             return
+        if values is None or bitmask is None:
+            raise SparseFormatError(f"state dict has only one of {prefix}weight{VALUES_SUFFIX} / {BITMASK_SUFFIX}")
         source = f"state dict entry {prefix}weight"
         decoded = decode_state_dict(
             {"weight" + VALUES_SUFFIX: values, "weight" + BITMASK_SUFFIX: bitmask},
@@ -233,6 +235,9 @@ def check_masks_against_config(state_dict: Mapping[str, torch.Tensor], config: S
 
 def _publish_directory(tmp_dir: Path, target: Path) -> None:
     """Moves a finished temporary directory into place, file by file if `target` already exists."""
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp_dir.chmod(0o777 & ~umask)  # mkdtemp makes it private
     if not target.exists():
         os.replace(tmp_dir, target)
         return
@@ -253,10 +258,14 @@ def _write_shards(tensors: dict, metadata: dict, folder: Path, max_shard_size: U
     from huggingface_hub import split_torch_state_dict_into_shards
 
     split = split_torch_state_dict_into_shards(tensors, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
-    for filename, names in split.filename_to_tensors.items():
-        write_safetensors({n: tensors[n] for n in names}, folder / filename, metadata)
+    where = dict(split.tensor_to_filename)
+    for name in tensors:  # a bitmask goes to the shard of its values, so every shard decodes on its own
+        if name.endswith(BITMASK_SUFFIX):
+            where[name] = where[name[: -len(BITMASK_SUFFIX)] + VALUES_SUFFIX]
+    for filename in sorted(set(where.values())):
+        write_safetensors({n: t for n, t in tensors.items() if where[n] == filename}, folder / filename, metadata)
     if split.is_sharded:
-        index = {"metadata": {**split.metadata, **metadata}, "weight_map": split.tensor_to_filename}
+        index = {"metadata": {**split.metadata, **metadata}, "weight_map": where}
         (folder / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))
 
 
@@ -336,6 +345,8 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
             return super().from_pretrained(
                 pretrained_model_name_or_path, *model_args, config=config, state_dict=state_dict, **kwargs
             )
+        if kwargs.get("variant") is not None:
+            raise ValueError("hf-sparse checkpoints have no weight variants; load the folder the variant was saved to")
         if kwargs.get("use_safetensors") is False:
             raise ValueError("hf-sparse checkpoints are safetensors only; use_safetensors=False is not supported")
         kwargs.pop("use_safetensors", None)
@@ -407,6 +418,8 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
             prunable_modules=prunable_modules,
             **_dense_config_dict(dense.config),
         )
+        if getattr(dense.config, "_attn_implementation", None):
+            config._attn_implementation = dense.config._attn_implementation
         sparse = cls(config).to(dense.dtype)
         missing, unexpected = sparse.load_state_dict(dense.state_dict(), strict=False)
         missing = [k for k in missing if not k.endswith(MASK_SUFFIX)]
@@ -550,7 +563,8 @@ class SparseBertForMaskedLM(SparseBertPreTrainedModel, BertForMaskedLM):
         outputs = self.bert(return_dict=True, **kwargs)
         selected = labels != -100
         logits = self.cls(outputs.last_hidden_state[selected])
-        loss = F.cross_entropy(logits.float(), labels[selected])
+        # a batch without masked tokens contributes zero (not NaN)
+        loss = F.cross_entropy(logits.float(), labels[selected]) if logits.shape[0] else logits.sum() * 0.0
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 

@@ -136,9 +136,8 @@ def decode_state_dict(
                 f"{source}: tensor {name + BITMASK_SUFFIX!r} has dtype {packed.dtype} and shape "
                 f"{list(packed.shape)}; expected uint8 of shape [{(count + 7) // 8}] for a weight of shape {shape}"
             )
-        bits = np.unpackbits(packed.numpy(), count=count, bitorder="little")
-        kept = int(np.count_nonzero(bits))
-        mask = torch.from_numpy(bits).view(torch.bool).reshape(shape)
+        mask = unpack_mask(packed, shape)
+        kept = int(np.count_nonzero(mask.numpy()))
         if values.dim() != 1 or values.numel() != kept or not values.is_floating_point():
             raise SparseFormatError(
                 f"{source}: tensor {name + VALUES_SUFFIX!r} has {values.numel()} {values.dtype} entries "
@@ -194,11 +193,16 @@ ALIGNMENT = 64
 def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
     """Writes a standard safetensors file whose data starts on a 64-byte boundary.
 
-    Uncompressed tensors come first, so those whose byte size is a multiple of 64 (every BERT
-    weight of hidden size 384, 768, 1024...) stay 64-byte aligned when memory-mapped: they load
-    without a copy and compute exactly as in memory. Compressed tensors follow.
+    Uncompressed tensors whose byte size is a multiple of 64 come first (every BERT weight of hidden
+    size 384, 768, 1024..., the word embeddings included), so they stay 64-byte aligned when
+    memory-mapped: they load without a copy and compute exactly as in memory. Other tensors follow
+    (the reader copies those it finds misaligned), compressed ones last.
     """
-    order = sorted(tensors, key=lambda k: (k.endswith((VALUES_SUFFIX, BITMASK_SUFFIX)), k))
+    def nbytes(name: str) -> int:
+        return tensors[name].numel() * tensors[name].element_size()
+
+    # multiples of 64 bytes first (they keep every offset aligned), then the rest, then compressed tensors
+    order = sorted(tensors, key=lambda k: (k.endswith((VALUES_SUFFIX, BITMASK_SUFFIX)), nbytes(k) % ALIGNMENT != 0, k))
     header: dict = {"__metadata__": dict(metadata)}
     offset = 0
     for name in order:
