@@ -286,6 +286,12 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
     accepts_loss_kwargs = False
     dense_class: type = BertPreTrainedModel
 
+    def post_init(self):
+        """Masks the encoder's prunable linear layers before transformers initialises the weights."""
+        base = getattr(self, self.base_model_prefix, self)
+        mask_encoder(base.encoder, self.config)
+        super().post_init()
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -522,19 +528,11 @@ class SparseBertModel(SparseBertPreTrainedModel, BertModel):
 
     dense_class = BertModel
 
-    def __init__(self, config: SparseBertConfig, add_pooling_layer: bool = True):
-        super().__init__(config, add_pooling_layer=add_pooling_layer)
-        mask_encoder(self.encoder, config)
-
 
 class SparseBertForMaskedLM(SparseBertPreTrainedModel, BertForMaskedLM):
     """`BertForMaskedLM` with masked encoder linear layers."""
 
     dense_class = BertForMaskedLM
-
-    def __init__(self, config: SparseBertConfig):
-        super().__init__(config)
-        mask_encoder(self.bert.encoder, config)
 
     def forward(
         self,
@@ -573,19 +571,11 @@ class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequ
 
     dense_class = BertForSequenceClassification
 
-    def __init__(self, config: SparseBertConfig):
-        super().__init__(config)
-        mask_encoder(self.bert.encoder, config)
-
 
 class SparseBertForQuestionAnswering(SparseBertPreTrainedModel, BertForQuestionAnswering):
     """`BertForQuestionAnswering` with masked encoder linear layers."""
 
     dense_class = BertForQuestionAnswering
-
-    def __init__(self, config: SparseBertConfig):
-        super().__init__(config)
-        mask_encoder(self.bert.encoder, config)
 
 
 class SparseBertForTokenClassification(SparseBertPreTrainedModel, BertForTokenClassification):
@@ -593,19 +583,11 @@ class SparseBertForTokenClassification(SparseBertPreTrainedModel, BertForTokenCl
 
     dense_class = BertForTokenClassification
 
-    def __init__(self, config: SparseBertConfig):
-        super().__init__(config)
-        mask_encoder(self.bert.encoder, config)
-
 
 class SparseBertForMultipleChoice(SparseBertPreTrainedModel, BertForMultipleChoice):
     """`BertForMultipleChoice` with masked encoder linear layers."""
 
     dense_class = BertForMultipleChoice
-
-    def __init__(self, config: SparseBertConfig):
-        super().__init__(config)
-        mask_encoder(self.bert.encoder, config)
 
 
 __all__ = [
