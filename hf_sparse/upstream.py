@@ -214,7 +214,7 @@ def _training_args(output_dir: Path, recipe: UpstreamRecipe, **overrides):
         per_device_train_batch_size=recipe.per_device_train_batch_size,
         learning_rate=recipe.learning_rate,
         weight_decay=recipe.weight_decay,
-        warmup_ratio=recipe.warmup_ratio,
+        warmup_steps=int(round(recipe.warmup_ratio * overrides.get("max_steps", recipe.max_steps))),  # 5.x has no warmup_ratio
         max_steps=recipe.max_steps,
         logging_steps=recipe.logging_steps,
         save_steps=recipe.save_steps,
