@@ -36,16 +36,21 @@ def test_console_script_is_installed(tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("hf-sparse: error:")
 
 
+@torch.no_grad()
+def zero_encoder_weights(model, fraction):
+    """Sets about `fraction` of every encoder linear weight to zero, as a checkpoint pruned elsewhere."""
+    for name, param in model.named_parameters():
+        if ".encoder.layer." in name and name.endswith("weight") and param.dim() == 2:
+            param.mul_(torch.rand_like(param) >= fraction)
+    return model
+
+
 @pytest.fixture
 def dense_with_zeros(tmp_path, tiny_tokenizer):
     """A plain BertForMaskedLM folder whose encoder weights are 80% zeros, with a tokenizer."""
     torch.manual_seed(0)
     config = transformers.BertConfig(**{**tiny_config().to_diff_dict(), "model_type": "bert"})
-    model = transformers.BertForMaskedLM(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".encoder.layer." in name and name.endswith("weight") and param.dim() == 2:
-                param.mul_(torch.rand_like(param) >= 0.8)
+    model = zero_encoder_weights(transformers.BertForMaskedLM(config).eval(), 0.8)
     folder = tmp_path / "dense"
     model.save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
@@ -130,11 +135,7 @@ def test_convert_pretraining_checkpoint_keeps_mlm_head(tmp_path, run_cli):
     """Intel's pruneofa-style checkpoints are BertForPreTraining: the MLM head is kept, NSP dropped."""
     torch.manual_seed(0)
     config = transformers.BertConfig(**{**tiny_config().to_diff_dict(), "model_type": "bert"})
-    model = transformers.BertForPreTraining(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".encoder.layer." in name and name.endswith("weight") and param.dim() == 2:
-                param.mul_(torch.rand_like(param) >= 0.9)
+    model = zero_encoder_weights(transformers.BertForPreTraining(config).eval(), 0.9)
     model.save_pretrained(tmp_path / "pretraining")
     result = run_cli("convert", tmp_path / "pretraining", tmp_path / "sparse")
     assert result.returncode == 0, result.stderr

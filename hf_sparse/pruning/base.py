@@ -39,8 +39,8 @@ class PruningMethod:
         self.scope = scope
 
     def scores(self, model: SparseBertPreTrainedModel) -> dict[str, torch.Tensor]:
-        """Importance of every weight (higher = keep), per masked layer."""
-        raise NotImplementedError
+        """Importance of every weight (higher = keep), per masked layer; by default its magnitude |W|."""
+        return {name: m.weight.detach().abs() for name, m in model.masked_linears().items()}
 
     def observe(self, model: SparseBertPreTrainedModel) -> None:
         """Called with fresh gradients before each optimizer step (movement-style methods)."""

@@ -17,9 +17,6 @@ class BlockPruning(PruningMethod):
         self.block = (int(block[0]), int(block[1]))
         self.pattern = f"block:{self.block[0]}x{self.block[1]}"
 
-    def scores(self, model) -> dict[str, torch.Tensor]:
-        return {name: m.weight.detach().abs() for name, m in model.masked_linears().items()}
-
     def select(self, scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
         r, c = self.block
         pooled = {}

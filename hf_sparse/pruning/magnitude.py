@@ -8,12 +8,9 @@ from .base import PruningMethod, mask_from_scores  # noqa: F401  (mask_from_scor
 
 
 class MagnitudePruning(PruningMethod):
-    """Scores are |W|; `scope="global"` ranks all layers together."""
+    """Scores are |W| (the base class's); `scope="global"` ranks all layers together."""
 
     name = "magnitude"
-
-    def scores(self, model) -> dict[str, torch.Tensor]:
-        return {name: m.weight.detach().abs() for name, m in model.masked_linears().items()}
 
 
 def magnitude_masks(model, sparsity: float, scope: str = "layer") -> dict[str, torch.Tensor]:

@@ -23,9 +23,6 @@ class NMPruning(PruningMethod):
     def sparsity(self) -> float:
         return 1.0 - self.n / self.m
 
-    def scores(self, model) -> dict[str, torch.Tensor]:
-        return {name: m.weight.detach().abs() for name, m in model.masked_linears().items()}
-
     def select(self, scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
         if sparsity == 0.0:
             return {name: torch.ones_like(s, dtype=torch.bool) for name, s in scores.items()}

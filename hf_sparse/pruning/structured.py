@@ -29,8 +29,6 @@ class StructuredPruning(PruningMethod):
             raise ValueError(f"structures must include 'heads' and/or 'neurons', got {structures!r}")
         self.pattern = "structured:" + "+".join(self.structures)
 
-    def scores(self, model) -> dict[str, torch.Tensor]:
-        return {name: m.weight.detach().abs() for name, m in model.masked_linears().items()}
 
     @torch.no_grad()
     def masks(self, model, sparsity: float) -> dict[str, torch.Tensor]:

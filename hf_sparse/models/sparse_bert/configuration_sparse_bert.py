@@ -12,8 +12,7 @@ from typing import Optional, Sequence
 
 from transformers import BertConfig
 
-# Format of the weights file written by `save_pretrained` (see sparse_format.py).
-SPARSE_FORMAT_VERSION = 1
+from .sparse_format import FORMAT_VERSION as SPARSE_FORMAT_VERSION  # the weights file's format
 
 # The linear layers of one encoder layer, as named inside `BertLayer`.
 PRUNABLE_LINEARS = (
