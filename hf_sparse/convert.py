@@ -127,15 +127,11 @@ def sparse_to_dense(src: Union[str, os.PathLike], out: Union[str, os.PathLike], 
     return dense
 
 
-def _weight_files(path: Union[str, os.PathLike]) -> list[str]:
-    return msb._resolve_weight_files(path, {})
-
-
 def inspect_checkpoint(path: Union[str, os.PathLike]) -> dict:
     """Report on a SparseBert checkpoint, or on a plain BERT one (masks derived from its zeros)."""
     raw_config, config_file = read_config(path)
     model_type = raw_config.get("model_type")
-    files = _weight_files(path)
+    files = msb._resolve_weight_files(path, {})
     if model_type == SparseBertConfig.model_type:
         config = SparseBertConfig.from_pretrained(path)
         state = load_sparse_checkpoint(files)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 from transformers import TrainerCallback
 
-from .base import PruningMethod  # noqa: F401
+from .base import PruningMethod
 STATE_FILE = "pruning_state.safetensors"
 
 
