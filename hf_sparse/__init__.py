@@ -29,6 +29,8 @@ from .models.sparse_bert import (
     parse_sparsity_pattern,
 )
 
+from .transfer import MaskDriftError, SparsityCallback
+
 __version__ = "0.1.0"
 
 _AUTO_CLASSES = (
@@ -51,6 +53,7 @@ _register()
 
 __all__ = [
     "PRUNABLE_LINEARS",
+    "MaskDriftError",
     "MaskedLinear",
     "SparseBertConfig",
     "SparseBertForMaskedLM",
@@ -61,6 +64,7 @@ __all__ = [
     "SparseBertModel",
     "SparseBertPreTrainedModel",
     "SparseFormatError",
+    "SparsityCallback",
     "SparsityPattern",
     "parse_sparsity_pattern",
 ]

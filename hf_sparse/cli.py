@@ -75,6 +75,27 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from .transfer.finetune import FinetuneArguments, run_finetune
+
+    rest = list(args.rest)
+    if any(a in ("-h", "--help") for a in rest):
+        HfArgumentParser((FinetuneArguments, TrainingArguments), prog="hf-sparse finetune").print_help()
+        return 0
+    if not any(a == "--output_dir" or a.startswith("--output_dir=") or a == "--output-dir" for a in rest):
+        model = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--model"), "model")
+        task = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--task"), "task")
+        rest += ["--output_dir", str(Path("out") / "finetune" / f"{Path(model).name}-{task}")]
+    parser = HfArgumentParser((FinetuneArguments, TrainingArguments), prog="hf-sparse finetune")
+    finetune_args, training_args = parser.parse_args_into_dataclasses(rest)
+    results = run_finetune(finetune_args, training_args)
+    print(json.dumps({k: results[k] for k in ("task", "mode", "main_metric", "score", "sparsity", "steps", "train_seconds")}, indent=2))
+    print(f"wrote {Path(training_args.output_dir) / 'model'} and {Path(training_args.output_dir) / 'results.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-sparse", description="Sparse pre-trained BERT models for the Hugging Face ecosystem.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--force", action="store_true", help="overwrite an existing output model")
     prune.set_defaults(func=_cmd_prune)
 
+    finetune = sub.add_parser(
+        "finetune",
+        add_help=False,
+        help="sparse transfer: fine-tune on sst2/cola/mrpc/rte/stsb/squad with the pattern locked (--help for all options)",
+    )
+    finetune.set_defaults(func=_cmd_finetune, rest=[])
+
     inspect = sub.add_parser("inspect", help="per-layer and global sparsity, pattern and integrity checks")
     inspect.add_argument("path", help="local folder or Hub id")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -105,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "finetune":  # its options are dataclass fields + TrainingArguments (HfArgumentParser)
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from transformers.utils import logging
 
     logging.set_verbosity_error()

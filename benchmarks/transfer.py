@@ -1,0 +1,212 @@
+"""Sparse transfer of MiniLM-L6 on GLUE and SQuAD, one (row, task, seed) per command.
+
+    python benchmarks/transfer.py --row dense --task mrpc --seed 1          # the dense baseline (and KD teacher)
+    python benchmarks/transfer.py --row upstream-90 --task mrpc --seed 1 --kd
+    python benchmarks/transfer.py --table                                   # rebuild table + plot from results
+
+Rows: `dense` (MiniLM-L6 as released), `upstream-<s>` (out/prune_ofa_<s>/model from
+benchmarks/upstream.py, pattern locked), `prune-ft-<s>` (magnitude pruning to s% during
+fine-tuning, from dense: the downstream-pruning baseline), `dense-layers-<n>` (the first n dense
+layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model of the
+same task and seed 1 (run that first). Every row of a task uses the same budget (TASK_BUDGETS:
+epochs, examples, max length), bf16 autocast on CPU, dynamic padding. Each run writes
+benchmarks/results/transfer/<row>[-kd]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = RESULTS / "transfer"
+MODELS = ROOT / "out" / "transfer"
+
+# same budget for every row of a task; chosen so a row takes minutes on 2 CPU cores
+TASK_BUDGETS = {
+    "mrpc": dict(epochs=3, max_train_samples=None, learning_rate=1e-4),
+    "rte": dict(epochs=3, max_train_samples=None, learning_rate=1e-4),
+    "stsb": dict(epochs=3, max_train_samples=None, learning_rate=1e-4),
+    "cola": dict(epochs=3, max_train_samples=None, learning_rate=1e-4),
+    "sst2": dict(epochs=1, max_train_samples=20000, learning_rate=1e-4),
+    "squad": dict(epochs=1, max_train_samples=4000, learning_rate=1e-4, max_length=256),
+}
+TASK_ORDER = ["sst2", "mrpc", "stsb", "rte", "cola", "squad"]
+
+
+def _row_arguments(row: str, task: str, seed: int, kd: bool) -> list[str]:
+    from hf_sparse.upstream import minilm_folder
+
+    args: list[str] = []
+    if row == "dense":
+        args += ["--model", str(minilm_folder())]
+    elif match := re.fullmatch(r"upstream-(\d+)", row):
+        model = ROOT / "out" / f"prune_ofa_{match[1]}" / "model"
+        if not model.is_dir():
+            raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --sparsity {match[1]}` first")
+        args += ["--model", str(model)]
+    elif match := re.fullmatch(r"prune-ft-(\d+)", row):
+        args += ["--model", str(minilm_folder()), "--prune_method", "magnitude", "--target_sparsity", str(int(match[1]) / 100)]
+    elif match := re.fullmatch(r"dense-layers-(\d+)", row):
+        args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
+    else:
+        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, prune-ft-<s>, dense-layers-<n>")
+    if kd:
+        teacher = MODELS / f"dense_{task}_s1" / "model"
+        if not teacher.is_dir():
+            raise SystemExit(f"{teacher} is missing: run `python benchmarks/transfer.py --row dense --task {task} --seed 1` first")
+        args += ["--teacher", str(teacher)]
+    budget = TASK_BUDGETS[task]
+    args += ["--task", task, "--num_train_epochs", str(budget["epochs"]), "--learning_rate", str(budget["learning_rate"])]
+    if budget.get("max_train_samples"):
+        args += ["--max_train_samples", str(budget["max_train_samples"])]
+    if budget.get("max_length"):
+        args += ["--max_length", str(budget["max_length"])]
+    return args + [
+        "--seed", str(seed), "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64",
+        *_warmup(0.1), "--weight_decay", "0.01", "--bf16", "true", "--use_cpu", "true",
+        "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "50",
+        "--dataloader_num_workers", "0",
+    ]
+
+
+def _warmup(fraction: float) -> list[str]:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}  # transformers 5 takes a fraction in warmup_steps
+    return ["--warmup_ratio", str(fraction)] if "warmup_ratio" in names else ["--warmup_steps", str(fraction)]
+
+
+def run(row: str, task: str, seed: int, kd: bool) -> dict:
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
+
+    name = f"{row}{'-kd' if kd else ''}_{task}_s{seed}"
+    argv = _row_arguments(row, task, seed, kd) + ["--output_dir", str(MODELS / name)]
+    finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
+    results = run_finetune(finetune_args, training_args)
+    results.update(row=row, kd=kd, command=f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else ""))
+    RUNS.mkdir(parents=True, exist_ok=True)
+    (RUNS / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def _row_sparsity(row: str) -> float:
+    match = re.fullmatch(r"(?:upstream|prune-ft)-(\d+)", row)
+    return int(match[1]) / 100 if match else 0.0
+
+
+def write_table() -> str:
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for file in sorted(RUNS.glob("*.json")):
+        data = json.loads(file.read_text())
+        label = data["row"] + (" + KD" if data["kd"] else "")
+        runs.setdefault((label, data["task"]), []).append(data)
+    labels = sorted({label for label, _ in runs}, key=lambda l: (_row_sparsity(l.split(" ")[0]), l))
+    tasks = [t for t in TASK_ORDER if any(task == t for _, task in runs)]
+    dense = {t: statistics.mean(r["score"] for r in runs[("dense", t)]) for t in tasks if ("dense", t) in runs}
+
+    def cell(values: list[float]) -> str:
+        scale = [100 * v for v in values]
+        if len(scale) == 1:
+            return f"{scale[0]:.1f} (1 seed)"
+        return f"{statistics.mean(scale):.1f} ± {statistics.stdev(scale):.1f} ({len(scale)} seeds)"
+
+    header = "| row | encoder non-zeros | " + " | ".join(f"{t} ({runs_metric(runs, t)})" for t in tasks) + " | mean vs dense (tasks run) |"
+    lines = [header, "|---|---:|" + "---:|" * len(tasks) + "---:|"]
+    for label in labels:
+        cells, ratios, nonzeros = [], [], None
+        for t in tasks:
+            entries = runs.get((label, t))
+            if not entries:
+                cells.append("–")
+                continue
+            nonzeros = entries[0]["encoder_nonzeros"]
+            scores = [e["score"] for e in entries]
+            cells.append(cell(scores))
+            if t in dense and dense[t] > 0:
+                ratios.append(statistics.mean(scores) / dense[t])
+        ratio = f"{100 * statistics.mean(ratios):.1f}% ({len(ratios)})" if ratios else "–"
+        lines.append(f"| {label} | {nonzeros:,} | " + " | ".join(cells) + f" | {ratio} |")
+    budget_lines = []
+    for t in tasks:
+        example = next(r for (label, task), rs in runs.items() if task == t for r in rs[:1])
+        seconds = [r["train_seconds"] + r["eval_seconds"] for (label, task), rs in runs.items() if task == t for r in rs]
+        budget_lines.append(
+            f"| {t} | {example['train_examples']:,} | {example['epochs']:g} | {example['max_length']} | {example['learning_rate']:g} | "
+            f"{min(seconds) / 60:.1f}–{max(seconds) / 60:.1f} min |"
+        )
+    text = "\n".join(
+        [
+            "Scores ×100 on the full dev sets (main metric in the header). MiniLM-L6, same budget for every row of a task:",
+            "",
+            *lines,
+            "",
+            "| task | train examples | epochs | max length | lr | wall time per run (2 cores, bf16 autocast) |",
+            "|---|---:|---:|---:|---:|---|",
+            *budget_lines,
+        ]
+    )
+    (RESULTS / "transfer.md").write_text(text + "\n")
+    _plot(runs, tasks)
+    return text
+
+
+def runs_metric(runs, task) -> str:
+    return next(r["main_metric"] for (label, t), rs in runs.items() if t == task for r in rs[:1])
+
+
+def _plot(runs, tasks) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for t in tasks:
+        points = sorted(
+            (_row_sparsity(label.split(" ")[0]) * 100, 100 * statistics.mean(r["score"] for r in rs))
+            for (label, task), rs in runs.items()
+            if task == t and (label.startswith("upstream") or label == "dense") and (label == "dense" or label.endswith("KD"))
+        )
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=t)
+    ax.set_xlabel("encoder sparsity (%)  [dense, then upstream-sparse + KD]")
+    ax.set_ylabel("dev score (main metric ×100)")
+    ax.set_title("MiniLM-L6 sparse transfer")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "transfer.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--row", help="dense | upstream-<s> | prune-ft-<s> | dense-layers-<n>")
+    parser.add_argument("--task", choices=list(TASK_BUDGETS))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")
+    parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
+    args = parser.parse_args()
+    if args.row:
+        if not args.task:
+            parser.error("--row needs --task")
+        results = run(args.row, args.task, args.seed, args.kd)
+        print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
+    elif not args.table:
+        parser.error("pass --row/--task or --table")
+    print(write_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Downstream tasks: data loading, preprocessing and metrics for GLUE and SQuAD."""

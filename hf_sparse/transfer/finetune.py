@@ -1,0 +1,308 @@
+"""Sparse transfer: fine-tune a (sparse) checkpoint on a GLUE task or SQuAD with the stock `Trainer`.
+
+Modes, chosen by the arguments:
+- a `sparse_bert` checkpoint: the upstream pattern is locked (`SparsityCallback`, verified at the end);
+- a plain BERT checkpoint: dense fine-tuning with the stock model class (the dense baseline / teacher);
+  `num_layers` keeps only the first layers (the equal-non-zero dense baseline);
+- `prune_method`: prune at fine-tune time from a dense checkpoint (the downstream-pruning baseline);
+- `teacher`: distil from a fine-tuned model's logits (Prune OFA); `fic_weight`: CAP's FiC term;
+- `qat`: 8-bit quantization-aware training (evaluated with fake quantization on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
+
+from ..distillation import DistillationConfig, DistillationTrainer
+from ..models.sparse_bert.modeling_sparse_bert import (
+    SparseBertForQuestionAnswering,
+    SparseBertForSequenceClassification,
+)
+from ..pruning import CubicSchedule, MagnitudePruning, MovementPruning, PruningCallback
+from ..tasks.glue import get_glue_task, load_glue
+from ..tasks.metrics import glue_metrics, squad_metrics
+from .callback import SparsityCallback, mask_drift, reference_masks
+from .qat import QAT_RANGES_FILE, QATConfig, convert_qat, prepare_qat
+
+DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[3] / "shared" / "data")
+TASKS = ("sst2", "cola", "mrpc", "rte", "stsb", "squad")
+PRUNE_METHODS = {"magnitude": lambda: MagnitudePruning(), "movement": lambda: MovementPruning(), "soft_movement": lambda: MovementPruning(soft=True)}
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class FinetuneArguments:
+    """What to fine-tune on which task, and how (the optimisation settings are `TrainingArguments`)."""
+
+    model: str = field(metadata={"help": "checkpoint folder or Hub id: sparse_bert (pattern locked) or plain BERT (dense)"})
+    task: str = field(metadata={"help": f"one of {', '.join(TASKS)}"})
+    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "folder with glue/ and squad_v1.1/"})
+    teacher: Optional[str] = field(default=None, metadata={"help": "fine-tuned model to distil from (logits KD)"})
+    kd_weight: float = field(default=1.0, metadata={"help": "weight of the KD term (with --teacher)"})
+    task_weight: float = field(default=1.0, metadata={"help": "weight of the task loss"})
+    temperature: float = field(default=2.0, metadata={"help": "KD temperature"})
+    fic_weight: float = field(default=0.0, metadata={"help": "CAP FiC contrastive weight (needs --teacher; classification tasks)"})
+    qat: bool = field(default=False, metadata={"help": "8-bit quantization-aware training of the encoder linears"})
+    prune_method: Optional[str] = field(default=None, metadata={"help": f"prune at fine-tune time: {', '.join(PRUNE_METHODS)}"})
+    target_sparsity: float = field(default=0.9, metadata={"help": "final sparsity with --prune_method"})
+    pruning_end: float = field(default=0.7, metadata={"help": "fraction of training at which pruning reaches its target"})
+    num_layers: Optional[int] = field(default=None, metadata={"help": "keep only the first N encoder layers (dense models)"})
+    max_length: Optional[int] = field(default=None, metadata={"help": "max tokens per example (default: the task's)"})
+    doc_stride: int = field(default=64, metadata={"help": "SQuAD: overlap between context windows"})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "train on the first N examples (after shuffling with the seed)"})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "evaluate on the first N dev examples (default: all)"})
+
+    def __post_init__(self):
+        self.task = self.task.lower().replace("-", "")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        if self.prune_method is not None and self.prune_method not in PRUNE_METHODS:
+            raise ValueError(f"unknown prune_method {self.prune_method!r}; known: {', '.join(PRUNE_METHODS)}")
+        if not 0 < self.target_sparsity < 1:
+            raise ValueError(f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
+        if self.fic_weight and self.teacher is None:
+            raise ValueError("fic_weight needs --teacher (the fine-tuned model FiC contrasts with)")
+        if self.fic_weight and self.task in ("stsb", "squad"):
+            raise ValueError("FiC uses same-label positives: it needs a classification task, not stsb / squad")
+
+
+# ---- model loading ---------------------------------------------------------------------------------
+def load_model(args: FinetuneArguments, num_labels: int):
+    """The model to fine-tune, whether it carries masks, and whether the checkpoint was sparse."""
+    config = AutoConfig.from_pretrained(args.model)
+    squad = args.task == "squad"
+    sparse_class = SparseBertForQuestionAnswering if squad else SparseBertForSequenceClassification
+    dense_class = AutoModelForQuestionAnswering if squad else AutoModelForSequenceClassification
+    head_kwargs = {} if squad else {"num_labels": num_labels}
+    if config.model_type == "sparse_bert":
+        if args.prune_method or args.num_layers:
+            raise ValueError(f"{args.model} is already sparse: prune_method / num_layers apply to dense checkpoints")
+        return sparse_class.from_pretrained(args.model, **head_kwargs), True, True
+    if config.model_type != "bert":
+        raise ValueError(f"{args.model}: model_type {config.model_type!r}; hf-sparse fine-tunes bert and sparse_bert checkpoints")
+    if args.num_layers:
+        if not 1 <= args.num_layers <= config.num_hidden_layers:
+            raise ValueError(f"num_layers must be in 1..{config.num_hidden_layers}, got {args.num_layers}")
+        head_kwargs["num_hidden_layers"] = args.num_layers
+    if args.prune_method or args.qat:  # masks needed: start dense (all-ones masks)
+        dense = dense_class.from_pretrained(args.model, **head_kwargs)
+        return sparse_class.from_dense(dense), True, False
+    return dense_class.from_pretrained(args.model, **head_kwargs), False, False
+
+
+def encoder_nonzeros(model) -> int:
+    """Non-zero weights of the encoder's linear layers (what sparsity reduces)."""
+    return sum(
+        int(torch.count_nonzero(module.weight))
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".encoder.layer." in f".{name}"
+    )
+
+
+# ---- data --------------------------------------------------------------------------------------------
+def _subset(dataset, n: Optional[int], seed: int, shuffle: bool):
+    if n is None or n >= len(dataset):
+        return dataset
+    return (dataset.shuffle(seed=seed) if shuffle else dataset).select(range(n))
+
+
+def glue_datasets(args: FinetuneArguments, tokenizer, seed: int):
+    task = get_glue_task(args.task)
+    raw = load_glue(args.task, args.data_dir)
+    max_length = args.max_length or task.max_length
+    pair = "text_b" in raw["train"].column_names
+
+    def tokenize(batch):
+        texts = (batch["text_a"], batch["text_b"]) if pair else (batch["text_a"],)
+        return tokenizer(*texts, truncation=True, max_length=max_length)
+
+    train = _subset(raw["train"], args.max_train_samples, seed, shuffle=True)
+    dev = _subset(raw["validation"], args.max_eval_samples, seed, shuffle=False)
+    columns = [c for c in raw["train"].column_names if c != "label"]
+    train = train.map(tokenize, batched=True, remove_columns=columns, desc="tokenizing train")
+    dev = dev.map(tokenize, batched=True, remove_columns=columns, desc="tokenizing dev")
+    return task, train, dev, max_length
+
+
+def squad_datasets(args: FinetuneArguments, tokenizer, seed: int):
+    from ..tasks.squad import load_squad, prepare_eval_features, prepare_train_features
+
+    max_length = args.max_length or 256
+    folder = Path(args.data_dir) / "squad_v1.1"
+    train_examples = _subset(load_squad(folder / "train-subset.json"), args.max_train_samples, seed, shuffle=True)
+    dev_examples = _subset(load_squad(folder / "dev-v1.1.json"), args.max_eval_samples, seed, shuffle=False)
+    kwargs = dict(tokenizer=tokenizer, max_length=max_length, stride=args.doc_stride)
+    train = train_examples.map(
+        prepare_train_features, batched=True, fn_kwargs=kwargs, remove_columns=train_examples.column_names, desc="tokenizing train"
+    )
+    dev_features = dev_examples.map(
+        prepare_eval_features, batched=True, fn_kwargs=kwargs, remove_columns=dev_examples.column_names, desc="tokenizing dev"
+    )
+    return train, dev_examples, dev_features, max_length
+
+
+# ---- evaluation --------------------------------------------------------------------------------------
+def glue_compute_metrics(task_name: str):
+    task = get_glue_task(task_name)
+
+    def compute(prediction):
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        predicted = logits.squeeze(-1) if task.is_regression else np.argmax(logits, axis=-1)
+        return glue_metrics(task.name, predicted, prediction.label_ids)
+
+    return compute
+
+
+def evaluate_squad(trainer, dev_examples, dev_features) -> dict:
+    from ..tasks.squad import postprocess_predictions
+
+    inputs = dev_features.remove_columns([c for c in ("example_id", "offset_mapping") if c in dev_features.column_names])
+    output = trainer.predict(inputs, metric_key_prefix="eval")
+    start_logits, end_logits = output.predictions[:2]
+    answers = postprocess_predictions(dev_examples, dev_features, start_logits, end_logits)
+    references = {example["id"]: example["answers"]["text"] for example in dev_examples}
+    metrics = squad_metrics(answers, references)
+    metrics = {f"eval_{k}": v for k, v in metrics.items()}
+    metrics.update({k: v for k, v in output.metrics.items() if k.endswith(("runtime", "samples_per_second"))})
+    return metrics
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+def _total_steps(args: TrainingArguments, n_examples: int) -> int:
+    if args.max_steps and args.max_steps > 0:
+        return args.max_steps
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    return max(1, math.ceil(math.ceil(n_examples / per_step) * args.num_train_epochs))
+
+
+def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> dict:
+    """Fine-tunes, evaluates on the full dev set (or `max_eval_samples`), saves the model and `results.json`.
+
+    Returns the results dict. Raises `MaskDriftError` (nothing is saved) when a locked pattern changed.
+    """
+    started = time.time()
+    transformers.set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if args.task == "squad":
+        train, dev_examples, dev_features, max_length = squad_datasets(args, tokenizer, training_args.seed)
+        num_labels, eval_dataset, compute_metrics = 2, None, None
+    else:
+        task, train, dev, max_length = glue_datasets(args, tokenizer, training_args.seed)
+        num_labels, eval_dataset, compute_metrics = task.num_labels, dev, glue_compute_metrics(args.task)
+    model, sparse, sparse_source = load_model(args, num_labels)
+    upstream = reference_masks(model) if sparse and not args.prune_method else None
+
+    callbacks = []
+    if args.prune_method:
+        total = _total_steps(training_args, len(train))
+        end = max(1, int(args.pruning_end * total))
+        schedule = CubicSchedule(0.0, args.target_sparsity, start_step=0, end_step=end, frequency=max(1, end // 30))
+        callbacks.append(PruningCallback(PRUNE_METHODS[args.prune_method](), schedule, model))
+    elif sparse:
+        callbacks.append(SparsityCallback(reference=upstream))
+    if args.qat:
+        prepare_qat(model, QATConfig())
+
+    common = dict(
+        model=model, args=training_args, train_dataset=train, eval_dataset=eval_dataset, processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics, callbacks=callbacks,
+    )
+    if args.teacher:
+        teacher_class = AutoModelForQuestionAnswering if args.task == "squad" else AutoModelForSequenceClassification
+        teacher = teacher_class.from_pretrained(args.teacher)
+        distillation = DistillationConfig(
+            task_weight=args.task_weight, kd_weight=args.kd_weight, temperature=args.temperature, fic_weight=args.fic_weight
+        )
+        trainer = DistillationTrainer(teacher=teacher, distillation=distillation, **common)
+    else:
+        trainer = Trainer(**common)
+
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_seconds = time.time() - started
+    eval_started = time.time()
+    metrics = evaluate_squad(trainer, dev_examples, dev_features) if args.task == "squad" else trainer.evaluate()
+    eval_seconds = time.time() - eval_started
+
+    if upstream is not None:  # the callback checked already; check again before anything is written
+        problems = mask_drift(model, upstream)
+        if problems:
+            from .callback import MaskDriftError
+
+            raise MaskDriftError("sparsity pattern drifted: " + "; ".join(problems[:5]))
+    qat_ranges = convert_qat(model) if args.qat else None
+
+    results = {
+        "task": args.task,
+        "model": args.model,
+        "mode": _mode(args, sparse_source),
+        "metrics": {k.removeprefix("eval_"): v for k, v in metrics.items() if k.startswith("eval_")},
+        "score": _main_score(args.task, metrics),
+        "main_metric": _main_metric(args.task),
+        "sparsity": round(model.sparsity(), 6) if sparse else None,
+        "encoder_nonzeros": encoder_nonzeros(model),
+        "pattern_verified": upstream is not None,
+        "train_examples": len(train),
+        "steps": train_output.global_step,
+        "epochs": training_args.num_train_epochs,
+        "batch_size": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps,
+        "learning_rate": training_args.learning_rate,
+        "max_length": max_length,
+        "seed": training_args.seed,
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(eval_seconds, 1),
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "arguments": asdict(args),
+    }
+    if trainer.is_world_process_zero():
+        model.save_pretrained(output_dir / "model")
+        tokenizer.save_pretrained(output_dir / "model")
+        if qat_ranges:
+            (output_dir / "model" / QAT_RANGES_FILE).write_text(json.dumps(qat_ranges, indent=1))
+        tmp = output_dir / (RESULTS_FILE + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, output_dir / RESULTS_FILE)
+    return results
+
+
+def _mode(args: FinetuneArguments, sparse_source: bool) -> str:
+    parts = [f"prune-at-finetune:{args.prune_method}" if args.prune_method else ("sparse-transfer" if sparse_source else "dense")]
+    if args.num_layers:
+        parts.append(f"layers={args.num_layers}")
+    if args.teacher:
+        parts.append("kd")
+    if args.fic_weight:
+        parts.append("fic")
+    if args.qat:
+        parts.append("qat")
+    return "+".join(parts)
+
+
+def _main_metric(task: str) -> str:
+    return "f1" if task == "squad" else get_glue_task(task).main_metric
+
+
+def _main_score(task: str, metrics: dict) -> float:
+    return float(metrics[f"eval_{_main_metric(task)}"])
