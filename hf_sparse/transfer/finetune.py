@@ -93,7 +93,7 @@ def load_model(args: FinetuneArguments, num_labels: int):
     squad = args.task == "squad"
     sparse_class = SparseBertForQuestionAnswering if squad else SparseBertForSequenceClassification
     dense_class = AutoModelForQuestionAnswering if squad else AutoModelForSequenceClassification
-    head_kwargs = {} if squad else {"num_labels": num_labels}
+    head_kwargs = {"num_labels": 2 if squad else num_labels}  # QA heads need 2 (start, end)
     if config.model_type == "sparse_bert":
         if args.prune_method or args.num_layers:
             raise ValueError(f"{args.model} is already sparse: prune_method / num_layers apply to dense checkpoints")

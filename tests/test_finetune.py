@@ -1,0 +1,145 @@
+"""`hf-sparse finetune` / `run_finetune` end to end on tiny models and tiny task files in the real layouts."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from conftest import build
+from hf_sparse import SparseBertForSequenceClassification
+from hf_sparse.cli import main
+from hf_sparse.transfer import mask_drift, reference_masks
+
+WORDS = [f"w{i}" for i in range(90)]
+
+
+def sentence(rng, n):
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    rng = random.Random(0)
+    root = tmp_path / "data"
+    mrpc = root / "glue" / "MRPC"
+    mrpc.mkdir(parents=True)
+    for split, n in (("train", 24), ("dev", 8)):
+        rows = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+        rows += [f"{i % 2}\t{i}\t{i + 100}\t{sentence(rng, 6)} \"\t{sentence(rng, 5)}" for i in range(n)]
+        (mrpc / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    stsb = root / "glue" / "STS-B"
+    stsb.mkdir(parents=True)
+    for split, n in (("train", 24), ("dev", 8)):
+        rows = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"]
+        rows += [f"{i}\tg\tf\ty\t{i}\tnone\tnone\t{sentence(rng, 5)}\t{sentence(rng, 4)}\t{rng.uniform(0, 5):.3f}" for i in range(n)]
+        (stsb / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    squad = root / "squad_v1.1"
+    squad.mkdir(parents=True)
+    for name, n in (("train-subset.json", 12), ("dev-v1.1.json", 4)):
+        paragraphs = []
+        for i in range(n):
+            context = sentence(rng, 40)
+            words = context.split()
+            answer = " ".join(words[10:12])
+            start = len(" ".join(words[:10])) + 1
+            qas = [{"id": f"{name}-{i}", "question": sentence(rng, 4), "answers": [{"text": answer, "answer_start": start}]}]
+            paragraphs.append({"context": context, "qas": qas})
+        (squad / name).write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    return root
+
+
+@pytest.fixture
+def checkpoints(tmp_path, tiny_tokenizer):
+    upstream = build("SparseBertForMaskedLM", sparsity=0.8, max_position_embeddings=128)
+    upstream.save_pretrained(tmp_path / "upstream")
+    tiny_tokenizer.save_pretrained(tmp_path / "upstream")
+    dense = build("SparseBertForMaskedLM", sparsity=0.0, max_position_embeddings=128).to_dense()
+    dense.save_pretrained(tmp_path / "dense")
+    tiny_tokenizer.save_pretrained(tmp_path / "dense")
+    return tmp_path
+
+
+def finetune(checkpoints, data_dir, out, *extra):
+    argv = [
+        "finetune", "--data_dir", str(data_dir), "--output_dir", str(out), "--per_device_train_batch_size", "4",
+        "--num_train_epochs", "1", "--learning_rate", "1e-3", "--report_to", "none", "--save_strategy", "no",
+        "--use_cpu", "true", "--disable_tqdm", "true", *extra,
+    ]
+    assert main(argv) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def test_sparse_transfer_keeps_upstream_pattern(checkpoints, data_dir, tmp_path):
+    results = finetune(checkpoints, data_dir, tmp_path / "ft", "--model", str(checkpoints / "upstream"), "--task", "mrpc")
+    assert results["mode"] == "sparse-transfer" and results["pattern_verified"]
+    assert set(results["metrics"]) >= {"accuracy", "f1"} and results["score"] == results["metrics"]["f1"]
+    assert results["train_examples"] == 24 and results["steps"] == 6
+    saved = SparseBertForSequenceClassification.from_pretrained(tmp_path / "ft" / "model")
+    assert mask_drift(saved, reference_masks(checkpoints / "upstream")) == []
+    assert results["sparsity"] == pytest.approx(0.8, abs=0.02)
+
+
+def test_dense_teacher_then_kd_and_fic(checkpoints, data_dir, tmp_path):
+    dense = finetune(checkpoints, data_dir, tmp_path / "dense", "--model", str(checkpoints / "dense"), "--task", "mrpc")
+    assert dense["mode"] == "dense" and dense["sparsity"] is None and not dense["pattern_verified"]
+    teacher = str(tmp_path / "dense" / "model")
+    kd = finetune(checkpoints, data_dir, tmp_path / "kd", "--model", str(checkpoints / "upstream"), "--task", "mrpc", "--teacher", teacher, "--fic_weight", "0.1")
+    assert kd["mode"] == "sparse-transfer+kd+fic" and kd["pattern_verified"]
+    assert kd["encoder_nonzeros"] < dense["encoder_nonzeros"] * 0.3
+
+
+def test_prune_at_finetune_from_dense(checkpoints, data_dir, tmp_path):
+    results = finetune(
+        checkpoints, data_dir, tmp_path / "p", "--model", str(checkpoints / "dense"), "--task", "mrpc",
+        "--prune_method", "magnitude", "--target_sparsity", "0.6", "--num_train_epochs", "2",
+    )
+    assert results["mode"] == "prune-at-finetune:magnitude"
+    assert results["sparsity"] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_qat_run_writes_ranges_and_keeps_pattern(checkpoints, data_dir, tmp_path):
+    results = finetune(checkpoints, data_dir, tmp_path / "q", "--model", str(checkpoints / "upstream"), "--task", "stsb", "--qat")
+    assert results["mode"] == "sparse-transfer+qat" and set(results["metrics"]) >= {"pearson", "spearmanr", "combined"}
+    ranges = json.loads((tmp_path / "q" / "model" / "qat_ranges.json").read_text())
+    assert len(ranges) == 2 * 6
+    saved = SparseBertForSequenceClassification.from_pretrained(tmp_path / "q" / "model")
+    assert mask_drift(saved, reference_masks(checkpoints / "upstream")) == []
+    for module in saved.masked_linears().values():  # weights on their per-channel int8 grid
+        scale = module.weight.abs().amax(dim=1, keepdim=True) / 127
+        levels = module.weight / torch.where(scale > 0, scale, torch.ones_like(scale))
+        assert torch.allclose(levels, levels.round(), atol=1e-3)
+
+
+def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
+    results = finetune(
+        checkpoints, data_dir, tmp_path / "s", "--model", str(checkpoints / "upstream"), "--task", "squad",
+        "--max_length", "32", "--doc_stride", "8",
+    )
+    assert set(results["metrics"]) >= {"exact_match", "f1"} and 0 <= results["score"] <= 100
+    assert results["train_examples"] > 12  # long contexts give several windows
+    short = finetune(checkpoints, data_dir, tmp_path / "l1", "--model", str(checkpoints / "dense"), "--task", "mrpc", "--num_layers", "1")
+    assert short["mode"] == "dense+layers=1"
+    assert short["encoder_nonzeros"] == 4 * 36 * 36 + 2 * 36 * 37
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--task", "qnli"], "unknown task"),
+        (["--task", "mrpc", "--prune_method", "magnitude"], "already sparse"),
+        (["--task", "stsb", "--fic_weight", "1", "--teacher", "x"], "classification task"),
+        (["--task", "mrpc", "--prune_method", "random"], "unknown prune_method"),
+    ],
+)
+def test_finetune_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):
+    argv = ["finetune", "--model", str(checkpoints / "upstream"), "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "e"), *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "e" / "results.json").exists()
+
+
+def test_missing_task_files_are_named(checkpoints, tmp_path, capsys):
+    argv = ["finetune", "--model", str(checkpoints / "upstream"), "--task", "rte", "--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "e")]
+    assert main(argv) == 2
+    assert "RTE" in capsys.readouterr().err
