@@ -1,0 +1,238 @@
+"""Assemble a model repository folder and publish it to the Hub in one commit.
+
+`assemble_repo` copies what a user needs (compressed weights, config, tokenizer, the
+`trust_remote_code` modeling files, the recipe, exports) into a clean folder and writes the model
+card and the per-layer sparsity plot. `publish_folder` compares that folder with the repository on
+the Hub and pushes the difference as ONE commit (`create_repo(exist_ok=True)` + `create_commit`);
+an unchanged folder makes no commit. `dry_run=True` only lists the operations. The token comes
+from the `token` argument, `HF_TOKEN` or the `huggingface_hub` login, and is never printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .cards import ZooEntry, render_card, sparsity_plot
+
+# files of a checkpoint folder that belong in a published repo (training artefacts such as
+# optimizer states or pickled training_args.bin never do)
+_PUBLISHED_SUFFIXES = (".json", ".safetensors", ".txt", ".py", ".yaml", ".model")
+_NEVER = {"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "results.json"}
+EXPORT_FOLDERS = ("onnx", "openvino")
+
+
+class PublishError(RuntimeError):
+    """The folder cannot be published as asked (missing files, bad repo id, unreachable repository)."""
+
+
+@dataclass
+class Operation:
+    """One planned change: `create_repo`, `create_branch`, `add` or `delete` (path in the repo), or `commit`."""
+
+    action: str
+    path: str = ""
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return " ".join(part for part in (self.action, self.path, self.detail and f"({self.detail})") if part)
+
+
+@dataclass
+class PublishResult:
+    repo_id: str
+    operations: list[Operation] = field(default_factory=list)
+    committed: bool = False
+    commit_url: Optional[str] = None
+    dry_run: bool = False
+
+
+def _check_repo_id(repo_id: str) -> None:
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts) or any(p in (".", "..") or p.startswith(".") for p in parts):
+        raise PublishError(f"repo id must look like 'org/name', got {repo_id!r}")
+
+
+def assemble_repo(entry: ZooEntry, model_dir: str | Path, out_dir: str | Path, repo_id: str, root: str | Path) -> Path:
+    """Writes the repository folder of `entry` (checkpoint at `model_dir`) to `out_dir`.
+
+    The card is rendered first, so a card that cannot be written honestly (`CardError`) stops the
+    run before anything is copied. Returns `out_dir`.
+    """
+    from ..convert import inspect_checkpoint
+
+    model_dir, out_dir, root = Path(model_dir), Path(out_dir), Path(root)
+    if not (model_dir / "config.json").is_file():
+        raise PublishError(f"{model_dir}: no config.json (is it a checkpoint folder?)")
+    report = inspect_checkpoint(model_dir)
+    failed = [c for c in report["checks"] if not c["ok"]]
+    if failed:
+        raise PublishError(f"{model_dir}: `hf-sparse inspect` checks failed: {failed}")
+    exports = tuple(name for name in EXPORT_FOLDERS if (model_dir / name).is_dir())
+    card = render_card(entry, repo_id, root, report, exports)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for item in sorted(model_dir.iterdir()):
+        if item.is_file() and item.suffix in _PUBLISHED_SUFFIXES and item.name not in _NEVER and item.name != "README.md":
+            shutil.copy2(item, out_dir / item.name)
+    for name in exports:
+        shutil.copytree(model_dir / name, out_dir / name, dirs_exist_ok=True)
+    if entry.recipe and not (out_dir / "recipe.yaml").exists():
+        shutil.copy2(root / entry.recipe, out_dir / "recipe.yaml")
+    (out_dir / "README.md").write_text(card)
+    sparsity_plot(report, out_dir / "sparsity.png")
+    return out_dir
+
+
+# ---- comparing with the remote --------------------------------------------------------------------
+def _git_blob_sha1(path: Path) -> str:
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _same(local: Path, remote) -> bool:
+    if remote.size != local.stat().st_size:
+        return False
+    if getattr(remote, "lfs", None) is not None:
+        return remote.lfs.sha256 == _sha256(local)
+    return remote.blob_id == _git_blob_sha1(local)
+
+
+def _remote_files(api, repo_id: str, revision: str) -> Optional[dict]:
+    """`{path: RepoFile}` of the revision; None when the repository or the revision does not exist."""
+    from huggingface_hub.utils import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        entries = api.list_repo_tree(repo_id, revision=revision, recursive=True)
+        return {e.path: e for e in entries if hasattr(e, "blob_id")}
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+        return None
+
+
+def publish_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: Optional[str] = None,
+    create_pr: bool = False,
+    commit_message: str = "Publish with hf-sparse",
+    dry_run: bool = False,
+    token: Optional[str] = None,
+    api=None,
+) -> PublishResult:
+    """Makes `repo_id` (at `revision`, default `main`) hold exactly the files of `folder`, in one commit.
+
+    Args:
+        folder: the assembled repository folder.
+        repo_id: `org/name` on the Hub (or the server `HF_ENDPOINT` points to).
+        private: create the repository private (only when it does not exist yet).
+        revision: branch to commit to; created from `main` if missing.
+        create_pr: open a pull request instead of committing to the branch.
+        dry_run: list the operations, change nothing (the repository is still read when reachable).
+        token: defaults to `HF_TOKEN` / the saved login; never printed.
+        api: an `HfApi` (tests pass one whose HTTP calls are recorded).
+
+    Returns a `PublishResult`; `committed` is False when nothing changed.
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+
+    _check_repo_id(repo_id)
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or not (folder / "README.md").is_file():
+        raise PublishError(f"{folder}: an assembled repo folder needs config.json and README.md (use assemble_repo)")
+    api = api or HfApi(token=token)
+    branch = revision or "main"
+    result = PublishResult(repo_id=repo_id, dry_run=dry_run)
+    ops = result.operations
+
+    remote = _remote_files(api, repo_id, branch)
+    repo_exists, new_branch = True, False
+    if remote is None:  # no such repository, or no such branch yet
+        main_files = _remote_files(api, repo_id, "main") if branch != "main" else None
+        repo_exists = main_files is not None
+        new_branch = branch != "main"
+        if not repo_exists:
+            ops.append(Operation("create_repo", repo_id, f"private={private}, exist_ok=True"))
+        if new_branch:
+            ops.append(Operation("create_branch", branch, "from main"))
+        remote = main_files or {}  # a new branch starts from main's files
+    local = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    commit_ops = []
+    for path, file in local.items():
+        if path in remote and _same(file, remote[path]):
+            continue
+        ops.append(Operation("add", path, f"{file.stat().st_size:,} bytes, sha256 {_sha256(file)[:12]}"))
+        commit_ops.append(CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(file)))
+    for path in sorted(set(remote) - set(local)):
+        if path != ".gitattributes":
+            ops.append(Operation("delete", path))
+            commit_ops.append(CommitOperationDelete(path_in_repo=path))
+    if not commit_ops:
+        return result  # unchanged: no commit
+    ops.append(Operation("commit", branch, f"{'pull request' if create_pr else 'direct'}: {commit_message!r}, {len(commit_ops)} operations"))
+    if dry_run:
+        return result
+
+    if not repo_exists:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+    if new_branch:
+        api.create_branch(repo_id, branch=branch, exist_ok=True)
+    info = api.create_commit(repo_id, operations=commit_ops, commit_message=commit_message, revision=branch, create_pr=create_pr)
+    result.committed = True
+    result.commit_url = getattr(info, "pr_url", None) or getattr(info, "commit_url", None)
+    return result
+
+
+def build_and_publish(entry: ZooEntry, repo_id: str, root: str | Path, **publish_kwargs) -> PublishResult:
+    """`assemble_repo` into a temporary folder, then `publish_folder` (or `local_mirror=<dir>` to commit it into a local mirror)."""
+    local_mirror = publish_kwargs.pop("local_mirror", None)
+    model_dir = Path(root) / entry.model if entry.model and not Path(entry.model).is_absolute() else Path(entry.model or "")
+    with tempfile.TemporaryDirectory(prefix="hf-sparse-publish-") as tmp:
+        folder = assemble_repo(entry, model_dir, Path(tmp) / "repo", repo_id, root)
+        if local_mirror is not None:
+            from .local_hub import mirror_commit
+
+            result = PublishResult(repo_id=repo_id, dry_run=publish_kwargs.get("dry_run", False))
+            if not result.dry_run:
+                before = _mirror_head(Path(local_mirror), repo_id)
+                sha = mirror_commit(folder, local_mirror, repo_id, publish_kwargs.get("commit_message", "Publish with hf-sparse"))
+                result.committed = sha != before
+                result.commit_url = f"{local_mirror}/models/{repo_id}@{sha}"
+            result.operations = [Operation("add", p.relative_to(folder).as_posix()) for p in sorted(folder.rglob("*")) if p.is_file()]
+            return result
+        return publish_folder(folder, repo_id, **publish_kwargs)
+
+
+def _mirror_head(mirrors_root: Path, repo_id: str) -> Optional[str]:
+    import subprocess
+
+    work_tree = mirrors_root / "models" / repo_id
+    if not (work_tree / ".git").exists():
+        return None
+    out = subprocess.run(["git", "-C", str(work_tree), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def token_is_available(token: Optional[str] = None) -> bool:
+    """Whether a token is configured (argument, `HF_TOKEN` or login), without revealing it."""
+    if token or os.environ.get("HF_TOKEN"):
+        return True
+    from huggingface_hub import get_token
+
+    return get_token() is not None

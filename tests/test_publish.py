@@ -1,0 +1,237 @@
+"""Model cards from results files, and publishing at the huggingface_hub boundary (one commit, idempotent)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, ModelCard
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.hf_api import RepoFile
+
+from conftest import build
+from hf_sparse.hub.cards import CardError, ZooEntry, load_zoo, render_card
+from hf_sparse.hub.publish import PublishError, _git_blob_sha1, _sha256, assemble_repo, build_and_publish, publish_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def http_error(cls, message):
+    """huggingface_hub 1.x+ errors need a response object; 0.x ones do not."""
+    try:
+        return cls(message)
+    except TypeError:
+        import httpx2
+
+        return cls(message, response=httpx2.Response(404, request=httpx2.Request("GET", "http://hub.invalid/api")))
+
+
+class FakeHub:
+    """The few `HfApi` methods publishing uses, on an in-memory repository; records every call."""
+
+    def __init__(self):
+        self.repos: dict[str, dict[str, dict[str, bytes]]] = {}  # repo -> branch -> path -> bytes
+        self.calls: list[tuple] = []
+
+    def list_repo_tree(self, repo_id, revision=None, recursive=False):
+        self.calls.append(("list_repo_tree", repo_id, revision))
+        if repo_id not in self.repos:
+            raise http_error(RepositoryNotFoundError, repo_id)
+        branch = self.repos[repo_id].get(revision or "main")
+        if branch is None:
+            raise http_error(RevisionNotFoundError, revision)
+        out = []
+        for path, data in branch.items():
+            tmp = Path(self.tmp) / "blob"
+            tmp.write_bytes(data)
+            if path.endswith((".safetensors", ".png")):  # the Hub stores binaries with LFS
+                out.append(RepoFile(path=path, size=len(data), oid="0" * 40, lfs={"size": len(data), "oid": _sha256(tmp), "pointerSize": 130}))
+            else:
+                out.append(RepoFile(path=path, size=len(data), oid=_git_blob_sha1(tmp)))
+        return out
+
+    def create_repo(self, repo_id, private=False, exist_ok=False):
+        self.calls.append(("create_repo", repo_id, private))
+        self.repos.setdefault(repo_id, {"main": {".gitattributes": b"*.safetensors filter=lfs\n"}})
+
+    def create_branch(self, repo_id, branch, exist_ok=False):
+        self.calls.append(("create_branch", repo_id, branch))
+        self.repos[repo_id][branch] = dict(self.repos[repo_id]["main"])
+
+    def create_commit(self, repo_id, operations, commit_message, revision=None, create_pr=False):
+        operations = list(operations)
+        self.calls.append(("create_commit", repo_id, revision, create_pr, [op.path_in_repo for op in operations]))
+        files = self.repos[repo_id][revision or "main"]
+        for op in operations:
+            if isinstance(op, CommitOperationAdd):
+                files[op.path_in_repo] = Path(op.path_or_fileobj).read_bytes()
+            elif isinstance(op, CommitOperationDelete):
+                files.pop(op.path_in_repo)
+
+        class Info:
+            commit_url = f"https://hub.invalid/{repo_id}/commit/1"
+            pr_url = f"https://hub.invalid/{repo_id}/discussions/1" if create_pr else None
+
+        return Info()
+
+    def writes(self):
+        return [c for c in self.calls if c[0] != "list_repo_tree"]
+
+
+@pytest.fixture
+def project(tmp_path, tiny_tokenizer):
+    """A results tree and checkpoints laid out like the repository's."""
+    root = tmp_path / "project"
+    results = root / "benchmarks" / "results" / "transfer"
+    results.mkdir(parents=True)
+    upstream = build("SparseBertForMaskedLM", sparsity=0.9)
+    upstream.save_pretrained(root / "out" / "up")
+    tiny_tokenizer.save_pretrained(root / "out" / "up")
+    finetuned = build("SparseBertForSequenceClassification", sparsity=0.9, num_labels=2)
+    finetuned.save_pretrained(root / "out" / "ft")
+    tiny_tokenizer.save_pretrained(root / "out" / "ft")
+    metrics = {"sparsity": 0.9, "steps": 10, "wall_seconds": 120.0, "teacher": {"mlm_loss": 6.5, "mlm_accuracy": 0.12},
+               "student": {"mlm_loss": 5.5, "mlm_accuracy": 0.2}}
+    (root / "benchmarks" / "results" / "upstream_90.json").write_text(json.dumps({"command": "python benchmarks/upstream.py --sparsity 90", "metrics": metrics}))
+    for seed, f1 in ((1, 0.80), (2, 0.84)):
+        run = {"row": "upstream-90", "kd": True, "task": "mrpc", "seed": seed, "main_metric": "f1", "train_examples": 3667, "epochs": 3,
+               "metrics": {"f1": f1, "accuracy": f1 - 0.1, "loss": 0.5, "runtime": 3.0},
+               "command": f"python benchmarks/transfer.py --row upstream-90 --task mrpc --seed {seed} --kd"}
+        (results / f"upstream-90-kd_mrpc_s{seed}.json").write_text(json.dumps(run))
+    (root / "recipes").mkdir()
+    (root / "recipes" / "r.yaml").write_text("name: r\nfinal_sparsity: 0.9\n")
+    return root
+
+
+def upstream_entry(**overrides):
+    values = dict(name="tiny-90", kind="upstream", model="out/up", recipe="recipes/r.yaml",
+                  results=["benchmarks/results/upstream_90.json"], transfer_results=["benchmarks/results/transfer/upstream-90-kd_*.json"])
+    values.update(overrides)
+    return ZooEntry(**values)
+
+
+def finetuned_entry():
+    return ZooEntry(name="tiny-90-mrpc", kind="finetuned", task="mrpc", model="out/ft", results=["benchmarks/results/transfer/upstream-90-kd_mrpc_s*.json"])
+
+
+# ---- cards ------------------------------------------------------------------------------------------
+def test_finetuned_card_carries_model_index_from_results(project, tmp_path):
+    folder = assemble_repo(finetuned_entry(), project / "out" / "ft", tmp_path / "repo", "org/tiny-90-mrpc", project)
+    card = ModelCard((folder / "README.md").read_text())
+    data = card.data.to_dict()
+    assert {"sparse", "pruned", "prune-once-for-all"} <= set(data["tags"])
+    assert data["license"] == "apache-2.0" and data["base_model"] and data["datasets"] == ["glue"]
+    values = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert values == {"f1": pytest.approx(82.0), "accuracy": pytest.approx(72.0)}  # means over the two seeds
+    assert "82.00 ± 2.83" in card.text  # stdev of 80, 84
+    assert "trust_remote_code=True" in card.text and "org/tiny-90-mrpc" in card.text
+    assert (folder / "sparsity.png").read_bytes()[:4] == b"\x89PNG"
+    assert {"config.json", "model.safetensors", "modeling_sparse_bert.py", "tokenizer_config.json"} <= {p.name for p in folder.iterdir()}
+
+
+def test_upstream_card_has_mlm_result_recipe_and_transfer_table(project, tmp_path):
+    folder = assemble_repo(upstream_entry(), project / "out" / "up", tmp_path / "repo", "org/tiny-90", project)
+    card = ModelCard((folder / "README.md").read_text())
+    (result,) = card.data.eval_results
+    assert result.task_type == "fill-mask" and result.metric_value == pytest.approx(20.0)
+    assert "final_sparsity: 0.9" in card.text and (folder / "recipe.yaml").is_file()
+    assert "upstream-90 + KD | mrpc" in card.text
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (upstream_entry(results=["benchmarks/results/upstream_80.json"]), "no upstream results file matches"),
+        (upstream_entry(transfer_results=["benchmarks/results/transfer/upstream-80-kd_*.json"]), "no transfer results file"),
+        (ZooEntry(name="c", kind="converted", source="intel/x", model="out/up"), "must cite its published results"),
+        (ZooEntry(name="c", kind="converted", source="intel/x", model="out/up", cited_results=[{"task": "squad"}]), "lacks"),
+    ],
+)
+def test_card_refuses_missing_or_bad_results(project, tmp_path, entry, message):
+    with pytest.raises(CardError, match=message):
+        assemble_repo(entry, project / "out" / "up", tmp_path / "repo", "org/x", project)
+    assert not (tmp_path / "repo").exists()  # nothing half-written
+
+
+def test_malformed_results_file_is_named(project, tmp_path):
+    bad = project / "benchmarks" / "results" / "transfer" / "upstream-90-kd_mrpc_s3.json"
+    bad.write_text(json.dumps({"task": "mrpc"}))
+    with pytest.raises(CardError, match="s3.json: not a transfer results file"):
+        assemble_repo(finetuned_entry(), project / "out" / "ft", tmp_path / "repo", "org/x", project)
+
+
+def test_zoo_file_parses_and_rejects_unknown_keys(tmp_path):
+    org, entries = load_zoo(ROOT / "upload" / "zoo.yaml")
+    assert org and {e.kind for e in entries} == {"upstream", "finetuned", "converted"}
+    bad = tmp_path / "zoo.yaml"
+    bad.write_text("org: o\nmodels:\n  - {name: a, kind: upstream, model: m, results: [r], colour: red}\n")
+    with pytest.raises(CardError, match="unknown keys"):
+        load_zoo(bad)
+
+
+# ---- publishing -----------------------------------------------------------------------------------
+@pytest.fixture
+def repo_folder(project, tmp_path):
+    return assemble_repo(finetuned_entry(), project / "out" / "ft", tmp_path / "repo", "org/tiny-90-mrpc", project)
+
+
+def test_dry_run_lists_exactly_the_operations_and_writes_nothing(repo_folder, tmp_path):
+    hub = FakeHub()
+    hub.tmp = tmp_path
+    result = publish_folder(repo_folder, "org/tiny-90-mrpc", dry_run=True, api=hub)
+    files = sorted(p.relative_to(repo_folder).as_posix() for p in repo_folder.rglob("*") if p.is_file())
+    assert [str(op).split(" (")[0] for op in result.operations] == (
+        ["create_repo org/tiny-90-mrpc"] + [f"add {f}" for f in files] + ["commit main"]
+    )
+    assert hub.writes() == [] and not result.committed
+
+
+def test_publish_is_one_commit_and_idempotent(repo_folder, tmp_path):
+    hub = FakeHub()
+    hub.tmp = tmp_path
+    first = publish_folder(repo_folder, "org/tiny-90-mrpc", private=True, api=hub)
+    assert first.committed
+    commits = [c for c in hub.calls if c[0] == "create_commit"]
+    assert hub.writes()[0] == ("create_repo", "org/tiny-90-mrpc", True) and len(commits) == 1
+    assert hub.repos["org/tiny-90-mrpc"]["main"]["model.safetensors"] == (repo_folder / "model.safetensors").read_bytes()
+
+    again = publish_folder(repo_folder, "org/tiny-90-mrpc", api=hub)
+    assert not again.committed and again.operations == []
+    assert len([c for c in hub.calls if c[0] == "create_commit"]) == 1
+
+    (repo_folder / "README.md").write_text((repo_folder / "README.md").read_text() + "\nmore\n")
+    (repo_folder / "recipe.yaml").unlink(missing_ok=True)
+    hub.repos["org/tiny-90-mrpc"]["main"]["stale.bin"] = b"old"
+    third = publish_folder(repo_folder, "org/tiny-90-mrpc", api=hub)
+    assert [str(op).split(" (")[0] for op in third.operations] == ["add README.md", "delete stale.bin", "commit main"]
+    assert "stale.bin" not in hub.repos["org/tiny-90-mrpc"]["main"]
+
+
+def test_revision_and_pull_request(repo_folder, tmp_path):
+    hub = FakeHub()
+    hub.tmp = tmp_path
+    publish_folder(repo_folder, "org/m", api=hub)
+    (repo_folder / "README.md").write_text("---\nlicense: mit\n---\nchanged\n")
+    result = publish_folder(repo_folder, "org/m", revision="v2", create_pr=True, api=hub)
+    assert ("create_branch", "org/m", "v2") in hub.calls
+    commit = [c for c in hub.calls if c[0] == "create_commit"][-1]
+    assert commit[2:4] == ("v2", True) and commit[4] == ["README.md"]
+    assert result.commit_url.endswith("discussions/1")
+
+
+def test_bad_repo_id_and_unassembled_folder(repo_folder, tmp_path):
+    with pytest.raises(PublishError, match="org/name"):
+        publish_folder(repo_folder, "../etc", api=FakeHub())
+    with pytest.raises(PublishError, match="README.md"):
+        publish_folder(tmp_path, "org/m", api=FakeHub())
+
+
+def test_publish_script_dry_run_needs_a_zoo_entry(project, tmp_path):
+    script = ROOT / "upload" / "publish.py"
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text("org: o\nmodels: []\n")
+    out = subprocess.run([sys.executable, str(script), str(project / "out" / "ft"), "--repo-id", "o/m", "--zoo", str(zoo), "--dry-run"],
+                         capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_TOKEN": "hf_secret_value"})
+    assert out.returncode != 0 and "no zoo entry" in out.stderr
+    assert "hf_secret_value" not in out.stdout + out.stderr

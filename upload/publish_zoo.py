@@ -1,0 +1,75 @@
+"""Publish every model of the zoo (idempotent: unchanged models make no commit).
+
+    python upload/publish_zoo.py upload/zoo.yaml [--dry-run] [--only NAME ...] [--local-mirror hub/mirrors]
+
+Converted entries are built first (`hf-sparse convert <source> <model>`; the source must be a local
+folder or reachable on the Hub). An entry whose checkpoint or results are missing is reported with
+the command that builds it, the others are still published; the exit code is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def build_converted(entry) -> None:
+    from hf_sparse.convert import dense_to_sparse
+
+    out = ROOT / entry.model
+    if (out / "config.json").is_file():
+        return
+    tmp = out.with_name(out.name + ".partial")
+    dense_to_sparse(entry.source, tmp, head=entry.head)
+    tmp.rename(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("zoo", nargs="?", default=str(ROOT / "upload" / "zoo.yaml"))
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--only", nargs="+", help="publish only these entries")
+    parser.add_argument("--local-mirror", help="commit into this local mirror folder (served by olah) instead of the Hub")
+    args = parser.parse_args(argv)
+
+    from hf_sparse.hub.cards import CardError, load_zoo
+    from hf_sparse.hub.publish import PublishError, build_and_publish
+
+    org, entries = load_zoo(args.zoo)
+    if args.only:
+        unknown = set(args.only) - {e.name for e in entries}
+        if unknown:
+            raise SystemExit(f"unknown entries {sorted(unknown)}")
+        entries = [e for e in entries if e.name in args.only]
+    failed = []
+    for entry in entries:
+        repo_id = f"{org}/{entry.name}"
+        try:
+            if entry.kind == "converted":
+                build_converted(entry)
+            if not (ROOT / entry.model / "config.json").is_file():
+                raise PublishError(f"checkpoint {entry.model} is missing; build it first (see the results commands in {args.zoo})")
+            kwargs = dict(dry_run=args.dry_run)
+            if args.local_mirror:
+                kwargs["local_mirror"] = args.local_mirror
+            result = build_and_publish(entry, repo_id, ROOT, **kwargs)
+        except (CardError, PublishError, OSError, ValueError) as err:
+            failed.append(entry.name)
+            print(f"[FAILED] {repo_id}: {err}")
+            continue
+        state = "dry run" if args.dry_run else ("committed" if result.committed else "unchanged")
+        print(f"[{state}] {repo_id}: {len(result.operations)} operations")
+        for op in result.operations if args.dry_run else []:
+            print(f"    {op}")
+    if failed:
+        print(f"{len(failed)} of {len(entries)} entries not published: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
