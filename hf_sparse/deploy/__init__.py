@@ -1,0 +1,1 @@
+"""Deployment: exports for runtimes outside PyTorch."""
