@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Installs hf-sparse and runs the main job on real weights and data (a few minutes on 2 cores).
+# Installs hf-sparse and runs the main job: the whole pipeline on real weights and data, small budget
+# (prune once -> sparse transfer -> ONNX INT8 -> publish to the local Hub -> load back; ~10 min on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh default
-HF_HUB_OFFLINE=1 .venv/bin/python examples/minilm_90.py --out out/minilm-l6-90 "$@"
+bash scripts/setup_olah.sh
+out="${OUT:-out/pipeline-$(date +%Y%m%d-%H%M%S)}"
+HF_HUB_OFFLINE=1 .venv/bin/python examples/pipeline.py --out "$out" "$@"

@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour="${1:-default}"
 bash scripts/setup_env.sh "$flavour"
+bash scripts/setup_olah.sh   # the local Hub server (its own venv) for the publish round-trip tests
 venv=.venv; [ "$flavour" = transformers5 ] && venv=.venv-tf5
 HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest -m "real or not real" -p no:cacheprovider -q tests

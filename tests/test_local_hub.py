@@ -1,0 +1,289 @@
+"""Round trips through a local read-only Hub (olah over git mirrors): real clients, no network.
+
+Needs `.venv-olah` (`bash scripts/setup_olah.sh`); without it the Hub tests fail with that hint.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hf_sparse.hub.local_hub import OLAH_ENV, LocalHub, default_olah_executable, mirror_commit
+
+from conftest import build, dummy_inputs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ID = "org/tiny-sparse"
+HEAD = "SparseBertForSequenceClassification"
+README = "---\nlicense: apache-2.0\n---\n\n# tiny-sparse\n\nAn 80%-sparse test model.\n"
+
+
+def _git(work: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    return subprocess.run(["git", *args], cwd=work, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _tree(work: Path) -> set[str]:
+    return set(_git(work, "ls-tree", "-r", "--name-only", "HEAD").splitlines())
+
+
+# --- mirror_commit ------------------------------------------------------------------------------
+
+
+def test_mirror_commit_is_idempotent_and_replaces_the_tree(tmp_path):
+    src, mirrors = tmp_path / "src", tmp_path / "mirrors"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("a")
+    (src / "sub" / "b.bin").write_bytes(bytes(range(256)) * 64)
+    work = mirrors / "models" / "org" / "repo"
+
+    sha1 = mirror_commit(src, mirrors, "org/repo", "first")
+    assert len(sha1) == 40 and _git(work, "rev-parse", "HEAD") == sha1
+    assert _git(work, "symbolic-ref", "HEAD") == "refs/heads/main"
+    assert _git(work, "log", "-1", "--format=%an <%ae>|%cn <%ce>") == "hf-sparse <hf-sparse@localhost>|hf-sparse <hf-sparse@localhost>"
+    assert _tree(work) == {"a.txt", "sub/b.bin"}
+
+    assert mirror_commit(src, mirrors, "org/repo", "same again") == sha1  # unchanged tree: no commit
+    assert _git(work, "rev-list", "--count", "HEAD") == "1"
+
+    (src / "a.txt").write_text("changed")
+    sha2 = mirror_commit(src, mirrors, "org/repo", "second")
+    assert sha2 != sha1 and _git(work, "rev-list", "--count", "HEAD") == "2"
+    assert _git(work, "show", f"{sha2}:a.txt") == "changed"
+
+    shutil.rmtree(src / "sub")
+    sha3 = mirror_commit(src, mirrors, "org/repo", "third")
+    assert sha3 != sha2 and _tree(work) == {"a.txt"}
+    assert not (work / "sub").exists() and _git(work, "status", "--porcelain") == ""
+
+    # another branch starts as a root commit and leaves main alone
+    dev = mirror_commit(src, mirrors, "org/repo", "dev", revision="dev")
+    assert _git(work, "rev-parse", "refs/heads/main") == sha3 and _git(work, "rev-list", "--count", dev) == "1"
+
+
+@pytest.mark.parametrize("repo_id", ["org", "org/../x", "../x", "a/b/c", "/abs", "org/..", "org/na me", "org/.x", "org/x--y", ""])
+def test_mirror_commit_rejects_bad_repo_ids(tmp_path, repo_id):
+    (tmp_path / "src").mkdir()
+    with pytest.raises(ValueError, match="repo_id"):
+        mirror_commit(tmp_path / "src", tmp_path / "mirrors", repo_id, "msg")
+    assert not (tmp_path / "mirrors").exists()
+
+
+def test_mirror_commit_rejects_bad_revision_and_message(tmp_path):
+    (tmp_path / "src").mkdir()
+    for revision in ["a..b", "x y", "0" * 40, ""]:
+        with pytest.raises(ValueError, match="revision"):
+            mirror_commit(tmp_path / "src", tmp_path / "mirrors", "org/repo", "msg", revision=revision)
+    with pytest.raises(ValueError, match="message"):
+        mirror_commit(tmp_path / "src", tmp_path / "mirrors", "org/repo", "  ")
+    assert not (tmp_path / "mirrors").exists()
+
+
+def test_local_hub_names_the_setup_script_when_olah_is_missing(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="scripts/setup_olah.sh"):
+        LocalHub(tmp_path, olah=tmp_path / "no-olah-cli").start()
+    monkeypatch.setenv(OLAH_ENV, str(tmp_path / "elsewhere"))
+    assert default_olah_executable() == tmp_path / "elsewhere"
+
+
+# --- through the server -------------------------------------------------------------------------
+
+
+def _tiny_tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]  # as conftest's tiny_tokenizer
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """The tiny model, its tokenizer and a README committed as org/tiny-sparse, served by olah."""
+    olah = default_olah_executable()
+    if not olah.is_file():
+        pytest.fail(f"olah is not installed at {olah}: run `bash scripts/setup_olah.sh` from the repository root", pytrace=False)
+    tmp = tmp_path_factory.mktemp("local_hub")
+    model = build(HEAD, sparsity=0.8)
+    folder = tmp / "tiny-sparse"
+    folder.mkdir()
+    tokenizer = _tiny_tokenizer(tmp)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "README.md").write_text(README)
+    sha = mirror_commit(folder, tmp / "mirrors", REPO_ID, "tiny sparse model")
+
+    inputs = dummy_inputs(HEAD)
+    save_file(inputs, str(tmp / "inputs.safetensors"))
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    with LocalHub(tmp / "mirrors") as server:
+        yield {"server": server, "tmp": tmp, "sha": sha, "logits": logits, "files": {p.name for p in folder.iterdir()},
+               "ids": tokenizer("w1 w2 w3")["input_ids"]}
+
+
+def _run_child(hub, script: str, *args: str, isolated: bool = False) -> dict:
+    """Run `script` in a fresh interpreter against the server (fresh HF cache), cwd outside the repo."""
+    tmp = hub["tmp"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "PYTHONPATH"}
+    base.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_DISABLE_PROGRESS_BARS="1",
+                HF_HUB_DISABLE_TELEMETRY="1")
+    env = hub["server"].client_env(base)
+    env["HF_HOME"] = tempfile.mkdtemp(prefix="hf-home-", dir=tmp)  # a fresh cache per call
+    cmd = [sys.executable, *(["-I"] if isolated else []), "-c", textwrap.dedent(script), *args]
+    with tempfile.TemporaryDirectory(prefix="hf-sparse-child-") as work:  # outside the repo even if basetemp is not
+        result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, f"{result.stderr[-4000:]}\n--- olah log ---\n{hub['server'].log_tail()}"
+    line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+LOAD_WITH_HF_SPARSE = """
+    import json, sys
+    import torch
+    from safetensors.torch import load_file, save_file
+    import hf_sparse
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    repo, inputs_file, out_file = sys.argv[1:4]
+    m = AutoModelForSequenceClassification.from_pretrained(repo)
+    try:
+        tok, quirk = AutoTokenizer.from_pretrained(repo), None
+    except RepositoryNotFoundError as err:
+        # olah 0.5.4 answers a tree listing of a missing folder (transformers looks for
+        # additional_chat_templates/) with 401 RepoNotFound instead of 404; only that is tolerated
+        if "additional_chat_templates" not in str(err):
+            raise
+        tok, quirk = AutoTokenizer.from_pretrained(snapshot_download(repo)), "additional_chat_templates"
+    with torch.no_grad():
+        logits = m(**load_file(inputs_file)).logits
+    save_file({"logits": logits}, out_file)
+    print("RESULT " + json.dumps({"module": type(m).__module__, "class": type(m).__name__,
+                                  "sparsity": m.sparsity(), "ids": tok("w1 w2 w3")["input_ids"],
+                                  "tokenizer_quirk": quirk}))
+"""
+
+
+def test_from_pretrained_through_the_local_hub(hub):
+    out = hub["tmp"] / "logits_hf_sparse.safetensors"
+    info = _run_child(hub, LOAD_WITH_HF_SPARSE, REPO_ID, str(hub["tmp"] / "inputs.safetensors"), str(out))
+    assert info["module"].startswith("hf_sparse.") and info["class"] == HEAD
+    assert abs(info["sparsity"] - 0.8) < 0.02
+    assert info["ids"] == hub["ids"]  # the tokenizer files made the round trip too
+    assert torch.equal(load_file(str(out))["logits"], hub["logits"])
+
+
+LOAD_WITHOUT_HF_SPARSE = """
+    import importlib.abc, importlib.util, json, sys
+    from pathlib import Path
+
+    repo_root, repo, inputs_file, out_file = sys.argv[1:5]
+    found_before_block = importlib.util.find_spec("hf_sparse") is not None  # -I keeps site-packages' .pth finders
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_sparse" or name.startswith("hf_sparse."):
+                raise ImportError(f"{name} is blocked in this process")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    try:
+        import hf_sparse
+        importable = True
+    except ImportError:
+        importable = False
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForSequenceClassification
+
+    m = AutoModelForSequenceClassification.from_pretrained(repo, trust_remote_code=True)
+    with torch.no_grad():
+        logits = m(**load_file(inputs_file)).logits
+    save_file({"logits": logits}, out_file)
+    root = Path(repo_root).resolve()
+    print("RESULT " + json.dumps({
+        "module": type(m).__module__, "class": type(m).__name__,
+        "found_before_block": found_before_block, "importable": importable,
+        "hf_sparse_loaded": any(k == "hf_sparse" or k.startswith("hf_sparse.") for k in sys.modules),
+        "repo_on_path": any(p and Path(p).resolve() == root for p in sys.path),
+        "cwd_in_repo": root in Path.cwd().resolve().parents or Path.cwd().resolve() == root,
+    }))
+"""
+
+
+def test_trust_remote_code_through_the_local_hub_without_hf_sparse(hub):
+    out = hub["tmp"] / "logits_remote.safetensors"
+    info = _run_child(hub, LOAD_WITHOUT_HF_SPARSE, str(REPO_ROOT), REPO_ID, str(hub["tmp"] / "inputs.safetensors"),
+                      str(out), isolated=True)
+    assert not info["importable"] and not info["hf_sparse_loaded"]
+    assert not info["repo_on_path"] and not info["cwd_in_repo"]
+    assert info["module"].startswith("transformers_modules.") and info["class"] == HEAD
+    assert torch.equal(load_file(str(out))["logits"], hub["logits"])
+
+
+HUB_API = """
+    import json, os, sys
+    from huggingface_hub import ModelCard, list_repo_files, model_info, snapshot_download
+
+    repo = sys.argv[1]
+    snap = snapshot_download(repo)
+    info = model_info(repo, revision="main")  # olah 0.5.4 answers 401 without a revision
+    print("RESULT " + json.dumps({
+        "snapshot": sorted(os.listdir(snap)), "files": sorted(list_repo_files(repo)), "sha": info.sha,
+        "siblings": sorted(s.rfilename for s in info.siblings), "card_data": info.card_data.to_dict(),
+        "card": ModelCard.load(repo).data.to_dict(), "readme": open(os.path.join(snap, "README.md")).read(),
+    }))
+"""
+
+
+def test_hub_api_through_the_local_hub(hub):
+    info = _run_child(hub, HUB_API, REPO_ID)
+    expected = sorted(hub["files"])
+    assert {"config.json", "model.safetensors", "modeling_sparse_bert.py", "README.md", "vocab.txt"} <= set(expected)
+    assert info["snapshot"] == info["files"] == info["siblings"] == expected
+    assert info["sha"] == hub["sha"]
+    assert info["card_data"]["license"] == info["card"]["license"] == "apache-2.0"
+    assert info["readme"] == README
+
+
+LIVE = """
+    import hashlib, json, sys
+    from huggingface_hub import hf_hub_download, model_info
+
+    repo, old = sys.argv[1:3]
+    digest = lambda path: hashlib.sha256(open(path, "rb").read()).hexdigest()
+    print("RESULT " + json.dumps({
+        "sha": model_info(repo, revision="main").sha,
+        "main": digest(hf_hub_download(repo, "weights.safetensors")),
+        "old": digest(hf_hub_download(repo, "weights.safetensors", revision=old)),
+    }))
+"""
+
+
+def test_commits_are_served_while_running_and_large_blobs_download(hub):
+    """A multi-MB safetensors file as a plain git blob; a new commit is served without a restart."""
+    src = hub["tmp"] / "live"
+    src.mkdir()
+    weights = src / "weights.safetensors"
+    mirrors = hub["server"].mirrors_root
+    save_file({"w": torch.arange(1 << 20, dtype=torch.float32)}, str(weights))  # 4 MiB
+    old_digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    old = mirror_commit(src, mirrors, "org/live", "v1")
+    save_file({"w": -torch.arange(1 << 20, dtype=torch.float32)}, str(weights))
+    new = mirror_commit(src, mirrors, "org/live", "v2")
+    info = _run_child(hub, LIVE, "org/live", old)
+    assert info["sha"] == new != old
+    assert info["main"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert info["old"] == old_digest
