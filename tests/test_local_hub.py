@@ -287,3 +287,67 @@ def test_commits_are_served_while_running_and_large_blobs_download(hub):
     assert info["sha"] == new != old
     assert info["main"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert info["old"] == old_digest
+
+
+PUBLISHED = """
+    import json, sys
+    import torch
+    from safetensors.torch import load_file
+    import hf_sparse
+    from huggingface_hub import ModelCard, list_repo_files
+    from transformers import AutoModelForSequenceClassification
+
+    repo, inputs_file = sys.argv[1:3]
+    m = AutoModelForSequenceClassification.from_pretrained(repo)
+    with torch.no_grad():
+        logits = m(**load_file(inputs_file)).logits
+    card = ModelCard.load(repo)
+    print("RESULT " + json.dumps({"logits": logits.tolist(), "files": sorted(list_repo_files(repo)),
+                                  "results": {r.metric_type: r.metric_value for r in card.data.eval_results},
+                                  "tags": card.data.tags}))
+"""
+
+
+DRY_RUN = """
+    import json, sys
+    from hf_sparse.hub.publish import publish_folder
+
+    result = publish_folder(sys.argv[1], sys.argv[2], dry_run=True)
+    print("RESULT " + json.dumps({"operations": [str(op) for op in result.operations]}))
+"""
+
+
+def test_zoo_publish_round_trip_and_unchanged_republish(hub):
+    """assemble (card from a results file) -> commit into the served mirror -> from_pretrained through olah;
+    publishing the same again makes no commit, and `publish_folder` sees the served repo as unchanged."""
+    from hf_sparse.hub.cards import ZooEntry
+    from hf_sparse.hub.publish import assemble_repo, build_and_publish
+
+    tmp = hub["tmp"] / "zoo"
+    (tmp / "results").mkdir(parents=True)
+    model = build(HEAD, sparsity=0.8, seed=3)
+    model.save_pretrained(tmp / "model")
+    _tiny_tokenizer(tmp).save_pretrained(tmp / "model")
+    run = {"row": "upstream-80", "kd": True, "task": "mrpc", "seed": 1, "main_metric": "f1", "train_examples": 10, "epochs": 1,
+           "metrics": {"f1": 0.75, "accuracy": 0.7}, "command": "python benchmarks/transfer.py --row upstream-80 --task mrpc --seed 1 --kd"}
+    (tmp / "results" / "run_s1.json").write_text(json.dumps(run))
+    entry = ZooEntry(name="tiny-zoo", kind="finetuned", task="mrpc", model="model", results=["results/run_*.json"])
+    mirrors = hub["server"].mirrors_root
+    first = build_and_publish(entry, "org/tiny-zoo", tmp, local_mirror=str(mirrors))
+    second = build_and_publish(entry, "org/tiny-zoo", tmp, local_mirror=str(mirrors))
+    assert first.committed and not second.committed
+
+    inputs = dummy_inputs(HEAD)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    info = _run_child(hub, PUBLISHED, "org/tiny-zoo", str(hub["tmp"] / "inputs.safetensors"))
+    assert torch.equal(torch.tensor(info["logits"]), expected)
+    assert {"README.md", "sparsity.png", "model.safetensors", "modeling_sparse_bert.py"} <= set(info["files"])
+    assert info["results"] == {"f1": 75.0, "accuracy": 70.0} and "sparse" in info["tags"]
+
+    folder = assemble_repo(entry, tmp / "model", tmp / "again", "org/tiny-zoo", tmp)
+    plan = _run_child(hub, DRY_RUN, str(folder), "org/tiny-zoo")  # compares blob SHA-1s listed by the server
+    assert plan["operations"] == []
+    (folder / "README.md").write_text((folder / "README.md").read_text() + "\nedited\n")
+    plan = _run_child(hub, DRY_RUN, str(folder), "org/tiny-zoo")
+    assert [op.split(" (")[0] for op in plan["operations"]] == ["add README.md", "commit main"]
