@@ -235,3 +235,39 @@ def test_publish_script_dry_run_needs_a_zoo_entry(project, tmp_path):
                          capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_TOKEN": "hf_secret_value"})
     assert out.returncode != 0 and "no zoo entry" in out.stderr
     assert "hf_secret_value" not in out.stdout + out.stderr
+
+
+def test_publish_zoo_converts_a_pruneofa_layout_and_reports_missing_models(tmp_path, tiny_tokenizer):
+    """A hand-made Intel-pruneofa-style checkpoint (BertForPreTraining, 90% zeros) goes through the zoo:
+    converted, carded with its cited result, committed to a local mirror; a missing model fails loudly."""
+    import torch
+    import transformers
+
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(**{**tiny_config().to_diff_dict(), "model_type": "bert"})
+    dense = transformers.BertForPreTraining(config).eval()
+    with torch.no_grad():
+        for name, param in dense.named_parameters():
+            if ".encoder.layer." in name and name.endswith("weight") and param.dim() == 2:
+                param.mul_(torch.rand_like(param) >= 0.9)
+    dense.save_pretrained(tmp_path / "pruneofa")
+    tiny_tokenizer.save_pretrained(tmp_path / "pruneofa")
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text(
+        "org: o\nmodels:\n"
+        f"  - name: tiny-pruneofa\n    kind: converted\n    source: {tmp_path / 'pruneofa'}\n    model: {tmp_path / 'converted'}\n"
+        "    cited_results: [{task: SQuAD, dataset: dev, metric: F1, value: 12.34, source: 'made up for the test'}]\n"
+        f"  - {{name: absent, kind: upstream, model: {tmp_path / 'nothing'}, results: [x.json]}}\n"
+    )
+    mirrors = tmp_path / "mirrors"
+    out = subprocess.run([sys.executable, str(ROOT / "upload" / "publish_zoo.py"), str(zoo), "--local-mirror", str(mirrors)],
+                         capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "[committed] o/tiny-pruneofa" in out.stdout and "[FAILED] o/absent" in out.stdout
+    card = (mirrors / "models" / "o" / "tiny-pruneofa" / "README.md").read_text()
+    assert "12.34" in card and "cited, not re-measured" in card
+    config_json = json.loads((mirrors / "models" / "o" / "tiny-pruneofa" / "config.json").read_text())
+    assert config_json["model_type"] == "sparse_bert" and config_json["architectures"] == ["SparseBertForMaskedLM"]
+    assert abs(config_json["measured_sparsity"] - 0.9) < 0.02

@@ -18,14 +18,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_converted(entry) -> None:
+    """`hf-sparse convert <source> <model>` unless already done (the conversion writes atomically)."""
     from hf_sparse.convert import dense_to_sparse
 
     out = ROOT / entry.model
     if (out / "config.json").is_file():
         return
-    tmp = out.with_name(out.name + ".partial")
-    dense_to_sparse(entry.source, tmp, head=entry.head)
-    tmp.rename(out)
+    local = ROOT / entry.source
+    dense_to_sparse(local if local.is_dir() else entry.source, out, head=entry.head)
 
 
 def main(argv=None) -> int:
