@@ -99,6 +99,10 @@ def run(row: str, task: str, seed: int, kd: bool) -> dict:
     return results
 
 
+def _percent(score: float, task: str) -> float:
+    return score if task == "squad" else 100 * score  # SQuAD EM/F1 are percentages already
+
+
 def _row_sparsity(row: str) -> float:
     match = re.fullmatch(r"(?:upstream|prune-ft)-(\d+)", row)
     return int(match[1]) / 100 if match else 0.0
@@ -114,8 +118,8 @@ def write_table() -> str:
     tasks = [t for t in TASK_ORDER if any(task == t for _, task in runs)]
     dense = {t: statistics.mean(r["score"] for r in runs[("dense", t)]) for t in tasks if ("dense", t) in runs}
 
-    def cell(values: list[float]) -> str:
-        scale = [100 * v for v in values]
+    def cell(values: list[float], task: str) -> str:
+        scale = [_percent(v, task) for v in values]
         if len(scale) == 1:
             return f"{scale[0]:.1f} (1 seed)"
         return f"{statistics.mean(scale):.1f} ± {statistics.stdev(scale):.1f} ({len(scale)} seeds)"
@@ -131,7 +135,7 @@ def write_table() -> str:
                 continue
             nonzeros = entries[0]["encoder_nonzeros"]
             scores = [e["score"] for e in entries]
-            cells.append(cell(scores))
+            cells.append(cell(scores, t))
             if t in dense and dense[t] > 0:
                 ratios.append(statistics.mean(scores) / dense[t])
         ratio = f"{100 * statistics.mean(ratios):.1f}% ({len(ratios)})" if ratios else "–"
@@ -157,7 +161,17 @@ def write_table() -> str:
     )
     (RESULTS / "transfer.md").write_text(text + "\n")
     _plot(runs, tasks)
+    _update_readme(text + "\n\n![score vs sparsity](benchmarks/results/transfer.png)")
     return text
+
+
+def _update_readme(block: str) -> None:
+    readme = ROOT / "README.md"
+    start, end = "<!-- transfer-table -->", "<!-- /transfer-table -->"
+    text = readme.read_text()
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        readme.write_text(head + start + "\n" + block + "\n" + end + rest.split(end, 1)[1])
 
 
 def runs_metric(runs, task) -> str:
@@ -173,7 +187,7 @@ def _plot(runs, tasks) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for t in tasks:
         points = sorted(
-            (_row_sparsity(label.split(" ")[0]) * 100, 100 * statistics.mean(r["score"] for r in rs))
+            (_row_sparsity(label.split(" ")[0]) * 100, _percent(statistics.mean(r["score"] for r in rs), task))
             for (label, task), rs in runs.items()
             if task == t and (label.startswith("upstream") or label == "dense") and (label == "dense" or label.endswith("KD"))
         )

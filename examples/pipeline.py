@@ -83,7 +83,7 @@ def main() -> int:
     parser.add_argument("--train-samples", type=int, default=3000)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     args = parser.parse_args()
-    out, data_dir = Path(args.out), Path(args.data_dir)
+    out, data_dir = Path(args.out).resolve(), Path(args.data_dir).resolve()
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} is not empty; remove it or pass another --out")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

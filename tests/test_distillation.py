@@ -140,3 +140,15 @@ def test_labelled_logits_only_matches_full_mlm():
         )
         losses.append(trainer.compute_loss(student, batch))
     assert torch.allclose(losses[0], losses[1], atol=1e-5)
+
+
+def test_kd_on_a_single_output_is_mse_not_a_vanishing_kl():
+    """Regression heads (STS-B) have one logit: a softmax over it is constant, so KL would be 0 with no gradient."""
+    from hf_sparse.distillation import kd_loss
+
+    student = torch.tensor([[0.5], [2.0], [-1.0]], requires_grad=True)
+    teacher = torch.tensor([[1.0], [2.0], [0.0]])
+    loss = kd_loss(student, teacher, temperature=2.0)
+    assert loss.item() == pytest.approx((0.25 + 0.0 + 1.0) / 3)
+    loss.backward()
+    assert torch.allclose(student.grad, 2 * (student.detach() - teacher) / 3)

@@ -227,13 +227,21 @@ def test_bad_repo_id_and_unassembled_folder(repo_folder, tmp_path):
         publish_folder(tmp_path, "org/m", api=FakeHub())
 
 
-def test_publish_script_dry_run_needs_a_zoo_entry(project, tmp_path):
+def test_publish_script_errors_are_clean_and_never_show_the_token(project, tmp_path):
     script = ROOT / "upload" / "publish.py"
-    zoo = tmp_path / "zoo.yaml"
-    zoo.write_text("org: o\nmodels: []\n")
-    out = subprocess.run([sys.executable, str(script), str(project / "out" / "ft"), "--repo-id", "o/m", "--zoo", str(zoo), "--dry-run"],
-                         capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_TOKEN": "hf_secret_value"})
+    env = {"PATH": "/usr/bin:/bin", "HF_TOKEN": "hf_secret_value", "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9",
+           "HF_HOME": str(tmp_path / "hf-home")}
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("org: o\nmodels: []\n")
+    out = subprocess.run([sys.executable, str(script), str(project / "out" / "ft"), "--repo-id", "o/m", "--zoo", str(empty), "--dry-run"],
+                         capture_output=True, text=True, env=env)
     assert out.returncode != 0 and "no zoo entry" in out.stderr
+    zoo = tmp_path / "zoo.yaml"  # a valid entry: the dry run reads the (unreachable) Hub with the token
+    zoo.write_text(f"org: o\nmodels:\n  - {{name: m, kind: finetuned, task: mrpc, model: {project / 'out' / 'ft'}, "
+                   f"results: ['{project}/benchmarks/results/transfer/upstream-90-kd_mrpc_s*.json']}}\n")
+    out = subprocess.run([sys.executable, str(script), str(project / "out" / "ft"), "--repo-id", "o/m", "--zoo", str(zoo), "--dry-run"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2 and "publish: error:" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "hf_secret_value" not in out.stdout + out.stderr
 
 

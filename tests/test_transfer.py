@@ -69,10 +69,12 @@ def test_pattern_lock_survives_resume(tmp_path):
     model = build(HEAD, sparsity=0.85)
     before, _ = snapshot(model)
     locked_train(model, tmp_path / "run", max_steps=4, save_strategy="steps", save_steps=2)
-    resumed = build(HEAD, sparsity=0.85)
-    lock = locked_train(resumed, tmp_path / "run", max_steps=6, resume=str(tmp_path / "run" / "checkpoint-2"))
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    resumed = build(HEAD, sparsity=0.5, seed=7)  # other masks and weights: the resume must replace them
+    assert mask_drift(resumed, before) != []
+    lock = locked_train(resumed, tmp_path / "run", max_steps=6, resume=str(checkpoint))
+    assert all(torch.equal(lock.reference[k], before[k]) for k in before)  # the reference is the checkpoint's pattern
     assert mask_drift(resumed, before) == []
-    assert lock.reference.keys() == before.keys()
 
 
 def test_pattern_lock_under_two_process_ddp(tmp_path):
@@ -174,7 +176,8 @@ def test_qat_keeps_zeros_and_converts_onto_the_int8_grid(tmp_path):
         assert levels.abs().max() <= 127 + 1e-3
     with torch.no_grad():
         float_out = model(**inputs).logits  # int8 weights, float activations
-    assert torch.allclose(simulated, float_out, atol=0.05)
+    scale = float_out.abs().max()
+    assert (simulated - float_out).abs().max() <= 0.1 * scale  # int8 activations: close, relative to the outputs
     model.save_pretrained(tmp_path / "saved")
     reloaded = SparseBertForSequenceClassification.from_pretrained(tmp_path / "saved")
     assert mask_drift(reloaded, before) == []
@@ -188,7 +191,7 @@ def test_qat_changes_outputs_and_needs_masked_layers():
         prepare_qat(model)
         quantized = model(**inputs).logits
     assert not torch.equal(plain, quantized)  # fake quantization is really on
-    assert torch.allclose(plain, quantized, atol=0.05)
+    assert (plain - quantized).abs().max() <= 0.1 * plain.abs().max()
     with pytest.raises(ValueError, match="MaskedLinear"):
         prepare_qat(model.to_dense())
     with pytest.raises(ValueError, match="not prepared"):

@@ -57,8 +57,8 @@ def main(argv=None) -> int:
         kwargs.update(private=args.private, revision=args.revision, create_pr=args.create_pr)
     try:
         result = build_and_publish(entry, args.repo_id, ROOT, **kwargs)
-    except (CardError, PublishError) as err:
-        print(f"publish: error: {err}", file=sys.stderr)
+    except (CardError, PublishError, OSError) as err:  # OSError: the Hub unreachable (requests' errors are OSErrors)
+        print(f"publish: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     print(f"{'dry run: ' if args.dry_run else ''}{args.repo_id}: {len(result.operations)} operations")
     for op in result.operations:

@@ -49,7 +49,10 @@ def main(argv=None) -> int:
     for entry in entries:
         repo_id = f"{org}/{entry.name}"
         try:
-            if entry.kind == "converted":
+            if entry.kind == "converted" and not (ROOT / entry.model / "config.json").is_file():
+                if args.dry_run:
+                    print(f"[dry run] {repo_id}: would convert {entry.source} into {entry.model}, then publish it")
+                    continue
                 build_converted(entry)
             if not (ROOT / entry.model / "config.json").is_file():
                 raise PublishError(f"checkpoint {entry.model} is missing; build it first (see the results commands in {args.zoo})")

@@ -16,6 +16,9 @@ def kd_loss(
 ) -> torch.Tensor:
     """Hinton et al.: T^2 * KL(softmax(teacher / T) || softmax(student / T)) over the last dimension.
 
+    A single output (regression, e.g. STS-B) has no distribution to match: there the loss is the
+    mean squared error between student and teacher outputs (the temperature does not apply).
+
     Args:
         mask: boolean mask over the leading dimensions (e.g. the MLM positions with a label).
     """
@@ -26,6 +29,8 @@ def kd_loss(
         s, t = s[keep], t[keep]
     if s.shape[0] == 0:
         return student_logits.sum() * 0.0
+    if s.shape[-1] == 1:
+        return F.mse_loss(s.float(), t.float())
     log_p_s = F.log_softmax(s / temperature, dim=-1)
     log_p_t = F.log_softmax(t / temperature, dim=-1)
     return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * temperature**2

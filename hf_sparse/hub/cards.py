@@ -57,8 +57,8 @@ class ZooEntry:
             raise CardError(f"zoo entry {self.name!r}: a converted model needs `source`")
         if self.kind != "converted" and not self.results:
             raise CardError(f"zoo entry {self.name!r}: list the results files its card reports (`results`)")
-        if self.kind != "converted" and not self.model:
-            raise CardError(f"zoo entry {self.name!r}: `model` (the checkpoint folder) is required")
+        if not self.model:
+            raise CardError(f"zoo entry {self.name!r}: `model` (the checkpoint folder, or where a conversion is written) is required")
 
     @classmethod
     def from_dict(cls, data: dict) -> "ZooEntry":
@@ -113,6 +113,10 @@ def transfer_summary(files: list[Path]) -> dict[str, dict]:
             f"{label}|{data['task']}",
             {"label": label, "task": data["task"], "metrics": {}, "seeds": [], "commands": [], "budget": data},
         )
+        budget = {k: data.get(k) for k in ("train_examples", "epochs", "max_length", "learning_rate")}
+        first = {k: group["budget"].get(k) for k in budget}
+        if budget != first:
+            raise CardError(f"{file}: budget {budget} differs from the other seeds' {first}; a row's seeds must share one budget")
         if data["seed"] in group["seeds"]:
             raise CardError(f"{file}: seed {data['seed']} of {label} / {data['task']} appears twice")
         group["seeds"].append(data["seed"])
@@ -308,7 +312,7 @@ def render_card(entry: ZooEntry, repo_id: str, root: str | Path, report: dict, e
         method=method,
         repo_id=repo_id,
         auto_class=auto_class,
-        exports=_exports_section(exports, repo_id),
+        exports=_exports_section(exports, repo_id, auto_class.replace("Auto", "ORT")),
         limitations=_limitations(entry),
         reproduce="\n".join(f"- `{c}`" for c in reproduce if c) or "-",
     )
@@ -323,19 +327,20 @@ def _recipe_section(entry: ZooEntry, root: Path) -> str:
     return f"Upstream recipe (`{entry.recipe}`, also in this repository as `recipe.yaml`):\n\n```yaml\n{path.read_text().strip()}\n```"
 
 
-def _exports_section(exports: tuple[str, ...], repo_id: str) -> str:
+def _exports_section(exports: tuple[str, ...], repo_id: str, ort_class: str) -> str:
     if not exports:
         return "No ONNX / OpenVINO export is published in this repository yet."
     parts = []
     if "onnx" in exports:
         parts.append(
-            "ONNX Runtime (INT8) files are in `onnx/`:\n\n```python\nfrom optimum.onnxruntime import ORTModelForSequenceClassification\n"
-            f'model = ORTModelForSequenceClassification.from_pretrained("{repo_id}", subfolder="onnx")\n```'
+            "ONNX Runtime files are in `onnx/`: `model.onnx` (fp32) and `model_quantized.onnx` (dynamic INT8):\n\n"
+            f"```python\nfrom optimum.onnxruntime import {ort_class}\n"
+            f'model = {ort_class}.from_pretrained("{repo_id}", subfolder="onnx", file_name="model_quantized.onnx")\n```'
         )
     if "openvino" in exports:
         parts.append(
-            "OpenVINO (INT8) files are in `openvino/`:\n\n```python\nfrom optimum.intel import OVModelForSequenceClassification\n"
-            f'model = OVModelForSequenceClassification.from_pretrained("{repo_id}", subfolder="openvino")\n```'
+            "OpenVINO files are in `openvino/`:\n\n```python\nfrom optimum.intel import "
+            f'{ort_class.replace("ORT", "OV")}\nmodel = {ort_class.replace("ORT", "OV")}.from_pretrained("{repo_id}", subfolder="openvino")\n```'
         )
     return "\n\n".join(parts)
 

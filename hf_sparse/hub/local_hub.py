@@ -271,8 +271,14 @@ class LocalHub:
         return f"http://{_HOST}:{self.port}"
 
     def client_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """A copy of `base` (default `os.environ`) that points huggingface_hub clients at this server."""
+        """A copy of `base` (default `os.environ`) that points huggingface_hub clients at this server.
+
+        Hub tokens are removed and implicit tokens disabled: no credential is sent to the local server.
+        """
         env = dict(os.environ if base is None else base)
+        for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):  # a Hub token has no business going to a local server
+            env.pop(name, None)
+        env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"  # nor the saved login
         no_proxy = ",".join(p for p in (env.get("NO_PROXY", ""), _HOST, "localhost") if p)
         env.update(HF_ENDPOINT=self.endpoint, HF_HUB_OFFLINE="0", NO_PROXY=no_proxy, no_proxy=no_proxy)
         return env

@@ -158,7 +158,7 @@ def squad_datasets(args: FinetuneArguments, tokenizer, seed: int):
     dev_features = dev_examples.map(
         prepare_eval_features, batched=True, fn_kwargs=kwargs, remove_columns=dev_examples.column_names, desc="tokenizing dev"
     )
-    return train, dev_examples, dev_features, max_length
+    return train, dev_examples, dev_features, max_length, len(train_examples)
 
 
 # ---- evaluation --------------------------------------------------------------------------------------
@@ -205,10 +205,11 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
     output_dir = Path(training_args.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if args.task == "squad":
-        train, dev_examples, dev_features, max_length = squad_datasets(args, tokenizer, training_args.seed)
+        train, dev_examples, dev_features, max_length, n_examples = squad_datasets(args, tokenizer, training_args.seed)
         num_labels, eval_dataset, compute_metrics = 2, None, None
     else:
         task, train, dev, max_length = glue_datasets(args, tokenizer, training_args.seed)
+        n_examples = len(train)
         num_labels, eval_dataset, compute_metrics = task.num_labels, dev, glue_compute_metrics(args.task)
     model, sparse, sparse_source = load_model(args, num_labels)
     upstream = reference_masks(model) if sparse and not args.prune_method else None
@@ -262,9 +263,10 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
         "sparsity": round(model.sparsity(), 6) if sparse else None,
         "encoder_nonzeros": encoder_nonzeros(model),
         "pattern_verified": upstream is not None,
-        "train_examples": len(train),
+        "train_examples": n_examples,
+        "train_features": len(train),  # SQuAD: context windows; GLUE: = train_examples
         "steps": train_output.global_step,
-        "epochs": training_args.num_train_epochs,
+        "epochs": round(trainer.state.epoch or 0.0, 4),  # what was trained (max_steps can cut it short)
         "batch_size": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps,
         "learning_rate": training_args.learning_rate,
         "max_length": max_length,
