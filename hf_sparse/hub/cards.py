@@ -243,7 +243,7 @@ def render_card(entry: ZooEntry, repo_id: str, root: str | Path, report: dict, e
         results = "Masked-LM on the held-out WikiText-2 test file:\n\n" + "\n".join(rows)
         if entry.transfer_results:
             groups = transfer_summary(_files(entry.transfer_results, root, "transfer", entry))
-            results += "\n\nFine-tuned from this checkpoint with the pattern locked (full dev sets):\n\n" + _transfer_table(groups)
+            results += "\n\nFine-tuned from this checkpoint with the pattern locked, next to the dense model with the same budget (full dev sets):\n\n" + _transfer_table(groups)
             reproduce += sorted({c for g in groups.values() for c in g["commands"] if c})
             datasets.append("glue")
         summary = (

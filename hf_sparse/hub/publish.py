@@ -122,6 +122,8 @@ def _remote_files(api, repo_id: str, revision: str) -> Optional[dict]:
         return {e.path: e for e in entries if hasattr(e, "blob_id")}
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
         return None
+    except Exception as err:  # network / HTTP errors differ between huggingface_hub 0.x (requests) and 1.x+ (httpx)
+        raise PublishError(f"cannot read {repo_id}@{revision} from the Hub: {type(err).__name__}: {err}") from None
 
 
 def publish_folder(
@@ -189,11 +191,14 @@ def publish_folder(
     if dry_run:
         return result
 
-    if not repo_exists:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-    if new_branch:
-        api.create_branch(repo_id, branch=branch, exist_ok=True)
-    info = api.create_commit(repo_id, operations=commit_ops, commit_message=commit_message, revision=branch, create_pr=create_pr)
+    try:
+        if not repo_exists:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+        if new_branch:
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        info = api.create_commit(repo_id, operations=commit_ops, commit_message=commit_message, revision=branch, create_pr=create_pr)
+    except Exception as err:  # the commit is atomic on the Hub: nothing half-published
+        raise PublishError(f"publishing {repo_id}@{branch} failed, nothing was committed: {type(err).__name__}: {err}") from None
     result.committed = True
     result.commit_url = getattr(info, "pr_url", None) or getattr(info, "commit_url", None)
     return result
