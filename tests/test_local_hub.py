@@ -251,7 +251,7 @@ HUB_API = """
 def test_hub_api_through_the_local_hub(hub):
     info = _run_child(hub, HUB_API, REPO_ID)
     expected = sorted(hub["files"])
-    assert {"config.json", "model.safetensors", "modeling_sparse_bert.py", "README.md", "vocab.txt"} <= set(expected)
+    assert {"config.json", "model.safetensors", "modeling_sparse_bert.py", "README.md", "tokenizer_config.json"} <= set(expected)
     assert info["snapshot"] == info["files"] == info["siblings"] == expected
     assert info["sha"] == hub["sha"]
     assert info["card_data"]["license"] == info["card"]["license"] == "apache-2.0"
