@@ -1,0 +1,58 @@
+"""How distinct are sentence representations after upstream pruning? (A diagnostic for sparse transfer.)
+
+    python benchmarks/representation.py [--sentences 256]
+
+For the dense MiniLM-L6 and each upstream checkpoint in out/prune_ofa_<s>/model, encodes the first
+N SST-2 dev sentences and reports the mean pairwise cosine similarity of the [CLS] vectors (what
+BertForSequenceClassification's pooler reads) and of mean-pooled vectors. Values near 1 mean the
+model maps different sentences to nearly the same vector. Writes benchmarks/results/representation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sentences", type=int, default=256)
+    args = parser.parse_args()
+
+    import torch
+    import transformers
+
+    from hf_sparse import SparseBertModel
+    from hf_sparse.tasks.glue import load_glue
+    from hf_sparse.upstream import DEFAULT_DATA_DIR, minilm_folder
+
+    sentences = load_glue("sst2", DEFAULT_DATA_DIR)["validation"]["text_a"][: args.sentences]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_folder())
+    batch = tokenizer(sentences, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    models = {"dense": lambda: transformers.AutoModel.from_pretrained(minilm_folder())}
+    for folder in sorted((ROOT / "out").glob("prune_ofa_*/model")):
+        models[f"upstream-{folder.parent.name.split('_')[-1]}"] = lambda folder=folder: SparseBertModel.from_pretrained(folder)
+    upper = torch.triu(torch.ones(len(sentences), len(sentences), dtype=torch.bool), 1)
+    results = {}
+    for name, load in models.items():
+        with torch.no_grad():
+            hidden = load().eval()(**batch).last_hidden_state
+        mask = batch["attention_mask"][..., None].float()
+        cls = torch.nn.functional.normalize(hidden[:, 0], dim=-1)
+        mean = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        results[name] = {
+            "cls_mean_pairwise_cosine": round(float((cls @ cls.T)[upper].mean()), 4),
+            "meanpool_mean_pairwise_cosine": round(float((mean @ mean.T)[upper].mean()), 4),
+        }
+        print(name, results[name], flush=True)
+    out = {"command": f"python benchmarks/representation.py --sentences {args.sentences}", "sentences": len(sentences), "results": results}
+    (ROOT / "benchmarks" / "results" / "representation.json").write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
