@@ -128,6 +128,13 @@ def _head(work: Path) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def mirror_head(mirrors_root: str | os.PathLike[str], repo_id: str) -> str | None:
+    """The commit `repo_id`'s mirror work tree is at, or None if it has none yet."""
+    org, name = _split_repo_id(repo_id)
+    work = Path(mirrors_root) / "models" / org / name
+    return _head(work) if (work / ".git").exists() else None
+
+
 def mirror_commit(
     folder: str | os.PathLike[str],
     mirrors_root: str | os.PathLike[str],

@@ -11,7 +11,6 @@ from the `token` argument, `HF_TOKEN` or the `huggingface_hub` login, and is nev
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -211,33 +210,14 @@ def build_and_publish(entry: ZooEntry, repo_id: str, root: str | Path, **publish
     with tempfile.TemporaryDirectory(prefix="hf-sparse-publish-") as tmp:
         folder = assemble_repo(entry, model_dir, Path(tmp) / "repo", repo_id, root)
         if local_mirror is not None:
-            from .local_hub import mirror_commit
+            from .local_hub import mirror_commit, mirror_head
 
             result = PublishResult(repo_id=repo_id, dry_run=publish_kwargs.get("dry_run", False))
             if not result.dry_run:
-                before = _mirror_head(Path(local_mirror), repo_id)
+                before = mirror_head(local_mirror, repo_id)
                 sha = mirror_commit(folder, local_mirror, repo_id, publish_kwargs.get("commit_message", "Publish with hf-sparse"))
                 result.committed = sha != before
                 result.commit_url = f"{local_mirror}/models/{repo_id}@{sha}"
             result.operations = [Operation("add", p.relative_to(folder).as_posix()) for p in sorted(folder.rglob("*")) if p.is_file()]
             return result
         return publish_folder(folder, repo_id, **publish_kwargs)
-
-
-def _mirror_head(mirrors_root: Path, repo_id: str) -> Optional[str]:
-    import subprocess
-
-    work_tree = mirrors_root / "models" / repo_id
-    if not (work_tree / ".git").exists():
-        return None
-    out = subprocess.run(["git", "-C", str(work_tree), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def token_is_available(token: Optional[str] = None) -> bool:
-    """Whether a token is configured (argument, `HF_TOKEN` or login), without revealing it."""
-    if token or os.environ.get("HF_TOKEN"):
-        return True
-    from huggingface_hub import get_token
-
-    return get_token() is not None

@@ -41,7 +41,7 @@ from ..models.sparse_bert.modeling_sparse_bert import (
 from ..pruning import CubicSchedule, MagnitudePruning, MovementPruning, PruningCallback
 from ..tasks.glue import get_glue_task, load_glue
 from ..tasks.metrics import glue_metrics, squad_metrics
-from .callback import SparsityCallback, mask_drift, reference_masks
+from .callback import MaskDriftError, SparsityCallback, mask_drift, reference_masks
 from .qat import QAT_RANGES_FILE, QATConfig, convert_qat, prepare_qat
 
 DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[3] / "shared" / "data")
@@ -248,8 +248,6 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
     if upstream is not None:  # the callback checked already; check again before anything is written
         problems = mask_drift(model, upstream)
         if problems:
-            from .callback import MaskDriftError
-
             raise MaskDriftError("sparsity pattern drifted: " + "; ".join(problems[:5]))
     qat_ranges = convert_qat(model) if args.qat else None
 
