@@ -23,6 +23,16 @@ HEAD_NAMES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """TrainingArguments(bf16=True) sets ACCELERATE_MIXED_PRECISION=bf16 in os.environ, which every later
+    Trainer in the process picks up: each test gets the environment back as it found it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def tiny_config(**overrides) -> SparseBertConfig:
     # hidden 36 x intermediate 37 makes bitmasks whose length is not a multiple of 8
     values = dict(
