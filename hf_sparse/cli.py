@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .models.sparse_bert.sparse_format import SparseFormatError
+from .transfer.callback import MaskDriftError
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -144,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.set_verbosity_error()
     try:
         return args.func(args)
-    except (SparseFormatError, ValueError, OSError, KeyError, TypeError) as err:
+    except (SparseFormatError, MaskDriftError, ValueError, OSError, KeyError, TypeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"hf-sparse: error: {message}", file=sys.stderr)
         return 2
