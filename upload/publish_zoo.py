@@ -65,7 +65,7 @@ def main(argv=None) -> int:
             print(f"[FAILED] {repo_id}: {err}")
             continue
         state = "dry run" if args.dry_run else ("committed" if result.committed else "unchanged")
-        print(f"[{state}] {repo_id}: {len(result.operations)} operations")
+        print(f"[{state}] {repo_id}" + (": no new commit" if state == "unchanged" else f": {len(result.operations)} operations"))
         for op in result.operations if args.dry_run else []:
             print(f"    {op}")
     if failed:
