@@ -52,9 +52,12 @@ class PublishResult:
 
 
 def _check_repo_id(repo_id: str) -> None:
-    parts = repo_id.split("/")
-    if len(parts) != 2 or not all(parts) or any(p in (".", "..") or p.startswith(".") for p in parts):
-        raise PublishError(f"repo id must look like 'org/name', got {repo_id!r}")
+    from .local_hub import _split_repo_id  # the Hub's naming rules, shared with the local mirror
+
+    try:
+        _split_repo_id(repo_id)
+    except ValueError as err:
+        raise PublishError(str(err)) from None
 
 
 def assemble_repo(entry: ZooEntry, model_dir: str | Path, out_dir: str | Path, repo_id: str, root: str | Path) -> Path:
