@@ -209,7 +209,7 @@ def publish_folder(
 def build_and_publish(entry: ZooEntry, repo_id: str, root: str | Path, **publish_kwargs) -> PublishResult:
     """`assemble_repo` into a temporary folder, then `publish_folder` (or `local_mirror=<dir>` to commit it into a local mirror)."""
     local_mirror = publish_kwargs.pop("local_mirror", None)
-    model_dir = Path(root) / entry.model if entry.model and not Path(entry.model).is_absolute() else Path(entry.model or "")
+    model_dir = Path(root) / entry.model  # an absolute `model` stays as it is
     with tempfile.TemporaryDirectory(prefix="hf-sparse-publish-") as tmp:
         folder = assemble_repo(entry, model_dir, Path(tmp) / "repo", repo_id, root)
         if local_mirror is not None:
