@@ -71,12 +71,13 @@ def pattern_violations(
                     if not bool(mask.all()):
                         problems.append(f"{name}: attention weights are pruned but the pattern has no 'heads'")
                     continue
-                head_dim = (rows if module in _ATTENTION_IN else cols) // num_attention_heads
+                # head size from the hidden side, so compacted layers (fewer heads) work too
+                head_dim = (cols if module in _ATTENTION_IN else rows) // num_attention_heads
                 if module in _ATTENTION_IN:
-                    grouped, dims = mask.reshape(num_attention_heads, head_dim, cols), (1, 2)
+                    grouped, dims = mask.reshape(-1, head_dim, cols), (1, 2)
                     kept = grouped.any(dim=dims)
                 else:
-                    grouped, dims = mask.reshape(rows, num_attention_heads, head_dim), (0, 2)
+                    grouped, dims = mask.reshape(rows, -1, head_dim), (0, 2)
                     kept = grouped.any(dim=dims)
                 if not _uniform(grouped, dims):
                     problems.append(f"{name}: a head is partly pruned")
@@ -144,7 +145,7 @@ def sparsity_report(
         kept_zeros += int((weight.masked_select(mask) == 0).sum())
         stray += int(weight.masked_select(~mask).count_nonzero())
         if module == "attention.output.dense":
-            heads = mask.reshape(mask.shape[0], num_attention_heads, -1).any(dim=(0, 2))
+            heads = mask.reshape(mask.shape[0], -1, mask.shape[0] // num_attention_heads).any(dim=(0, 2))
             heads_pruned += int((~heads).sum())
         elif module == "intermediate.dense":
             neurons_pruned += int((~mask.any(dim=1)).sum())

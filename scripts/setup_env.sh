@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour="${1:-default}"
 case "$flavour" in
-  default) venv=.venv; extras="dev,onnx" ;;          # Optimum's ONNX exporter needs transformers 4.57
+  default) venv=.venv; extras="dev,onnx,openvino" ;;  # Optimum's exporters need transformers 4.57
   transformers5) venv=.venv-tf5; extras="dev" ;;     # no Optimum exporter exists for 5.x
   *) echo "unknown environment '$flavour' (default or transformers5)" >&2; exit 2 ;;
 esac

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -42,8 +43,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_trust_remote_code_without_hf_sparse(tmp_path):
+@pytest.mark.parametrize("compacted", [False, True], ids=["masked", "compacted"])
+def test_trust_remote_code_without_hf_sparse(tmp_path, compacted):
     model = build("SparseBertForSequenceClassification")
+    if compacted:  # layers of different widths must load from the saved code too
+        from hf_sparse.deploy.compact import compact_model
+        from hf_sparse.pruning.structured import StructuredPruning
+
+        model.set_masks(StructuredPruning(scope="global").masks(model, 0.5))
+        model, report = compact_model(model)
+        assert report.heads_after < report.heads_before and model.config.is_compacted
     folder = tmp_path / "ckpt"
     model.save_pretrained(folder)
     inputs = dummy_inputs("SparseBertForSequenceClassification")

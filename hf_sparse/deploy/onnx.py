@@ -1,20 +1,27 @@
-"""ONNX (fp32 and INT8) export through Optimum, by the plain-BERT route.
+"""ONNX (fp32 and INT8) export of SparseBert models through Optimum and ONNX Runtime.
 
-`export_onnx` turns a SparseBert checkpoint into the plain `BertFor*` model it equals
-(`to_dense()`: zeros in the weights, no masks), exports it with Optimum's ONNX exporter and, with
-`quantize="int8"`, quantizes it with ONNX Runtime (dynamic, per-channel symmetric int8 weights, so
-pruned weights stay exactly zero). The folder then holds `model.onnx`, `model_quantized.onnx`, the
-config and the tokenizer, loadable with `optimum.onnxruntime.ORTModelFor*`.
+`export_onnx` exports the SparseBert model itself (compacted ones included) with Optimum's ONNX
+exporter, which validates the ONNX outputs against PyTorch, and with `quantize="int8"` quantizes it
+with ONNX Runtime: dynamic by default, or static with ranges calibrated on real text
+(`static=True`, `calibration=<source>`). Weights are int8 per-channel symmetric, so pruned weights
+stay exactly zero. The folder holds `model.onnx`, `model_quantized.onnx`, the tokenizer, a
+`config.json` that ORT loads without hf-sparse (model_type `bert`; the sparsity metadata is kept)
+and `export_info.json` recording how it was made; load it with `optimum.onnxruntime.ORTModelFor*`.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
-_ORT_CLASSES = {
+from .optimum_support import EXPORT_TASKS
+
+PathLike = Union[str, Path]
+
+ORT_CLASSES = {
     "SparseBertModel": "ORTModelForFeatureExtraction",
     "SparseBertForMaskedLM": "ORTModelForMaskedLM",
     "SparseBertForSequenceClassification": "ORTModelForSequenceClassification",
@@ -22,6 +29,7 @@ _ORT_CLASSES = {
     "SparseBertForTokenClassification": "ORTModelForTokenClassification",
     "SparseBertForMultipleChoice": "ORTModelForMultipleChoice",
 }
+EXPORT_INFO = "export_info.json"
 
 
 class ExportError(RuntimeError):
@@ -33,55 +41,148 @@ def _optimum_onnxruntime():
 
     try:
         import optimum.onnxruntime as ort
+        from optimum.exporters.onnx import onnx_export_from_model
         from optimum.onnxruntime import ORTQuantizer
-        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+        from optimum.onnxruntime.configuration import AutoCalibrationConfig, AutoQuantizationConfig
     except Exception as err:  # ImportError, or a version clash raised while importing
         raise ExportError(
             f"ONNX export needs optimum-onnx with onnxruntime (`pip install hf-sparse[onnx]`), which supports "
             f"transformers 4.57.x; this environment has transformers {transformers.__version__} ({type(err).__name__}: {err})"
         ) from None
-    return ort, ORTQuantizer, AutoQuantizationConfig
+    return ort, onnx_export_from_model, ORTQuantizer, AutoQuantizationConfig, AutoCalibrationConfig
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: Optional[str] = "int8") -> Path:
+def load_for_export(model_dir: PathLike):
+    """The SparseBert model of `model_dir` (class from its config's architectures), in eval mode, and its task."""
+    import hf_sparse
+
+    from ..models.sparse_bert.configuration_sparse_bert import SparseBertConfig
+
+    model_dir = Path(model_dir)
+    try:
+        model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+        config = SparseBertConfig.from_pretrained(model_dir)
+    except (OSError, ValueError, AttributeError) as err:
+        raise ExportError(f"{model_dir}: not a sparse_bert checkpoint ({err})") from None
+    if model_type != "sparse_bert":
+        raise ExportError(
+            f"{model_dir}/config.json: model_type {model_type!r} is not a sparse_bert checkpoint; "
+            "convert it first with `hf-sparse convert`"
+        )
+    architecture = (config.architectures or ["SparseBertModel"])[0]
+    if architecture not in EXPORT_TASKS:
+        raise ExportError(f"{model_dir}/config.json: architecture {architecture!r} has no export; known: {sorted(EXPORT_TASKS)}")
+    model = getattr(hf_sparse, architecture).from_pretrained(model_dir).eval()
+    return model, EXPORT_TASKS[architecture]
+
+
+def runtime_config(model) -> dict:
+    """The model's config as plain BERT (`model_type` "bert") for runtimes, sparsity metadata kept."""
+    config = model.config.to_dict()
+    config["model_type"] = "bert"
+    config["architectures"] = [type(model).__name__.replace("SparseBert", "Bert")]
+    config.pop("auto_map", None)
+    return config
+
+
+def write_runtime_files(model, model_dir: Path, folder: Path, info: dict) -> None:
+    """config.json (plain BERT), the tokenizer files and `export_info.json` into an export folder."""
+    from .compact import _copy_tokenizer
+
+    (folder / "config.json").write_text(json.dumps(runtime_config(model), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _copy_tokenizer(model_dir, folder)
+    (folder / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def _versions(*names: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def export_onnx(
+    model_dir: PathLike,
+    out_dir: PathLike,
+    quantize: Optional[str] = "int8",
+    static: bool = False,
+    calibration: Union[str, Sequence[str]] = "wikitext",
+    num_calibration_samples: int = 128,
+    data_dir: Optional[PathLike] = None,
+) -> Path:
     """Exports the SparseBert checkpoint at `model_dir` to ONNX in `out_dir` (written atomically).
 
     Args:
         model_dir: a `sparse_bert` checkpoint folder with its tokenizer.
         out_dir: the output folder; must not exist yet.
-        quantize: "int8" (dynamic ONNX Runtime quantization, adds `model_quantized.onnx`) or None.
+        quantize: "int8" (adds `model_quantized.onnx`) or None.
+        static: static INT8 (activation ranges calibrated on `calibration` text) instead of dynamic.
+        calibration: "wikitext", "squad", a GLUE task name, or a list of your own texts (see `calibration_texts`).
+        num_calibration_samples: examples used for calibration.
+        data_dir: the data folder (default ../shared/data).
 
     Raises:
-        ExportError: Optimum / ONNX Runtime missing or incompatible, unknown head, or `out_dir` exists.
+        ExportError: Optimum / ONNX Runtime missing or incompatible, not a SparseBert checkpoint,
+            unknown quantization, or `out_dir` exists.
     """
     import transformers
 
-    from ..models.sparse_bert.configuration_sparse_bert import SparseBertConfig
+    ort, onnx_export_from_model, ORTQuantizer, AutoQuantizationConfig, AutoCalibrationConfig = _optimum_onnxruntime()
+    from .optimum_support import as_transformers_library, register_sparse_bert
 
-    ort, ORTQuantizer, AutoQuantizationConfig = _optimum_onnxruntime()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if quantize not in (None, "int8"):
         raise ExportError(f"quantize must be 'int8' or None, got {quantize!r}")
     if out_dir.exists():
         raise ExportError(f"{out_dir} exists; choose a new folder")
-    config = SparseBertConfig.from_pretrained(model_dir)
-    architecture = (config.architectures or ["SparseBertModel"])[0]
-    if architecture not in _ORT_CLASSES:
-        raise ExportError(f"{model_dir}: architecture {architecture!r} has no ONNX export; known: {sorted(_ORT_CLASSES)}")
-    import hf_sparse
-
-    sparse = getattr(hf_sparse, architecture).from_pretrained(model_dir).eval()
+    model, task = load_for_export(model_dir)
+    model = model.float()
+    register_sparse_bert("onnx")
+    info = {
+        "runtime": "onnxruntime",
+        "source": str(model_dir),
+        "task": task,
+        "files": {"fp32": "model.onnx"},
+        "measured_sparsity": model.sparsity(),
+        "versions": _versions("hf-sparse", "torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "onnx"),
+    }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".hf-sparse-onnx-", dir=out_dir.parent) as tmp:
-        plain = Path(tmp) / "plain"
-        sparse.to_dense().save_pretrained(plain)
-        transformers.AutoTokenizer.from_pretrained(model_dir).save_pretrained(plain)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent) as tmp:
         staged = Path(tmp) / "onnx"
-        ort_model = getattr(ort, _ORT_CLASSES[architecture]).from_pretrained(plain, export=True)
-        ort_model.save_pretrained(staged)
-        transformers.AutoTokenizer.from_pretrained(model_dir).save_pretrained(staged)
+        with as_transformers_library():
+            onnx_export_from_model(model, staged, task=task, do_validation=True)
+        write_runtime_files(model, model_dir, staged, info)
         if quantize == "int8":
             quantizer = ORTQuantizer.from_pretrained(staged, file_name="model.onnx")
-            quantizer.quantize(AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True), save_dir=staged)
+            qconfig = AutoQuantizationConfig.avx512_vnni(is_static=static, per_channel=True)
+            ranges = None
+            if static:
+                from .calibration import calibration_dataset
+
+                tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+                num_choices = 2 if task == "multiple-choice" else None
+                max_length = min(128, model.config.max_position_embeddings)
+                dataset = calibration_dataset(
+                    tokenizer, calibration, num_calibration_samples, max_length, num_choices=num_choices, data_dir=data_dir
+                )
+                ranges = quantizer.fit(
+                    dataset=dataset,
+                    calibration_config=AutoCalibrationConfig.minmax(dataset),
+                    operators_to_quantize=qconfig.operators_to_quantize,
+                    onnx_augmented_model_name=Path(tmp) / "augmented_model.onnx",
+                )
+            quantizer.quantize(quantization_config=qconfig, save_dir=staged, calibration_tensors_range=ranges)
+            info["files"]["int8"] = "model_quantized.onnx"
+            info["int8"] = {
+                "mode": "static" if static else "dynamic",
+                "weights": "int8 per-channel symmetric (pruned weights stay 0)",
+                **({"calibration": calibration if isinstance(calibration, str) else "user texts", "calibration_samples": len(dataset)} if static else {}),
+            }
+            (staged / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         shutil.move(str(staged), str(out_dir))
     return out_dir

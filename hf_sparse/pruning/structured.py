@@ -32,7 +32,7 @@ class StructuredPruning(PruningMethod):
 
     @torch.no_grad()
     def masks(self, model, sparsity: float) -> dict[str, torch.Tensor]:
-        heads = model.config.num_attention_heads
+        head_size = model.config.hidden_size // model.config.num_attention_heads
         modules = model.masked_linears()
         layers: dict[tuple, dict[str, str]] = defaultdict(dict)
         for name in modules:
@@ -44,6 +44,7 @@ class StructuredPruning(PruningMethod):
             if "heads" in self.structures:
                 needed = (*_QKV, "attention.output.dense")
                 self._require(names, needed, "heads")
+                heads = modules[names["attention.output.dense"]].weight.shape[1] // head_size  # fewer if compacted
                 score = sum(modules[names[m]].weight.abs().reshape(heads, -1).sum(1) for m in _QKV)
                 out = modules[names["attention.output.dense"]]
                 score = score + out.weight.abs().reshape(out.weight.shape[0], heads, -1).sum(dim=(0, 2))
@@ -70,9 +71,9 @@ class StructuredPruning(PruningMethod):
                 if kind == "heads":
                     for m in _QKV:
                         w = masks[names[m]]
-                        masks[names[m]] = w & keep.repeat_interleave(w.shape[0] // heads)[:, None]
+                        masks[names[m]] = w & keep.repeat_interleave(head_size)[:, None]
                     w = masks[names["attention.output.dense"]]
-                    masks[names["attention.output.dense"]] = w & keep.repeat_interleave(w.shape[1] // heads)[None, :]
+                    masks[names["attention.output.dense"]] = w & keep.repeat_interleave(head_size)[None, :]
                 else:
                     masks[names["intermediate.dense"]] &= keep[:, None]
                     masks[names["output.dense"]] &= keep[None, :]

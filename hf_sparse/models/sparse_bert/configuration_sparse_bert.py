@@ -109,6 +109,12 @@ class SparseBertConfig(BertConfig):
             (the default: all six).
         sparse_format_version (`int`, *optional*, defaults to 1):
             Version of the on-disk weight format.
+        layer_num_attention_heads (`list[int]`, *optional*):
+            Heads kept in each encoder layer of a compacted model (see `hf_sparse.deploy.compact`);
+            `None` means every layer has `num_attention_heads`.
+        layer_intermediate_sizes (`list[int]`, *optional*):
+            FFN neurons kept in each encoder layer of a compacted model; `None` means every layer
+            has `intermediate_size`.
         kwargs:
             Passed to [`BertConfig`].
     """
@@ -122,6 +128,8 @@ class SparseBertConfig(BertConfig):
         measured_sparsity: Optional[float] = None,
         prunable_modules: Optional[Sequence[str]] = None,
         sparse_format_version: int = SPARSE_FORMAT_VERSION,
+        layer_num_attention_heads: Optional[Sequence[int]] = None,
+        layer_intermediate_sizes: Optional[Sequence[int]] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -142,6 +150,35 @@ class SparseBertConfig(BertConfig):
                 f"(it reads version {SPARSE_FORMAT_VERSION}); upgrade hf-sparse"
             )
         self.sparse_format_version = SPARSE_FORMAT_VERSION
+        self.layer_num_attention_heads = self._check_layer_sizes(
+            "layer_num_attention_heads", layer_num_attention_heads, self.num_attention_heads
+        )
+        self.layer_intermediate_sizes = self._check_layer_sizes(
+            "layer_intermediate_sizes", layer_intermediate_sizes, self.intermediate_size
+        )
+
+    def _check_layer_sizes(self, name: str, sizes: Optional[Sequence[int]], maximum: int) -> Optional[list[int]]:
+        if sizes is None:
+            return None
+        if isinstance(sizes, (str, bytes)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes):
+            raise ValueError(f"{name} must be a list of integers, got {sizes!r}")
+        sizes = list(sizes)
+        if len(sizes) != self.num_hidden_layers:
+            raise ValueError(f"{name} has {len(sizes)} entries; the model has {self.num_hidden_layers} layers")
+        if not all(1 <= v <= maximum for v in sizes):
+            raise ValueError(f"{name} {sizes}: each entry must be between 1 and {maximum}")
+        return sizes
+
+    @property
+    def is_compacted(self) -> bool:
+        """Whether some encoder layer has fewer heads or FFN neurons than the config's uniform sizes."""
+        return self.layer_num_attention_heads is not None or self.layer_intermediate_sizes is not None
+
+    def heads_in_layer(self, layer: int) -> int:
+        return self.num_attention_heads if self.layer_num_attention_heads is None else self.layer_num_attention_heads[layer]
+
+    def intermediate_size_in_layer(self, layer: int) -> int:
+        return self.intermediate_size if self.layer_intermediate_sizes is None else self.layer_intermediate_sizes[layer]
 
     @property
     def pattern(self) -> SparsityPattern:
@@ -154,6 +191,8 @@ SPARSITY_CONFIG_KEYS = (
     "measured_sparsity",
     "prunable_modules",
     "sparse_format_version",
+    "layer_num_attention_heads",
+    "layer_intermediate_sizes",
 )
 
 __all__ = [

@@ -143,6 +143,27 @@ def _fill_ones(tensor: torch.Tensor) -> None:
         tensor.fill_(True)
 
 
+def size_encoder(encoder: nn.Module, config: SparseBertConfig) -> None:
+    """Gives each encoder layer of a compacted model its own number of heads and FFN neurons."""
+    if not config.is_compacted:
+        return
+    hidden = config.hidden_size
+    head_size = hidden // config.num_attention_heads
+    for index, layer in enumerate(encoder.layer):
+        attention = layer.attention.self
+        heads = config.heads_in_layer(index)
+        width = heads * head_size
+        if attention.query.out_features != width:
+            for name in ("query", "key", "value"):
+                setattr(attention, name, nn.Linear(hidden, width))
+            layer.attention.output.dense = nn.Linear(width, hidden)
+            attention.num_attention_heads, attention.all_head_size = heads, width
+        neurons = config.intermediate_size_in_layer(index)
+        if layer.intermediate.dense.out_features != neurons:
+            layer.intermediate.dense = nn.Linear(hidden, neurons)
+            layer.output.dense = nn.Linear(neurons, hidden)
+
+
 def mask_encoder(encoder: nn.Module, config: SparseBertConfig) -> None:
     """Replaces the prunable linear layers of every encoder layer by `MaskedLinear`s."""
     for layer in encoder.layer:
@@ -191,20 +212,20 @@ def _resolve_weight_files(path: Union[str, os.PathLike], hub_kwargs: dict) -> li
 
 def expected_mask_shapes(config: SparseBertConfig) -> dict[str, tuple[int, int]]:
     """Shape of each prunable weight, keyed `encoder.layer.<i>.<module>.weight`."""
-    hidden, inter = config.hidden_size, config.intermediate_size
-    shapes = {
-        "attention.self.query": (hidden, hidden),
-        "attention.self.key": (hidden, hidden),
-        "attention.self.value": (hidden, hidden),
-        "attention.output.dense": (hidden, hidden),
-        "intermediate.dense": (inter, hidden),
-        "output.dense": (hidden, inter),
-    }
-    return {
-        f"encoder.layer.{i}.{name}.weight": shapes[name]
-        for i in range(config.num_hidden_layers)
-        for name in config.prunable_modules
-    }
+    hidden, head_size = config.hidden_size, config.hidden_size // config.num_attention_heads
+    shapes = {}
+    for i in range(config.num_hidden_layers):
+        width, inter = config.heads_in_layer(i) * head_size, config.intermediate_size_in_layer(i)
+        layer = {
+            "attention.self.query": (width, hidden),
+            "attention.self.key": (width, hidden),
+            "attention.self.value": (width, hidden),
+            "attention.output.dense": (hidden, width),
+            "intermediate.dense": (inter, hidden),
+            "output.dense": (hidden, inter),
+        }
+        shapes.update({f"encoder.layer.{i}.{name}.weight": layer[name] for name in config.prunable_modules})
+    return shapes
 
 
 def check_masks_against_config(state_dict: Mapping[str, torch.Tensor], config: SparseBertConfig, source: str) -> None:
@@ -289,6 +310,7 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
     def post_init(self):
         """Masks the encoder's prunable linear layers before transformers initialises the weights."""
         base = getattr(self, self.base_model_prefix, self)
+        size_encoder(base.encoder, self.config)
         mask_encoder(base.encoder, self.config)
         super().post_init()
 
@@ -438,7 +460,16 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
         return sparse
 
     def to_dense(self) -> BertPreTrainedModel:
-        """A plain `BertFor*` model with the same weights (zeros where pruned) and no masks."""
+        """A plain `BertFor*` model with the same weights (zeros where pruned) and no masks.
+
+        Raises:
+            ValueError: the model is compacted (layers of different widths, which `BertConfig` cannot express).
+        """
+        if self.config.is_compacted:
+            raise ValueError(
+                "this model is compacted (layer_num_attention_heads / layer_intermediate_sizes differ per layer), "
+                "which a plain BertConfig cannot express; export it with `hf-sparse export` (ONNX / OpenVINO) instead"
+            )
         config = BertConfig(**_dense_config_dict(self.config))
         dense = self.dense_class(config)
         state = {k: v for k, v in self.state_dict().items() if not k.endswith(MASK_SUFFIX)}

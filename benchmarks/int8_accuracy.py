@@ -1,0 +1,81 @@
+"""INT8 accuracy of a fine-tuned sparse model: PyTorch vs ONNX Runtime vs OpenVINO, fp32 and INT8.
+
+    python benchmarks/int8_accuracy.py --model out/transfer/upstream-90-kd_sst2_s1/model --task sst2
+
+Exports the model (ONNX fp32 + dynamic INT8, ONNX static INT8 and OpenVINO NNCF INT8, both
+calibrated on the task's training text), scores every artifact on the full dev set and writes
+`benchmarks/results/int8_accuracy_<task>.json` with each score's difference to PyTorch fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="fine-tuned sparse_bert sequence-classification folder")
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--calibration_samples", type=int, default=300)
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from hf_sparse.deploy.accuracy import glue_dev_score, onnx_predictor, openvino_predictor, torch_predictor
+    from hf_sparse.deploy.onnx import export_onnx
+    from hf_sparse.deploy.openvino import export_openvino
+
+    model_dir = Path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t = time.time()
+        export_onnx(model_dir, tmp / "dynamic")
+        export_onnx(model_dir, tmp / "static", static=True, calibration=args.task, num_calibration_samples=args.calibration_samples)
+        export_openvino(model_dir, tmp / "ov", calibration=args.task, num_calibration_samples=args.calibration_samples)
+        export_seconds = time.time() - t
+        artifacts = [
+            ("torch fp32", lambda: torch_predictor(model_dir)),
+            ("onnxruntime fp32", lambda: onnx_predictor(tmp / "dynamic" / "model.onnx")),
+            ("onnxruntime int8 dynamic", lambda: onnx_predictor(tmp / "dynamic" / "model_quantized.onnx")),
+            ("onnxruntime int8 static", lambda: onnx_predictor(tmp / "static" / "model_quantized.onnx")),
+            ("openvino fp32", lambda: openvino_predictor(tmp / "ov" / "openvino_model.xml")),
+            ("openvino int8 (nncf)", lambda: openvino_predictor(tmp / "ov" / "openvino_model_int8.xml")),
+        ]
+        for name, make in artifacts:
+            t = time.time()
+            result = glue_dev_score(make(), tokenizer, args.task, max_length=args.max_length)
+            rows.append({"artifact": name, **result, "seconds": round(time.time() - t, 1)})
+            print(f"{name:28s} {result['main_metric']} {result['score']:.4f}", flush=True)
+    base = rows[0]["score"]
+    for row in rows:
+        row["delta_points"] = round(100 * (row["score"] - base), 2)
+    int8 = [r for r in rows if "int8" in r["artifact"]]
+    report = {
+        "model": str(model_dir),
+        "task": args.task,
+        "calibration": f"{args.calibration_samples} {args.task} training examples",
+        "export_seconds": round(export_seconds, 1),
+        "rows": rows,
+        "target": "INT8 within 1 point of fp32",
+        "target_met": {r["artifact"]: abs(r["delta_points"]) <= 1.0 for r in int8},
+        "command": f"python benchmarks/int8_accuracy.py --model {args.model} --task {args.task}",
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"int8_accuracy_{args.task}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

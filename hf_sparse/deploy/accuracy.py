@@ -1,0 +1,74 @@
+"""Task accuracy of a model and of its exports on a GLUE dev set, with the task's own metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+PathLike = Union[str, Path]
+Predict = Callable[[dict], np.ndarray]  # numpy int64 inputs -> logits
+
+
+def torch_predictor(model_dir: PathLike) -> Predict:
+    import torch
+
+    import hf_sparse
+
+    model = hf_sparse.SparseBertForSequenceClassification.from_pretrained(model_dir).eval()
+
+    def predict(inputs: dict) -> np.ndarray:
+        with torch.no_grad():
+            return model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.float().numpy()
+
+    return predict
+
+
+def onnx_predictor(path: PathLike, threads: Optional[int] = None) -> Predict:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return lambda inputs: session.run(None, {k: v for k, v in inputs.items() if k in names})[0]
+
+
+def openvino_predictor(path: PathLike, precision: str = "f32", sparse_rate: Optional[float] = None) -> Predict:
+    from .openvino import compile_model
+
+    compiled = compile_model(path, precision=precision, sparse_rate=sparse_rate)
+    return lambda inputs: compiled(inputs)[0]
+
+
+def glue_dev_score(
+    predict: Predict,
+    tokenizer,
+    task: str,
+    data_dir: Optional[PathLike] = None,
+    max_length: int = 128,
+    batch_size: int = 32,
+    limit: Optional[int] = None,
+) -> dict:
+    """Runs `predict` over a GLUE task's dev set (dynamic padding) and returns the task's metrics."""
+    from ..tasks.glue import get_glue_task, load_glue
+    from ..tasks.metrics import glue_metrics
+    from ..upstream import DEFAULT_DATA_DIR
+
+    glue = get_glue_task(task)
+    dev = load_glue(task, Path(data_dir) if data_dir else DEFAULT_DATA_DIR)["validation"]
+    if limit:
+        dev = dev.select(range(min(limit, len(dev))))
+    outputs = []
+    for start in range(0, len(dev), batch_size):
+        batch = dev[start : start + batch_size]
+        texts = (batch["text_a"], batch["text_b"]) if "text_b" in batch else (batch["text_a"],)
+        encoded = tokenizer(*texts, truncation=True, max_length=max_length, padding=True, return_tensors="np")
+        inputs = {k: encoded[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        outputs.append(predict(inputs))
+    logits = np.concatenate(outputs)
+    predictions = logits[:, 0] if glue.num_labels == 1 else logits.argmax(-1)
+    metrics = glue_metrics(task, predictions, np.asarray(dev["label"]))
+    return {"metrics": metrics, "score": metrics[glue.main_metric], "main_metric": glue.main_metric, "examples": len(dev)}

@@ -1,0 +1,216 @@
+"""ONNX Runtime and OpenVINO exports (fp32 and INT8) of every SparseBert head, compacted models included."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import build, dummy_inputs, output_tensor
+from hf_sparse.deploy.onnx import ExportError, _optimum_onnxruntime, export_onnx
+
+HEADS = [
+    "SparseBertModel",
+    "SparseBertForMaskedLM",
+    "SparseBertForSequenceClassification",
+    "SparseBertForQuestionAnswering",
+    "SparseBertForTokenClassification",
+    "SparseBertForMultipleChoice",
+]
+
+try:
+    _optimum_onnxruntime()
+    from hf_sparse.deploy.openvino import _optimum_intel
+
+    _optimum_intel()
+    HAVE_EXPORTERS = True
+except ExportError:
+    HAVE_EXPORTERS = False
+
+needs_exporters = pytest.mark.skipif(
+    not HAVE_EXPORTERS, reason="needs optimum-onnx and optimum-intel (default environment); their error is tested below"
+)
+
+
+def _save(model, folder, tokenizer):
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _feeds(head):
+    inputs = dummy_inputs(head)
+    inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+    return inputs
+
+
+def _scaled(head, sparsity=0.9):
+    """A tiny random model whose outputs are O(1), so INT8 tolerances mean something."""
+    model = build(head, sparsity=sparsity)
+    with torch.no_grad():
+        layer = model.classifier if hasattr(model, "classifier") else model.qa_outputs
+        layer.weight.mul_(100.0)
+    return model
+
+
+def _tiny_texts(n=32, seed=0):
+    """Calibration texts in the tiny tokenizer's vocabulary (real text would be all [UNK] there)."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(f"w{i}" for i in rng.integers(0, 94, size=rng.integers(3, 6))) for _ in range(n)]
+
+
+def _ort(path, feeds):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return session.run(None, {k: v.numpy() for k, v in feeds.items() if k in names})[0]
+
+
+def _ov(path, feeds):
+    from hf_sparse.deploy.openvino import compile_model
+
+    compiled = compile_model(path, precision="f32")
+    return compiled({k: v.numpy() for k, v in feeds.items()})[0]
+
+
+@needs_exporters
+@pytest.mark.parametrize("head", HEADS)
+def test_pytorch_onnx_openvino_agree_for_every_head(tmp_path, tiny_tokenizer, head):
+    from hf_sparse.deploy.openvino import export_openvino
+
+    model = build(head, sparsity=0.9)
+    folder = _save(model, tmp_path / "m", tiny_tokenizer)
+    onnx_dir = export_onnx(folder, tmp_path / "onnx", quantize=None)
+    ov_dir = export_openvino(folder, tmp_path / "ov", quantize=None)
+    feeds = _feeds(head)
+    with torch.no_grad():
+        expected = output_tensor(model(**feeds)).numpy()
+    np.testing.assert_allclose(_ort(onnx_dir / "model.onnx", feeds), expected, atol=1e-5, err_msg="ONNX Runtime")
+    np.testing.assert_allclose(_ov(ov_dir / "openvino_model.xml", feeds), expected, atol=1e-5, err_msg="OpenVINO")
+    # the folders load without hf-sparse's model type: config.json is plain BERT
+    for folder in (onnx_dir, ov_dir):
+        config = json.loads((folder / "config.json").read_text())
+        assert config["model_type"] == "bert" and config["architectures"] == [head.replace("SparseBert", "Bert")]
+        assert (folder / "tokenizer.json").is_file()
+
+
+@needs_exporters
+def test_optimum_model_classes_load_the_exports(tmp_path, tiny_tokenizer):
+    from optimum.intel import OVModelForSequenceClassification
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+
+    from hf_sparse.deploy.openvino import export_openvino
+
+    model = _scaled("SparseBertForSequenceClassification")
+    folder = _save(model, tmp_path / "m", tiny_tokenizer)
+    export_onnx(folder, tmp_path / "onnx")
+    export_openvino(folder, tmp_path / "ov", calibration=_tiny_texts())
+    feeds = _feeds("SparseBertForSequenceClassification")
+    with torch.no_grad():
+        expected = model(**feeds).logits
+    ort = ORTModelForSequenceClassification.from_pretrained(tmp_path / "onnx", file_name="model_quantized.onnx")
+    ov = OVModelForSequenceClassification.from_pretrained(tmp_path / "ov", file_name="openvino_model_int8.xml")
+    scale = float(expected.abs().max())
+    assert scale > 0.2
+    torch.testing.assert_close(torch.as_tensor(ort(**feeds).logits), expected, atol=0.1 * scale, rtol=0)
+    # NNCF also quantizes activations (LayerNorm outputs, attention matmuls) per tensor, which a tiny random
+    # model does not survive; its accuracy is checked on real MiniLM (test_real_deploy.py) instead
+    got = torch.as_tensor(ov(**feeds).logits)
+    assert got.shape == expected.shape and torch.isfinite(got).all()
+
+
+@needs_exporters
+@pytest.mark.parametrize("head", ["SparseBertForSequenceClassification", "SparseBertForQuestionAnswering"])
+def test_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
+    import onnx
+    from onnx import numpy_helper
+
+    from hf_sparse.deploy.openvino import compile_model, executed_kernels, export_openvino, weight_layout
+
+    model = _scaled(head)
+    folder = _save(model, tmp_path / "m", tiny_tokenizer)
+    dynamic = export_onnx(folder, tmp_path / "dyn")
+    static = export_onnx(folder, tmp_path / "static", static=True, calibration=_tiny_texts())
+    ov_dir = export_openvino(folder, tmp_path / "ov", calibration=_tiny_texts())
+    feeds = _feeds(head)
+    with torch.no_grad():
+        expected = output_tensor(model(**feeds)).numpy()
+    scale = float(np.abs(expected).max())
+    assert scale > 0.2
+    np.testing.assert_allclose(_ort(dynamic / "model_quantized.onnx", feeds), expected, atol=0.15 * scale)
+    # static INT8 fixes activation ranges from calibration text, which a tiny random model's outputs do not
+    # stay within; static ORT and NNCF accuracy is checked on real MiniLM and SST-2 (test_real_deploy.py)
+    for got in (_ort(static / "model_quantized.onnx", feeds), _ov(ov_dir / "openvino_model_int8.xml", feeds)):
+        assert got.shape == expected.shape and np.isfinite(got).all()
+    info = json.loads((static / "export_info.json").read_text())
+    assert info["int8"] == {
+        "mode": "static", "weights": "int8 per-channel symmetric (pruned weights stay 0)", "calibration": "user texts", "calibration_samples": 32,
+    }
+    # pruned weights are exact zeros in the INT8 ONNX initializers (symmetric quantization, zero point 0)
+    for folder in (dynamic, static):
+        graph = onnx.load(str(folder / "model_quantized.onnx")).graph
+        int8 = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+        assert sum((w == 0).mean() >= 0.85 for w in int8) >= 2 * 6, folder
+    # OpenVINO: every encoder weight is an int8 constant feeding MatMul(transpose_b) directly, no Transpose
+    layout = weight_layout(ov_dir / "openvino_model_int8.xml")
+    assert layout["int8_weights"] >= 2 * 6 and layout["behind_transpose"] == 0
+    kernels = executed_kernels(compile_model(ov_dir / "openvino_model_int8.xml", sparse_rate=0.5), {k: v.numpy() for k, v in feeds.items()})
+    assert sum(kernels.values()) >= 2 * 6 and all(k.lower().endswith("i8") for k in kernels), kernels
+
+
+@needs_exporters
+def test_compacted_model_exports(tmp_path, tiny_tokenizer):
+    from hf_sparse.deploy.compact import compact
+    from hf_sparse.deploy.openvino import export_openvino
+    from hf_sparse.pruning.structured import StructuredPruning
+    import hf_sparse
+
+    model = build("SparseBertForSequenceClassification", sparsity=0.0)
+    model.set_masks(StructuredPruning(scope="global").masks(model, 0.5))
+    folder = _save(model, tmp_path / "m", tiny_tokenizer)
+    compact(folder, tmp_path / "c")
+    compacted = hf_sparse.SparseBertForSequenceClassification.from_pretrained(tmp_path / "c")
+    assert compacted.config.is_compacted
+    onnx_dir = export_onnx(tmp_path / "c", tmp_path / "onnx", quantize=None)
+    ov_dir = export_openvino(tmp_path / "c", tmp_path / "ov", quantize=None)
+    feeds = _feeds("SparseBertForSequenceClassification")
+    with torch.no_grad():
+        expected = model(**feeds).logits.numpy()
+    np.testing.assert_allclose(_ort(onnx_dir / "model.onnx", feeds), expected, atol=1e-5)
+    np.testing.assert_allclose(_ov(ov_dir / "openvino_model.xml", feeds), expected, atol=1e-5)
+
+
+@needs_exporters
+def test_export_refuses_bad_input(tmp_path, tiny_tokenizer):
+    folder = _save(build("SparseBertForSequenceClassification"), tmp_path / "m", tiny_tokenizer)
+    export_onnx(folder, tmp_path / "onnx", quantize=None)
+    with pytest.raises(ExportError, match="exists"):
+        export_onnx(folder, tmp_path / "onnx")
+    with pytest.raises(ExportError, match="quantize must be"):
+        export_onnx(folder, tmp_path / "x", quantize="int4")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ExportError, match="not a sparse_bert checkpoint"):
+        export_onnx(tmp_path / "plain", tmp_path / "y")
+    from hf_sparse.deploy.calibration import calibration_texts
+
+    with pytest.raises(ValueError, match="unknown calibration source"):
+        calibration_texts("imagenet", 4)
+    texts = calibration_texts("sst2", 4)  # real data: four SST-2 training sentences, no pair
+    assert len(texts) == 4 and all(isinstance(a, str) and a and b is None for a, b in texts)
+    pairs = calibration_texts("mrpc", 3)
+    assert all(a and b for a, b in pairs)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.skipif(HAVE_EXPORTERS, reason="tests the message where the exporters cannot run (the transformers 5 environment)")
+def test_export_fails_clearly_without_optimum(tmp_path):
+    import transformers
+
+    from hf_sparse.deploy.openvino import export_openvino
+
+    with pytest.raises(ExportError, match=f"transformers {transformers.__version__}"):
+        export_onnx(tmp_path / "m", tmp_path / "onnx")
+    with pytest.raises(ExportError, match=f"transformers {transformers.__version__}"):
+        export_openvino(tmp_path / "m", tmp_path / "ov")
