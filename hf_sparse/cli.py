@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .deploy.onnx import ExportError
 from .models.sparse_bert.sparse_format import SparseFormatError
 from .transfer.callback import MaskDriftError
 
@@ -97,6 +98,55 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.model).with_name(Path(args.model).name + f"-{args.to}")
+    quantize = None if args.quantize == "none" else args.quantize
+    calibration = args.calibration
+    if args.to == "onnx":
+        from .deploy.onnx import export_onnx
+
+        export_onnx(args.model, out, quantize=quantize, static=args.static, calibration=calibration, num_calibration_samples=args.calibration_samples)
+    else:
+        if args.static:
+            raise ValueError("--static applies to ONNX Runtime; OpenVINO INT8 (NNCF) is always static")
+        from .deploy.openvino import export_openvino
+
+        export_openvino(args.model, out, quantize=quantize, calibration=calibration, num_calibration_samples=args.calibration_samples)
+    info = json.loads((out / "export_info.json").read_text())
+    print(json.dumps({k: info[k] for k in ("runtime", "task", "files", "int8") if k in info}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from .deploy.compact import compact
+
+    report = compact(args.model, args.out)
+    print(
+        f"heads {report.heads_before} -> {report.heads_after}, FFN neurons {report.neurons_before} -> {report.neurons_after}, "
+        f"parameters {report.parameters_before:,} -> {report.parameters_after:,}; "
+        f"max |compacted - masked| on a probe batch {report.max_abs_diff:.2e}"
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .deploy.bench import benchmark, cpu_description, format_table
+
+    from .deploy.bench import RUNTIMES
+
+    rows = benchmark(args.model, args.batch, args.seq, runtimes=args.runtimes or RUNTIMES, runs=args.runs)
+    cpu = cpu_description()
+    print(f"{args.model} on {cpu.get('model', '?')} ({cpu.get('cores')} cores; {' '.join(cpu.get('flags', []))}); "
+          f"speed-up relative to torch-fp32 of the same model and batch")
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": str(args.model), "cpu": cpu, "rows": rows}, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-sparse", description="Sparse pre-trained BERT models for the Hugging Face ecosystem.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +176,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     finetune.set_defaults(func=_cmd_finetune, rest=[])
 
+    export = sub.add_parser("export", help="ONNX Runtime or OpenVINO export, optionally INT8 (Optimum / NNCF)")
+    export.add_argument("model", help="sparse_bert checkpoint folder")
+    export.add_argument("--to", choices=("onnx", "openvino"), default="onnx")
+    export.add_argument("--quantize", choices=("int8", "none"), default="int8")
+    export.add_argument("--static", action="store_true", help="ONNX: static INT8 with calibrated activation ranges (default dynamic)")
+    export.add_argument("--calibration", default="wikitext", help="calibration text: wikitext, squad or a GLUE task (default wikitext)")
+    export.add_argument("--calibration-samples", type=int, default=128)
+    export.add_argument("--out", help="output folder (default: <model>-<to>)")
+    export.set_defaults(func=_cmd_export)
+
+    compact = sub.add_parser("compact", help="physically remove pruned attention heads and FFN neurons")
+    compact.add_argument("model", help="sparse_bert checkpoint folder")
+    compact.add_argument("out", help="output folder (must not exist)")
+    compact.set_defaults(func=_cmd_compact)
+
+    bench = sub.add_parser("bench", help="latency table across runtimes (torch, ONNX Runtime, OpenVINO; fp32 / INT8)")
+    bench.add_argument("model", help="sparse_bert checkpoint folder")
+    bench.add_argument("--batch", type=int, nargs="+", default=[1])
+    bench.add_argument("--seq", type=int, default=128)
+    bench.add_argument("--runs", type=int, default=20, help="timed runs per row (median reported)")
+    bench.add_argument("--runtimes", nargs="+", default=None, help="subset of: torch-fp32 torch-bf16 ort-fp32 ort-int8 ov-fp32 ov-int8 ov-int8-sparse")
+    bench.add_argument("--json", help="also write the rows to this JSON file")
+    bench.set_defaults(func=_cmd_bench)
+
     inspect = sub.add_parser("inspect", help="per-layer and global sparsity, pattern and integrity checks")
     inspect.add_argument("path", help="local folder or Hub id")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -145,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.set_verbosity_error()
     try:
         return args.func(args)
-    except (SparseFormatError, MaskDriftError, ValueError, OSError, KeyError, TypeError) as err:
+    except (SparseFormatError, MaskDriftError, ExportError, ValueError, OSError, KeyError, TypeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"hf-sparse: error: {message}", file=sys.stderr)
         return 2

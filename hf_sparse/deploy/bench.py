@@ -1,0 +1,209 @@
+"""Latency of a SparseBert model across runtimes, as ratios to dense-shape fp32 PyTorch in the same run.
+
+Runtimes (names used in tables):
+    torch-fp32, torch-bf16           the SparseBert model in PyTorch (masks applied, dense kernels)
+    ort-fp32, ort-int8               ONNX Runtime on `model.onnx` / dynamic INT8 `model_quantized.onnx`
+    ov-fp32, ov-int8                 OpenVINO CPU on the fp32 IR (f32 precision) / the NNCF INT8 IR
+    ov-int8-sparse                   the INT8 IR with `CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE` set; the
+                                     FullyConnected kernels it actually ran are recorded per row
+Each measurement is the median (and p90) of `runs` timed calls after `warmup` untimed ones.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+PathLike = Union[str, Path]
+RUNTIMES = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8", "ov-int8-sparse")
+SPARSE_RATE = 0.5  # ask for the sparse kernel wherever an int8 weight is at least half zeros
+
+
+def timed(fn: Callable[[], object], runs: int = 20, warmup: int = 3) -> dict:
+    """Median / p90 / min wall time of `fn()` in milliseconds over `runs` calls."""
+    if runs < 1:
+        raise ValueError("runs must be at least 1")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    times.sort()
+    return {
+        "median_ms": round(statistics.median(times), 3),
+        "p90_ms": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3),
+        "min_ms": round(times[0], 3),
+        "runs": runs,
+    }
+
+
+def make_inputs(batch: int, seq: int, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000 if vocab_size > 2000 else 5, vocab_size, size=(batch, seq), dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def disk_bytes(*paths: PathLike) -> int:
+    """Bytes on disk of files (an `.xml` IR counts its `.bin` too)."""
+    total = 0
+    for path in map(Path, paths):
+        total += path.stat().st_size
+        if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+            total += path.with_suffix(".bin").stat().st_size
+    return total
+
+
+class Runners:
+    """Builds a callable per runtime for one model folder, exporting what is missing into `work_dir`."""
+
+    def __init__(self, model_dir: PathLike, work_dir: PathLike, calibration: str = "wikitext", calibration_samples: int = 64):
+        self.model_dir, self.work_dir = Path(model_dir), Path(work_dir)
+        self.calibration, self.calibration_samples = calibration, calibration_samples
+        self._model = None
+
+    def model(self):
+        if self._model is None:
+            from .onnx import load_for_export
+
+            self._model = load_for_export(self.model_dir)[0]
+        return self._model
+
+    def _bf16(self):
+        if getattr(self, "_bf16_model", None) is None:
+            import copy
+
+            import torch
+
+            self._bf16_model = copy.deepcopy(self.model()).to(torch.bfloat16)
+        return self._bf16_model
+
+    def onnx_dir(self) -> Path:
+        from .onnx import export_onnx
+
+        folder = self.work_dir / "onnx"
+        if not folder.exists():
+            export_onnx(self.model_dir, folder, quantize="int8")
+        return folder
+
+    def openvino_dir(self) -> Path:
+        from .openvino import export_openvino
+
+        folder = self.work_dir / "openvino"
+        if not folder.exists():
+            export_openvino(self.model_dir, folder, calibration=self.calibration, num_calibration_samples=self.calibration_samples)
+        return folder
+
+    def artifact(self, runtime: str) -> Optional[Path]:
+        """The file a runtime executes (None for PyTorch, whose bytes are the checkpoint's)."""
+        if runtime.startswith("ort"):
+            return self.onnx_dir() / ("model.onnx" if runtime == "ort-fp32" else "model_quantized.onnx")
+        if runtime.startswith("ov"):
+            return self.openvino_dir() / ("openvino_model.xml" if runtime == "ov-fp32" else "openvino_model_int8.xml")
+        return None
+
+    def runner(self, runtime: str, inputs: dict[str, np.ndarray]) -> tuple[Callable[[], object], dict]:
+        """(a zero-argument callable running one batch, extra facts about the row)."""
+        if runtime in ("torch-fp32", "torch-bf16"):
+            import torch
+
+            dtype = torch.bfloat16 if runtime == "torch-bf16" else torch.float32
+            model = self.model() if dtype == torch.float32 else self._bf16()
+            feeds = {k: torch.from_numpy(v) for k, v in inputs.items()}
+
+            def run():
+                with torch.inference_mode():
+                    return model(**feeds)
+
+            return run, {"threads": torch.get_num_threads()}
+        if runtime in ("ort-fp32", "ort-int8"):
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(self.artifact(runtime)), providers=["CPUExecutionProvider"])
+            names = {i.name for i in session.get_inputs()}
+            feeds = {k: v for k, v in inputs.items() if k in names}
+            return (lambda: session.run(None, feeds)), {}
+        if runtime in ("ov-fp32", "ov-int8", "ov-int8-sparse"):
+            from .openvino import compile_model, executed_kernels
+
+            compiled = compile_model(self.artifact(runtime), precision="f32", sparse_rate=SPARSE_RATE if runtime == "ov-int8-sparse" else None)
+            kernels = executed_kernels(compiled, inputs)
+            request = compiled.create_infer_request()
+            return (lambda: request.infer(inputs)), {"kernels": kernels}
+        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+
+
+def benchmark(
+    model_dir: PathLike,
+    batch_sizes: Sequence[int] = (1,),
+    seq_len: int = 128,
+    runtimes: Iterable[str] = RUNTIMES,
+    runs: int = 20,
+    warmup: int = 3,
+    work_dir: Optional[PathLike] = None,
+    baseline: Optional[dict[int, float]] = None,
+    progress: Optional[Callable[[dict], None]] = None,
+) -> list[dict]:
+    """Latency rows for one model; `ratio` is each row's speed-up over `baseline[batch]` ms.
+
+    `baseline` defaults to this model's own torch-fp32 median at each batch size (measured first).
+    """
+    runtimes = list(runtimes)
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise ValueError(f"unknown runtimes {unknown}; known: {', '.join(RUNTIMES)}")
+    with tempfile.TemporaryDirectory(prefix="hf-sparse-bench-") as tmp:
+        runners = Runners(model_dir, work_dir or tmp)
+        vocab = runners.model().config.vocab_size
+        rows, base = [], dict(baseline or {})
+        for batch in batch_sizes:
+            inputs = make_inputs(batch, seq_len, vocab)
+            order = runtimes if baseline or "torch-fp32" not in runtimes else ["torch-fp32"] + [r for r in runtimes if r != "torch-fp32"]
+            for runtime in order:
+                run, extra = runners.runner(runtime, inputs)
+                row = {"runtime": runtime, "batch": batch, "seq": seq_len, **timed(run, runs, warmup), **extra}
+                artifact = runners.artifact(runtime)
+                row["bytes"] = disk_bytes(artifact) if artifact else disk_bytes(*Path(model_dir).glob("model*.safetensors"))
+                if runtime == "torch-fp32" and batch not in base:
+                    base[batch] = row["median_ms"]
+                if batch in base:
+                    row["speedup_vs_baseline"] = round(base[batch] / row["median_ms"], 3)
+                rows.append(row)
+                if progress:
+                    progress(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| runtime | batch | seq | median ms | p90 ms | speed-up | MB on disk | kernels |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        kernels = ", ".join(f"{k}×{v}" for k, v in sorted(r.get("kernels", {}).items()))
+        lines.append(
+            f"| {r['runtime']} | {r['batch']} | {r['seq']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+            f"{r.get('speedup_vs_baseline', float('nan')):.2f}x | {r['bytes'] / 1e6:.1f} | {kernels} |"
+        )
+    return "\n".join(lines)
+
+
+def cpu_description() -> dict:
+    """CPU model and the ISA flags that decide which kernels run (AMX, AVX-512 VNNI / BF16)."""
+    info = {"cores": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                info["model"] = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                info["flags"] = sorted(f for f in flags if f.startswith(("amx", "avx512_vnni", "avx512_bf16", "avx512f")))
+                break
+    except OSError:
+        pass
+    return info
