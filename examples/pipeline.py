@@ -4,8 +4,9 @@
 
 1. prune once, upstream: MiniLM-L6 → 90% sparse (MLM + KD, cubic magnitude schedule; short run);
 2. sparse transfer: fine-tune on SST-2 with the pattern locked, evaluate on the full dev set;
-3. export: ONNX fp32 + INT8 (Optimum, ONNX Runtime), INT8 accuracy on the SST-2 dev set;
-4. publish: assemble the repo (weights, code, tokenizer, onnx/, card from the results files) and
+3. export: ONNX fp32 + INT8 (Optimum, ONNX Runtime) and OpenVINO INT8 (optimum-intel, NNCF), INT8
+   accuracy on the SST-2 dev set;
+4. publish: assemble the repo (weights, code, tokenizer, onnx/, openvino/, card from the results files) and
    commit it into a local mirror served by olah (the local Hub);
 5. load back through the server with `AutoModelForSequenceClassification.from_pretrained("org/…")`
    in a fresh process (outputs compared with the local model) and print the card's results.
@@ -33,26 +34,20 @@ def step(title: str) -> float:
     return time.time()
 
 
-def int8_accuracy(onnx_dir: Path, data_dir: Path) -> dict:
-    import numpy as np
-    from optimum.onnxruntime import ORTModelForSequenceClassification
+def int8_accuracy(model_dir: Path, data_dir: Path) -> dict:
+    """SST-2 dev accuracy of the ONNX fp32 / INT8 and OpenVINO INT8 exports in `model_dir`."""
     from transformers import AutoTokenizer
 
-    from hf_sparse.tasks.glue import load_glue
-    from hf_sparse.tasks.metrics import accuracy
+    from hf_sparse.deploy.accuracy import glue_dev_score, onnx_predictor, openvino_predictor
 
-    dev = load_glue("sst2", data_dir)["validation"]
-    tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
-    scores = {}
-    for name in ("model.onnx", "model_quantized.onnx"):
-        model = ORTModelForSequenceClassification.from_pretrained(onnx_dir, file_name=name)
-        predictions = []
-        for start in range(0, len(dev), 64):
-            batch = dev[start : start + 64]
-            encoded = tokenizer(batch["text_a"], truncation=True, max_length=64, padding=True, return_tensors="pt")
-            predictions += np.argmax(model(**encoded).logits.numpy(), axis=-1).tolist()
-        scores[name] = accuracy(predictions, dev["label"])
-    return {"fp32_accuracy": scores["model.onnx"], "int8_accuracy": scores["model_quantized.onnx"], "dev_examples": len(dev)}
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    predictors = {
+        "fp32_accuracy": onnx_predictor(model_dir / "onnx" / "model.onnx"),
+        "int8_accuracy": onnx_predictor(model_dir / "onnx" / "model_quantized.onnx"),
+        "openvino_int8_accuracy": openvino_predictor(model_dir / "openvino" / "openvino_model_int8.xml"),
+    }
+    scores = {name: glue_dev_score(p, tokenizer, "sst2", data_dir=data_dir, max_length=64) for name, p in predictors.items()}
+    return {**{name: s["score"] for name, s in scores.items()}, "dev_examples": scores["fp32_accuracy"]["examples"]}
 
 
 LOAD_BACK = r"""
@@ -119,14 +114,17 @@ def main() -> int:
     results = run_finetune(finetune_args, training_args)
     print(f"    SST-2 dev accuracy {results['score']:.4f}, pattern verified: {results['pattern_verified']}, {time.time() - t:.0f} s")
 
-    t = step("3/5 export: ONNX fp32 + INT8 (Optimum / ONNX Runtime)")
+    t = step("3/5 export: ONNX fp32 + INT8 (Optimum / ONNX Runtime), OpenVINO fp32 + INT8 (optimum-intel / NNCF)")
     from hf_sparse.deploy.onnx import export_onnx
+    from hf_sparse.deploy.openvino import export_openvino
 
     model_dir = out / "sst2" / "model"
     export_onnx(model_dir, model_dir / "onnx", quantize="int8")
-    int8 = int8_accuracy(model_dir / "onnx", data_dir)
+    export_openvino(model_dir, model_dir / "openvino", quantize="int8", calibration="sst2", num_calibration_samples=128)
+    int8 = int8_accuracy(model_dir, data_dir)
     (out / "sst2" / "int8_results.json").write_text(json.dumps(int8, indent=1))
-    print(f"    SST-2 dev accuracy: ONNX fp32 {int8['fp32_accuracy']:.4f}, INT8 {int8['int8_accuracy']:.4f}, {time.time() - t:.0f} s")
+    print(f"    SST-2 dev accuracy: ONNX fp32 {int8['fp32_accuracy']:.4f}, ONNX INT8 {int8['int8_accuracy']:.4f}, "
+          f"OpenVINO INT8 {int8['openvino_int8_accuracy']:.4f}, {time.time() - t:.0f} s")
 
     t = step(f"4/5 publish {REPO_ID} into the local Hub mirror")
     entry = ZooEntry(name=REPO_ID.split("/")[1], kind="finetuned", task="sst2", model=str(model_dir), results=[str(out / "sst2" / "results.json")])

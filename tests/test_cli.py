@@ -145,3 +145,60 @@ def test_convert_pretraining_checkpoint_keeps_mlm_head(tmp_path, run_cli):
     with torch.no_grad():
         assert torch.equal(sparse(**inputs).logits, model(**inputs).prediction_logits)
     assert 0.89 < sparse.sparsity() < 0.91
+
+
+def _deploy_exporters_available() -> bool:
+    from hf_sparse.deploy.onnx import ExportError, _optimum_onnxruntime
+    from hf_sparse.deploy.openvino import _optimum_intel
+
+    try:
+        _optimum_onnxruntime()
+        _optimum_intel()
+        return True
+    except ExportError:
+        return False
+
+
+def test_compact_command(tmp_path, run_cli, tiny_tokenizer):
+    from conftest import build
+    from hf_sparse.pruning.structured import StructuredPruning
+
+    model = build("SparseBertForSequenceClassification", sparsity=0.0)
+    model.set_masks(StructuredPruning(scope="global").masks(model, 0.5))
+    model.save_pretrained(tmp_path / "m")
+    tiny_tokenizer.save_pretrained(tmp_path / "m")
+    result = run_cli("compact", tmp_path / "m", tmp_path / "c")
+    assert result.returncode == 0, result.stderr
+    assert "heads 8 -> 4" in result.stdout and (tmp_path / "c" / "model.safetensors").is_file()
+    again = run_cli("compact", tmp_path / "m", tmp_path / "c")
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+@pytest.mark.skipif(not _deploy_exporters_available(), reason="needs optimum-onnx and optimum-intel (default environment)")
+def test_export_and_bench_commands(tmp_path, run_cli, tiny_tokenizer):
+    from conftest import build
+
+    build("SparseBertForSequenceClassification", sparsity=0.9).save_pretrained(tmp_path / "m")
+    tiny_tokenizer.save_pretrained(tmp_path / "m")
+    result = run_cli("export", tmp_path / "m", "--to", "onnx", "--quantize", "int8", "--out", tmp_path / "onnx")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout[: result.stdout.rindex("}") + 1])["int8"]["mode"] == "dynamic"
+    assert (tmp_path / "onnx" / "model_quantized.onnx").is_file()
+    result = run_cli("export", tmp_path / "m", "--to", "openvino", "--quantize", "none")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m-openvino" / "openvino_model.xml").is_file() and not (tmp_path / "m-openvino" / "openvino_model_int8.xml").exists()
+    bad = run_cli("export", tmp_path / "m", "--to", "openvino", "--static")
+    assert bad.returncode == 2 and "--static applies to ONNX Runtime" in bad.stderr
+    result = run_cli(
+        "bench", tmp_path / "m", "--batch", "1", "2", "--seq", "16", "--runs", "3",
+        "--runtimes", "torch-fp32", "ort-int8", "ov-int8-sparse", "--json", tmp_path / "bench.json",
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [(r["runtime"], r["batch"]) for r in rows] == [
+        (rt, b) for b in (1, 2) for rt in ("torch-fp32", "ort-int8", "ov-int8-sparse")
+    ]
+    assert all(r["median_ms"] > 0 and r["runs"] == 3 for r in rows)
+    assert rows[0]["speedup_vs_baseline"] == 1.0
+    assert sum(rows[2]["kernels"].values()) >= 12  # what OpenVINO actually ran, recorded per row
+    assert "| ort-int8 | 1 | 16 |" in result.stdout

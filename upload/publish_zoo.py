@@ -28,6 +28,28 @@ def build_converted(entry) -> None:
     dense_to_sparse(local if local.is_dir() else entry.source, out, head=entry.head)
 
 
+def build_exports(entry) -> list[str]:
+    """Exports listed in the entry (`onnx`, `openvino`, INT8 included) that the model folder lacks; returns those built.
+
+    Existing export folders are kept as they are, so re-publishing stays idempotent.
+    """
+    from hf_sparse.deploy.onnx import export_onnx
+    from hf_sparse.deploy.openvino import export_openvino
+
+    model_dir = ROOT / entry.model
+    calibration = entry.task if entry.task else "wikitext"
+    built = []
+    for name in entry.exports:
+        if (model_dir / name).is_dir():
+            continue
+        if name == "onnx":
+            export_onnx(model_dir, model_dir / name, quantize="int8")
+        else:
+            export_openvino(model_dir, model_dir / name, quantize="int8", calibration=calibration, num_calibration_samples=300)
+        built.append(name)
+    return built
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("zoo", nargs="?", default=str(ROOT / "upload" / "zoo.yaml"))
@@ -37,6 +59,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from hf_sparse.hub.cards import CardError, load_zoo
+    from hf_sparse.deploy.onnx import ExportError
     from hf_sparse.hub.publish import PublishError, build_and_publish
 
     org, entries = load_zoo(args.zoo)
@@ -56,11 +79,16 @@ def main(argv=None) -> int:
                 build_converted(entry)
             if not (ROOT / entry.model / "config.json").is_file():
                 raise PublishError(f"checkpoint {entry.model} is missing; build it first (see the results commands in {args.zoo})")
+            missing = [e for e in entry.exports if not (ROOT / entry.model / e).is_dir()]
+            if missing and args.dry_run:
+                print(f"[dry run] {repo_id}: would export {', '.join(missing)} (INT8 included) into {entry.model}")
+            elif missing:
+                print(f"{repo_id}: exported {', '.join(build_exports(entry))}")
             kwargs = dict(dry_run=args.dry_run)
             if args.local_mirror:
                 kwargs["local_mirror"] = args.local_mirror
             result = build_and_publish(entry, repo_id, ROOT, **kwargs)
-        except (CardError, PublishError, OSError, ValueError) as err:
+        except (CardError, PublishError, ExportError, OSError, ValueError) as err:
             failed.append(entry.name)
             print(f"[FAILED] {repo_id}: {err}")
             continue

@@ -47,12 +47,16 @@ class ZooEntry:
     cited_results: list = field(default_factory=list)  # converted: [{task, dataset, metric, value, source}]
     results_note: Optional[str] = None  # converted: where the published results are, if not restated
     description: Optional[str] = None
+    exports: list = field(default_factory=list)  # built into <model>/onnx, <model>/openvino before publishing
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise CardError(f"zoo entry {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "finetuned" and self.task not in TASKS:
             raise CardError(f"zoo entry {self.name!r}: a finetuned model needs `task`, one of {TASKS}")
+        unknown = [e for e in self.exports if e not in ("onnx", "openvino")]
+        if unknown:
+            raise CardError(f"zoo entry {self.name!r}: exports must be 'onnx' and/or 'openvino', got {unknown}")
         if self.kind == "converted" and not self.source:
             raise CardError(f"zoo entry {self.name!r}: a converted model needs `source`")
         if self.kind != "converted" and not self.results:
@@ -339,8 +343,10 @@ def _exports_section(exports: tuple[str, ...], repo_id: str, ort_class: str) -> 
         )
     if "openvino" in exports:
         parts.append(
-            "OpenVINO files are in `openvino/`:\n\n```python\nfrom optimum.intel import "
-            f'{ort_class.replace("ORT", "OV")}\nmodel = {ort_class.replace("ORT", "OV")}.from_pretrained("{repo_id}", subfolder="openvino")\n```'
+            "OpenVINO files are in `openvino/`: `openvino_model.xml` (fp32) and `openvino_model_int8.xml` "
+            "(NNCF static INT8 of weights and activations):\n\n```python\nfrom optimum.intel import "
+            f'{ort_class.replace("ORT", "OV")}\nmodel = {ort_class.replace("ORT", "OV")}.from_pretrained("{repo_id}", '
+            'subfolder="openvino", file_name="openvino_model_int8.xml")\n```'
         )
     return "\n\n".join(parts)
 

@@ -1,0 +1,101 @@
+"""Deployment on the real MiniLM-L6 and real SST-2: INT8 exports keep the fine-tuned sparse model's accuracy."""
+
+import json
+
+import numpy as np
+import pytest
+import transformers
+
+from conftest import DATA_DIR, minilm_dir
+from hf_sparse import SparseBertModel
+from hf_sparse.deploy.onnx import ExportError, _optimum_onnxruntime
+from hf_sparse.pruning import magnitude_masks
+
+pytestmark = pytest.mark.real
+
+try:
+    _optimum_onnxruntime()
+    from hf_sparse.deploy.openvino import _optimum_intel
+
+    _optimum_intel()
+    HAVE_EXPORTERS = True
+except ExportError:
+    HAVE_EXPORTERS = False
+
+SPARSITY = 0.8
+TRAIN_EXAMPLES = 4000
+
+
+@pytest.fixture(scope="module")
+def finetuned_sparse_sst2(tmp_path_factory):
+    """MiniLM-L6 pruned one-shot to 80%, then sparse-transferred on 4,000 SST-2 examples (about a minute)."""
+    from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
+
+    tmp = tmp_path_factory.mktemp("sst2")
+    sparse = SparseBertModel.from_dense(minilm_dir())
+    sparse.set_masks(magnitude_masks(sparse, SPARSITY))
+    sparse.save_pretrained(tmp / "sparse")
+    transformers.AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(tmp / "sparse")
+    results = run_finetune(
+        FinetuneArguments(model=str(tmp / "sparse"), task="sst2", data_dir=str(DATA_DIR), max_train_samples=TRAIN_EXAMPLES),
+        transformers.TrainingArguments(
+            output_dir=str(tmp / "ft"), per_device_train_batch_size=32, learning_rate=1e-4, num_train_epochs=1,
+            bf16=True, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, seed=1,
+        ),
+    )
+    assert results["pattern_verified"] and abs(results["sparsity"] - SPARSITY) < 1e-3
+    return tmp / "ft" / "model"
+
+
+@pytest.mark.skipif(not HAVE_EXPORTERS, reason="needs optimum-onnx and optimum-intel (default environment)")
+def test_int8_exports_stay_within_one_point_on_sst2(finetuned_sparse_sst2, tmp_path):
+    from hf_sparse.deploy.accuracy import glue_dev_score, onnx_predictor, openvino_predictor, torch_predictor
+    from hf_sparse.deploy.onnx import export_onnx
+    from hf_sparse.deploy.openvino import export_openvino, weight_layout
+
+    model_dir = finetuned_sparse_sst2
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    export_onnx(model_dir, tmp_path / "dynamic")
+    export_onnx(model_dir, tmp_path / "static", static=True, calibration="sst2", num_calibration_samples=300)
+    export_openvino(model_dir, tmp_path / "ov", calibration="sst2", num_calibration_samples=300)
+    scores = {
+        name: glue_dev_score(predict, tokenizer, "sst2", data_dir=DATA_DIR)["score"]
+        for name, predict in (
+            ("torch fp32", torch_predictor(model_dir)),
+            ("ort fp32", onnx_predictor(tmp_path / "dynamic" / "model.onnx")),
+            ("ov fp32", openvino_predictor(tmp_path / "ov" / "openvino_model.xml")),
+            ("ort int8 dynamic", onnx_predictor(tmp_path / "dynamic" / "model_quantized.onnx")),
+            ("ort int8 static", onnx_predictor(tmp_path / "static" / "model_quantized.onnx")),
+            ("ov int8 nncf", openvino_predictor(tmp_path / "ov" / "openvino_model_int8.xml")),
+        )
+    }
+    print(json.dumps(scores, indent=1))
+    fp32 = scores["torch fp32"]
+    assert fp32 >= 0.75, f"the fine-tuned model did not learn SST-2 ({fp32:.3f}); the INT8 comparison would be meaningless"
+    for name in ("ort fp32", "ov fp32"):
+        assert abs(scores[name] - fp32) <= 0.003, (name, scores)
+    for name in ("ort int8 dynamic", "ort int8 static", "ov int8 nncf"):
+        assert abs(scores[name] - fp32) <= 0.01, (name, scores)
+    layout = weight_layout(tmp_path / "ov" / "openvino_model_int8.xml")
+    assert layout["int8_weights"] >= 36 and layout["behind_transpose"] == 0
+
+
+def test_compacted_real_model_matches(tmp_path):
+    """Structured pruning of real MiniLM-L6, compaction, and the same hidden states on real sentences."""
+    import torch
+
+    from hf_sparse.deploy.compact import compact_model
+    from hf_sparse.pruning.structured import StructuredPruning
+    from hf_sparse.tasks.glue import load_glue
+
+    model = SparseBertModel.from_dense(minilm_dir()).eval()
+    model.set_masks(StructuredPruning(("heads", "neurons")).masks(model, 0.5))
+    compacted, report = compact_model(model)
+    assert report.heads_after == 36 and report.neurons_after == 6 * 768
+    sentences = load_glue("sst2", DATA_DIR)["validation"]["text_a"][:16]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+    inputs = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected, got = model(**inputs).last_hidden_state, compacted(**inputs).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert report.parameters_after < 0.85 * report.parameters_before
