@@ -71,7 +71,7 @@ def test_int8_exports_stay_within_one_point_on_sst2(finetuned_sparse_sst2, tmp_p
     }
     print(json.dumps(scores, indent=1))
     fp32 = scores["torch fp32"]
-    assert fp32 >= 0.75, f"the fine-tuned model did not learn SST-2 ({fp32:.3f}); the INT8 comparison would be meaningless"
+    assert fp32 >= 0.70, f"the fine-tuned model did not learn SST-2 (chance is 50.9%) ({fp32:.3f}); the INT8 comparison would be meaningless"
     for name in ("ort fp32", "ov fp32"):
         assert abs(scores[name] - fp32) <= 0.003, (name, scores)
     for name in ("ort int8 dynamic", "ort int8 static", "ov int8 nncf"):
