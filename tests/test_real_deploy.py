@@ -1,6 +1,7 @@
 """Deployment on the real MiniLM-L6 and real SST-2: INT8 exports keep the fine-tuned sparse model's accuracy."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -36,13 +37,18 @@ def finetuned_sparse_sst2(tmp_path_factory):
     sparse.set_masks(magnitude_masks(sparse, SPARSITY))
     sparse.save_pretrained(tmp / "sparse")
     transformers.AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(tmp / "sparse")
-    results = run_finetune(
-        FinetuneArguments(model=str(tmp / "sparse"), task="sst2", data_dir=str(DATA_DIR), max_train_samples=TRAIN_EXAMPLES),
-        transformers.TrainingArguments(
-            output_dir=str(tmp / "ft"), per_device_train_batch_size=32, learning_rate=1e-4, num_train_epochs=1,
-            bf16=True, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, seed=1,
-        ),
-    )
+    saved = dict(os.environ)  # bf16 TrainingArguments leak ACCELERATE_MIXED_PRECISION; the autouse
+    try:  # restore fixture is function-scoped and cannot undo what a module fixture does
+        results = run_finetune(
+            FinetuneArguments(model=str(tmp / "sparse"), task="sst2", data_dir=str(DATA_DIR), max_train_samples=TRAIN_EXAMPLES),
+            transformers.TrainingArguments(
+                output_dir=str(tmp / "ft"), per_device_train_batch_size=32, learning_rate=1e-4, num_train_epochs=1,
+                bf16=True, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, seed=1,
+            ),
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     assert results["pattern_verified"] and abs(results["sparsity"] - SPARSITY) < 1e-3
     return tmp / "ft" / "model"
 
