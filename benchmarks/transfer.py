@@ -6,7 +6,8 @@
 
 Rows: `dense` (MiniLM-L6 as released), `upstream-<s>` (out/prune_ofa_<s>/model from
 benchmarks/upstream.py, pattern locked), `prune-ft-<s>` (magnitude pruning to s% during
-fine-tuning, from dense: the downstream-pruning baseline), `dense-layers-<n>` (the first n dense
+fine-tuning, from dense: the downstream-pruning baseline), `prune-ft-structured-<s>` (s% of
+attention heads and FFN neurons removed during fine-tuning: compactable), `dense-layers-<n>` (the first n dense
 layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model of the
 same task and seed 1 (run that first). Every row of a task uses the same budget (TASK_BUDGETS:
 epochs, examples, max length), bf16 autocast on CPU, dynamic padding. Each run writes
@@ -50,12 +51,14 @@ def _row_arguments(row: str, task: str, seed: int, kd: bool) -> list[str]:
         if not model.is_dir():
             raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --sparsity {match[1]}` first")
         args += ["--model", str(model)]
+    elif match := re.fullmatch(r"prune-ft-structured-(\d+)", row):
+        args += ["--model", str(minilm_folder()), "--prune_method", "structured", "--target_sparsity", str(int(match[1]) / 100)]
     elif match := re.fullmatch(r"prune-ft-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--prune_method", "magnitude", "--target_sparsity", str(int(match[1]) / 100)]
     elif match := re.fullmatch(r"dense-layers-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
     else:
-        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, prune-ft-<s>, dense-layers-<n>")
+        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, prune-ft-<s>, prune-ft-structured-<s>, dense-layers-<n>")
     if kd:
         teacher = MODELS / f"dense_{task}_s1" / "model"
         if not teacher.is_dir():
@@ -104,7 +107,7 @@ def _percent(score: float, task: str) -> float:
 
 
 def _row_sparsity(row: str) -> float:
-    match = re.fullmatch(r"(?:upstream|prune-ft)-(\d+)", row)
+    match = re.fullmatch(r"(?:upstream|prune-ft|prune-ft-structured)-(\d+)", row)
     return int(match[1]) / 100 if match else 0.0
 
 

@@ -98,6 +98,22 @@ def test_prune_at_finetune_from_dense(checkpoints, data_dir, tmp_path):
     assert results["sparsity"] == pytest.approx(0.6, abs=1e-3)
 
 
+def test_structured_prune_at_finetune_then_compact(checkpoints, data_dir, tmp_path):
+    from hf_sparse.analysis import pattern_violations
+    from hf_sparse.deploy.compact import compact
+
+    results = finetune(
+        checkpoints, data_dir, tmp_path / "p", "--model", str(checkpoints / "dense"), "--task", "mrpc",
+        "--prune_method", "structured", "--target_sparsity", "0.5", "--num_train_epochs", "2",
+    )
+    assert results["mode"] == "prune-at-finetune:structured"
+    model = SparseBertForSequenceClassification.from_pretrained(tmp_path / "p" / "model")
+    masks = {name: m.weight_mask for name, m in model.masked_linears().items()}
+    assert pattern_violations("structured:heads+neurons", masks, model.config.num_attention_heads) == []
+    report = compact(tmp_path / "p" / "model", tmp_path / "c")
+    assert report.heads_after == 2 * 2 and report.max_abs_diff <= 1e-5  # half of 4 heads in each of 2 layers
+
+
 def test_qat_run_writes_ranges_and_keeps_pattern(checkpoints, data_dir, tmp_path):
     results = finetune(checkpoints, data_dir, tmp_path / "q", "--model", str(checkpoints / "upstream"), "--task", "stsb", "--qat")
     assert results["mode"] == "sparse-transfer+qat" and set(results["metrics"]) >= {"pearson", "spearmanr", "combined"}

@@ -38,7 +38,7 @@ from ..models.sparse_bert.modeling_sparse_bert import (
     SparseBertForQuestionAnswering,
     SparseBertForSequenceClassification,
 )
-from ..pruning import CubicSchedule, MagnitudePruning, MovementPruning, PruningCallback
+from ..pruning import CubicSchedule, MagnitudePruning, MovementPruning, PruningCallback, StructuredPruning
 from ..tasks.glue import get_glue_task, load_glue
 from ..tasks.metrics import glue_metrics, squad_metrics
 from .callback import MaskDriftError, SparsityCallback, mask_drift, reference_masks
@@ -46,7 +46,12 @@ from .qat import QAT_RANGES_FILE, QATConfig, convert_qat, prepare_qat
 
 DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[3] / "shared" / "data")
 TASKS = ("sst2", "cola", "mrpc", "rte", "stsb", "squad")
-PRUNE_METHODS = {"magnitude": lambda: MagnitudePruning(), "movement": lambda: MovementPruning(), "soft_movement": lambda: MovementPruning(soft=True)}
+PRUNE_METHODS = {
+    "magnitude": lambda: MagnitudePruning(),
+    "movement": lambda: MovementPruning(),
+    "soft_movement": lambda: MovementPruning(soft=True),
+    "structured": lambda: StructuredPruning(("heads", "neurons")),  # target = fraction of heads and neurons
+}
 RESULTS_FILE = "results.json"
 
 
