@@ -12,11 +12,13 @@ Predict = Callable[[dict], np.ndarray]  # numpy int64 inputs -> logits
 
 
 def torch_predictor(model_dir: PathLike) -> Predict:
+    """PyTorch fp32 logits of a sequence-classification checkpoint (sparse_bert, or plain bert)."""
     import torch
+    from transformers import AutoModelForSequenceClassification
 
-    import hf_sparse
+    import hf_sparse  # noqa: F401  (registers sparse_bert with the Auto classes)
 
-    model = hf_sparse.SparseBertForSequenceClassification.from_pretrained(model_dir).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
 
     def predict(inputs: dict) -> np.ndarray:
         with torch.no_grad():

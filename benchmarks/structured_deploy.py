@@ -1,0 +1,118 @@
+"""The deployment target on a trained structured model: speed-up over dense fp32 PyTorch and task loss.
+
+    python benchmarks/transfer.py --row prune-ft-structured-50 --task sst2 --seed 1 --kd    # train it first
+    python benchmarks/structured_deploy.py --row prune-ft-structured-50-kd --task sst2
+
+Takes the structured (heads + FFN neurons) model fine-tuned by benchmarks/transfer.py and the
+dense model of the same task (its KD teacher, `dense_<task>_s1`), compacts the structured model,
+exports it (ONNX Runtime INT8 dynamic, OpenVINO NNCF INT8 calibrated on the task's training text),
+and in ONE run measures every artifact's full-dev-set score and batch-1 (and batch-16) latency at
+seq 128. Speed-ups divide the dense model's torch-fp32 median by the artifact's. Writes
+benchmarks/results/structured_deploy_<row>_<task>.json and the README block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "out" / "transfer"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--row", required=True, help="transfer row name with -kd if used, e.g. prune-ft-structured-50-kd")
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import hf_sparse
+    from hf_sparse.deploy.accuracy import glue_dev_score, onnx_predictor, openvino_predictor, torch_predictor
+    from hf_sparse.deploy.bench import Runners, cpu_description, make_inputs, timed
+    from hf_sparse.deploy.compact import compact
+    from hf_sparse.deploy.onnx import export_onnx
+    from hf_sparse.deploy.openvino import export_openvino
+
+    structured = MODELS / f"{args.row}_{args.task}_s{args.seed}" / "model"
+    dense = MODELS / f"dense_{args.task}_s1" / "model"
+    for path, command in ((structured, f"--row {args.row.removesuffix('-kd')} --task {args.task} --seed {args.seed}" + (" --kd" if args.row.endswith("-kd") else "")),
+                          (dense, f"--row dense --task {args.task} --seed 1")):
+        if not path.is_dir():
+            raise SystemExit(f"{path} is missing: run `python benchmarks/transfer.py {command}` first")
+    tokenizer = AutoTokenizer.from_pretrained(structured)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # the dense model as a SparseBert with all-ones masks: the same dense kernels, runnable by the same runners
+        dense_sparse = hf_sparse.SparseBertForSequenceClassification.from_dense(AutoModelForSequenceClassification.from_pretrained(dense))
+        dense_sparse.save_pretrained(tmp / "dense")
+        tokenizer.save_pretrained(tmp / "dense")
+        report = compact(structured, tmp / "compact")
+        export_onnx(tmp / "compact", tmp / "compact-onnx")
+        export_openvino(tmp / "compact", tmp / "compact-ov", calibration=args.task, num_calibration_samples=300)
+        artifacts = [
+            # name, predictor factory, runner folder, runtime
+            ("dense torch fp32", lambda: torch_predictor(dense), tmp / "dense", "torch-fp32"),
+            ("structured torch fp32 (masked)", lambda: torch_predictor(structured), structured, "torch-fp32"),
+            ("compact torch fp32", lambda: torch_predictor(tmp / "compact"), tmp / "compact", "torch-fp32"),
+            ("compact onnxruntime int8", lambda: onnx_predictor(tmp / "compact-onnx" / "model_quantized.onnx"), tmp / "compact", "ort-int8"),
+            ("compact openvino int8", lambda: openvino_predictor(tmp / "compact-ov" / "openvino_model_int8.xml"), tmp / "compact", "ov-int8"),
+        ]
+        exports = {tmp / "compact": tmp / "compact-exports"}
+        (tmp / "compact-exports").mkdir()
+        (tmp / "compact-exports" / "onnx").symlink_to(tmp / "compact-onnx")
+        (tmp / "compact-exports" / "openvino").symlink_to(tmp / "compact-ov")
+        rows = []
+        for name, make, folder, runtime in artifacts:
+            score = glue_dev_score(make(), tokenizer, args.task)
+            row = {"artifact": name, "score": score["score"], "main_metric": score["main_metric"], "runtime": runtime}
+            runners = Runners(folder, exports.get(folder, tmp / f"exports-{len(rows)}"))
+            for batch in args.batch:
+                run, _ = runners.runner(runtime, make_inputs(batch, 128, 30522))
+                row[f"batch{batch}"] = timed(run, args.runs)
+            rows.append(row)
+            print(name, f"{score['score']:.4f}", {b: row[f'batch{b}']['median_ms'] for b in args.batch}, flush=True)
+    base = rows[0]
+    for row in rows:
+        row["delta_points"] = round(100 * (row["score"] - base["score"]), 2)
+        for batch in args.batch:
+            row[f"speedup_batch{batch}"] = round(base[f"batch{batch}"]["median_ms"] / row[f"batch{batch}"]["median_ms"], 2)
+    met = [r["artifact"] for r in rows[1:] if r["speedup_batch1"] >= 10 and r["delta_points"] >= -1.0]
+    result = {
+        "row": args.row, "task": args.task, "structured_model": str(structured), "dense_model": str(dense),
+        "compaction": report.to_dict(), "cpu": cpu_description(), "seq": 128, "runs": args.runs, "rows": rows,
+        "target": ">=10x dense fp32 torch at batch 1 with <=1 point task loss", "target_met_by": met,
+        "command": f"python benchmarks/structured_deploy.py --row {args.row} --task {args.task}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"structured_deploy_{args.row}_{args.task}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"| artifact | {rows[0]['main_metric']} | vs dense (points) | " + " | ".join(f"speed-up b{b}" for b in args.batch) + " |",
+             "|---|---|---|" + "---|" * len(args.batch)]
+    for r in rows:
+        lines.append(f"| {r['artifact']} | {100 * r['score']:.2f} | {r['delta_points']:+.2f} | "
+                     + " | ".join(f"{r[f'speedup_batch{b}']:.2f}x" for b in args.batch) + " |")
+    table = "\n".join(lines)
+    print(table)
+    print(f"target met by: {met or 'none'}; wrote {path}")
+    marker = f"<!-- structured-{args.row}-{args.task} -->"
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    end = marker.replace("<!-- ", "<!-- /")
+    if marker in text and end in text:
+        head, rest = text.split(marker, 1)
+        readme.write_text(head + marker + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+
+
+if __name__ == "__main__":
+    main()
