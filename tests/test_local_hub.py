@@ -351,3 +351,64 @@ def test_zoo_publish_round_trip_and_unchanged_republish(hub):
     (folder / "README.md").write_text((folder / "README.md").read_text() + "\nedited\n")
     plan = _run_child(hub, DRY_RUN, str(folder), "org/tiny-zoo")
     assert [op.split(" (")[0] for op in plan["operations"]] == ["add README.md", "commit main"]
+
+
+LOAD_EXPORTS = """
+    import json, sys
+    import numpy as np
+    from optimum.intel import OVModelForSequenceClassification
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from safetensors.numpy import load_file
+
+    repo, inputs_file = sys.argv[1:3]
+    inputs = load_file(inputs_file)
+    inputs["token_type_ids"] = np.zeros_like(inputs["input_ids"])
+    ort = ORTModelForSequenceClassification.from_pretrained(repo, subfolder="onnx", file_name="model.onnx")
+    ov = OVModelForSequenceClassification.from_pretrained(repo, subfolder="openvino", file_name="openvino_model.xml",
+                                                          ov_config={"INFERENCE_PRECISION_HINT": "f32"})
+    ov_int8 = OVModelForSequenceClassification.from_pretrained(repo, subfolder="openvino", file_name="openvino_model_int8.xml")
+    print("RESULT " + json.dumps({"ort": ort(**inputs).logits.tolist(), "ov": ov(**inputs).logits.tolist(),
+                                  "ov_int8_shape": list(ov_int8(**inputs).logits.shape)}))
+"""
+
+
+def test_zoo_exports_load_through_the_local_hub_with_the_cards_snippets(hub):
+    """An entry with `exports: [onnx, openvino]`: built by publish_zoo, committed, and loaded through olah with
+    `ORTModelFor*/OVModelFor*.from_pretrained(repo, subfolder=..., file_name=...)` as the card shows."""
+    from hf_sparse.deploy.onnx import ExportError, _optimum_onnxruntime
+
+    try:
+        _optimum_onnxruntime()
+    except ExportError:
+        pytest.skip("needs optimum-onnx and optimum-intel (default environment)")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("publish_zoo", Path(__file__).resolve().parents[1] / "upload" / "publish_zoo.py")
+    publish_zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(publish_zoo)
+    from hf_sparse.hub.cards import ZooEntry
+    from hf_sparse.hub.publish import build_and_publish
+
+    tmp = hub["tmp"] / "zoo-exports"
+    (tmp / "results").mkdir(parents=True)
+    model = build(HEAD, sparsity=0.9, seed=4)
+    model.save_pretrained(tmp / "model")
+    _tiny_tokenizer(tmp).save_pretrained(tmp / "model")
+    run = {"row": "upstream-90", "kd": True, "task": "mrpc", "seed": 1, "main_metric": "f1", "train_examples": 10, "epochs": 1,
+           "metrics": {"f1": 0.75, "accuracy": 0.7}, "command": "python benchmarks/transfer.py --row upstream-90 --task mrpc --seed 1 --kd"}
+    (tmp / "results" / "run_s1.json").write_text(json.dumps(run))
+    entry = ZooEntry(name="tiny-exports", kind="finetuned", task="mrpc", model=str(tmp / "model"),
+                     results=[str(tmp / "results" / "run_*.json")], exports=["onnx", "openvino"])
+    publish_zoo.ROOT = tmp  # entry paths are absolute; ROOT only anchors relative ones
+    assert publish_zoo.build_exports(entry) == ["onnx", "openvino"]
+    assert publish_zoo.build_exports(entry) == []  # existing exports are kept: republishing stays unchanged
+    published = build_and_publish(entry, "org/tiny-exports", tmp, local_mirror=str(hub["server"].mirrors_root))
+    files = {op.path for op in published.operations}
+    assert {"onnx/model.onnx", "onnx/model_quantized.onnx", "openvino/openvino_model_int8.xml", "openvino/openvino_model_int8.bin"} <= files
+    inputs = dummy_inputs(HEAD)
+    with torch.no_grad():
+        expected = model(**inputs, token_type_ids=torch.zeros_like(inputs["input_ids"])).logits
+    info = _run_child(hub, LOAD_EXPORTS, "org/tiny-exports", str(hub["tmp"] / "inputs.safetensors"))
+    torch.testing.assert_close(torch.tensor(info["ort"]), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(info["ov"]), expected, atol=1e-5, rtol=0)
+    assert info["ov_int8_shape"] == list(expected.shape)
