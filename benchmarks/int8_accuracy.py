@@ -78,16 +78,9 @@ def main() -> None:
     if out == ROOT / "benchmarks" / "results":
         lines = [f"| artifact | {rows[0]['main_metric']} | vs torch fp32 (points) |", "|---|---|---|"]
         lines += [f"| {r['artifact']} | {100 * r['score']:.2f} | {r['delta_points']:+.2f} |" for r in rows]
-        _update_readme(f"<!-- int8-table-{args.task} -->", "\n".join(lines))
+        from readme_block import update_readme_block
 
-
-def _update_readme(marker: str, block: str) -> None:
-    readme = ROOT / "README.md"
-    start, end = marker, marker.replace("<!-- ", "<!-- /")
-    text = readme.read_text()
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        readme.write_text(head + start + "\n" + block + "\n" + end + rest.split(end, 1)[1])
+        update_readme_block(f"int8-table-{args.task}", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -150,15 +150,6 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def update_readme(block: str) -> None:
-    readme = ROOT / "README.md"
-    start, end = "<!-- latency-table -->", "<!-- /latency-table -->"
-    text = readme.read_text()
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        readme.write_text(head + start + "\n" + block + "\n" + end + rest.split(end, 1)[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="MiniLM-L6 only, batch 1")
@@ -178,7 +169,9 @@ def main() -> None:
     (out / f"{name}.md").write_text(text + "\n")
     plot(results, out / f"{name}.png")
     if not args.quick and out == RESULTS:
-        update_readme(text + f"\n\n![speed-up vs sparsity](benchmarks/results/{name}.png)")
+        from readme_block import update_readme_block
+
+        update_readme_block("latency-table", text + f"\n\n![speed-up vs sparsity](benchmarks/results/{name}.png)")
     print(text)
 
 

@@ -105,13 +105,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     print(f"target met by: {met or 'none'}; wrote {path}")
-    marker = f"<!-- structured-{args.row}-{args.task} -->"
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    end = marker.replace("<!-- ", "<!-- /")
-    if marker in text and end in text:
-        head, rest = text.split(marker, 1)
-        readme.write_text(head + marker + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    from readme_block import update_readme_block
+
+    update_readme_block(f"structured-{args.row}-{args.task}", table)
 
 
 if __name__ == "__main__":

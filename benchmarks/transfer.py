@@ -164,17 +164,10 @@ def write_table() -> str:
     )
     (RESULTS / "transfer.md").write_text(text + "\n")
     _plot(runs, tasks)
-    _update_readme(text + "\n\n![score vs sparsity](benchmarks/results/transfer.png)")
+    from readme_block import update_readme_block
+
+    update_readme_block("transfer-table", text + "\n\n![score vs sparsity](benchmarks/results/transfer.png)")
     return text
-
-
-def _update_readme(block: str) -> None:
-    readme = ROOT / "README.md"
-    start, end = "<!-- transfer-table -->", "<!-- /transfer-table -->"
-    text = readme.read_text()
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        readme.write_text(head + start + "\n" + block + "\n" + end + rest.split(end, 1)[1])
 
 
 def runs_metric(runs, task) -> str:

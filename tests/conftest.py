@@ -13,6 +13,19 @@ from hf_sparse import SparseBertConfig
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+def have_exporters() -> bool:
+    """Whether Optimum's ONNX (optimum-onnx) and OpenVINO (optimum-intel) exporters run here (the default environment)."""
+    from hf_sparse.deploy.onnx import ExportError, _optimum_onnxruntime
+    from hf_sparse.deploy.openvino import _optimum_intel
+
+    try:
+        _optimum_onnxruntime()
+        _optimum_intel()
+        return True
+    except ExportError:
+        return False
+
+
 HEAD_NAMES = [
     "SparseBertModel",
     "SparseBertForMaskedLM",

@@ -12,7 +12,7 @@ import transformers
 from hf_sparse import SparseBertForMaskedLM
 from hf_sparse.cli import main
 
-from conftest import dummy_inputs, tiny_config
+from conftest import dummy_inputs, have_exporters, tiny_config
 
 
 class Result:
@@ -147,18 +147,6 @@ def test_convert_pretraining_checkpoint_keeps_mlm_head(tmp_path, run_cli):
     assert 0.89 < sparse.sparsity() < 0.91
 
 
-def _deploy_exporters_available() -> bool:
-    from hf_sparse.deploy.onnx import ExportError, _optimum_onnxruntime
-    from hf_sparse.deploy.openvino import _optimum_intel
-
-    try:
-        _optimum_onnxruntime()
-        _optimum_intel()
-        return True
-    except ExportError:
-        return False
-
-
 def test_compact_command(tmp_path, run_cli, tiny_tokenizer):
     from conftest import build
     from hf_sparse.pruning.structured import StructuredPruning
@@ -174,7 +162,7 @@ def test_compact_command(tmp_path, run_cli, tiny_tokenizer):
     assert again.returncode == 2 and "exists" in again.stderr
 
 
-@pytest.mark.skipif(not _deploy_exporters_available(), reason="needs optimum-onnx and optimum-intel (default environment)")
+@pytest.mark.skipif(not have_exporters(), reason="needs optimum-onnx and optimum-intel (default environment)")
 def test_export_and_bench_commands(tmp_path, run_cli, tiny_tokenizer):
     from conftest import build
 

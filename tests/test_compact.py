@@ -4,19 +4,10 @@ import pytest
 import torch
 
 import hf_sparse
-from conftest import build, dummy_inputs, output_tensor, tiny_config
+from conftest import HEAD_NAMES as HEADS, build, dummy_inputs, output_tensor, tiny_config
 from hf_sparse.deploy.compact import compact, compact_model
 from hf_sparse.models.sparse_bert.sparse_format import SparseFormatError
 from hf_sparse.pruning.structured import StructuredPruning
-
-HEADS = [
-    "SparseBertModel",
-    "SparseBertForMaskedLM",
-    "SparseBertForSequenceClassification",
-    "SparseBertForQuestionAnswering",
-    "SparseBertForTokenClassification",
-    "SparseBertForMultipleChoice",
-]
 
 
 def _structured(head: str, sparsity: float = 0.5):

@@ -6,26 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build, dummy_inputs, output_tensor
-from hf_sparse.deploy.onnx import ExportError, _optimum_onnxruntime, export_onnx
+from conftest import HEAD_NAMES as HEADS, build, dummy_inputs, have_exporters, output_tensor
+from hf_sparse.deploy.onnx import ExportError, export_onnx
 
-HEADS = [
-    "SparseBertModel",
-    "SparseBertForMaskedLM",
-    "SparseBertForSequenceClassification",
-    "SparseBertForQuestionAnswering",
-    "SparseBertForTokenClassification",
-    "SparseBertForMultipleChoice",
-]
-
-try:
-    _optimum_onnxruntime()
-    from hf_sparse.deploy.openvino import _optimum_intel
-
-    _optimum_intel()
-    HAVE_EXPORTERS = True
-except ExportError:
-    HAVE_EXPORTERS = False
+HAVE_EXPORTERS = have_exporters()
 
 needs_exporters = pytest.mark.skipif(
     not HAVE_EXPORTERS, reason="needs optimum-onnx and optimum-intel (default environment); their error is tested below"

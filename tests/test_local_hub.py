@@ -317,6 +317,19 @@ DRY_RUN = """
 """
 
 
+def _tiny_zoo_model(tmp: Path, sparsity: float, seed: int):
+    """A tiny fine-tuned-looking model in tmp/model and a transfer results file in tmp/results/run_s1.json."""
+    (tmp / "results").mkdir(parents=True)
+    model = build(HEAD, sparsity=sparsity, seed=seed)
+    model.save_pretrained(tmp / "model")
+    _tiny_tokenizer(tmp).save_pretrained(tmp / "model")
+    row = f"upstream-{round(100 * sparsity)}"
+    run = {"row": row, "kd": True, "task": "mrpc", "seed": 1, "main_metric": "f1", "train_examples": 10, "epochs": 1,
+           "metrics": {"f1": 0.75, "accuracy": 0.7}, "command": f"python benchmarks/transfer.py --row {row} --task mrpc --seed 1 --kd"}
+    (tmp / "results" / "run_s1.json").write_text(json.dumps(run))
+    return model
+
+
 def test_zoo_publish_round_trip_and_unchanged_republish(hub):
     """assemble (card from a results file) -> commit into the served mirror -> from_pretrained through olah;
     publishing the same again makes no commit, and `publish_folder` sees the served repo as unchanged."""
@@ -324,13 +337,7 @@ def test_zoo_publish_round_trip_and_unchanged_republish(hub):
     from hf_sparse.hub.publish import assemble_repo, build_and_publish
 
     tmp = hub["tmp"] / "zoo"
-    (tmp / "results").mkdir(parents=True)
-    model = build(HEAD, sparsity=0.8, seed=3)
-    model.save_pretrained(tmp / "model")
-    _tiny_tokenizer(tmp).save_pretrained(tmp / "model")
-    run = {"row": "upstream-80", "kd": True, "task": "mrpc", "seed": 1, "main_metric": "f1", "train_examples": 10, "epochs": 1,
-           "metrics": {"f1": 0.75, "accuracy": 0.7}, "command": "python benchmarks/transfer.py --row upstream-80 --task mrpc --seed 1 --kd"}
-    (tmp / "results" / "run_s1.json").write_text(json.dumps(run))
+    model = _tiny_zoo_model(tmp, sparsity=0.8, seed=3)
     entry = ZooEntry(name="tiny-zoo", kind="finetuned", task="mrpc", model="model", results=["results/run_*.json"])
     mirrors = hub["server"].mirrors_root
     first = build_and_publish(entry, "org/tiny-zoo", tmp, local_mirror=str(mirrors))
@@ -375,11 +382,9 @@ LOAD_EXPORTS = """
 def test_zoo_exports_load_through_the_local_hub_with_the_cards_snippets(hub):
     """An entry with `exports: [onnx, openvino]`: built by publish_zoo, committed, and loaded through olah with
     `ORTModelFor*/OVModelFor*.from_pretrained(repo, subfolder=..., file_name=...)` as the card shows."""
-    from hf_sparse.deploy.onnx import ExportError, _optimum_onnxruntime
+    from conftest import have_exporters
 
-    try:
-        _optimum_onnxruntime()
-    except ExportError:
+    if not have_exporters():
         pytest.skip("needs optimum-onnx and optimum-intel (default environment)")
     import importlib.util
 
@@ -390,13 +395,7 @@ def test_zoo_exports_load_through_the_local_hub_with_the_cards_snippets(hub):
     from hf_sparse.hub.publish import build_and_publish
 
     tmp = hub["tmp"] / "zoo-exports"
-    (tmp / "results").mkdir(parents=True)
-    model = build(HEAD, sparsity=0.9, seed=4)
-    model.save_pretrained(tmp / "model")
-    _tiny_tokenizer(tmp).save_pretrained(tmp / "model")
-    run = {"row": "upstream-90", "kd": True, "task": "mrpc", "seed": 1, "main_metric": "f1", "train_examples": 10, "epochs": 1,
-           "metrics": {"f1": 0.75, "accuracy": 0.7}, "command": "python benchmarks/transfer.py --row upstream-90 --task mrpc --seed 1 --kd"}
-    (tmp / "results" / "run_s1.json").write_text(json.dumps(run))
+    model = _tiny_zoo_model(tmp, sparsity=0.9, seed=4)
     entry = ZooEntry(name="tiny-exports", kind="finetuned", task="mrpc", model=str(tmp / "model"),
                      results=[str(tmp / "results" / "run_*.json")], exports=["onnx", "openvino"])
     publish_zoo.ROOT = tmp  # entry paths are absolute; ROOT only anchors relative ones

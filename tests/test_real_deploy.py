@@ -7,21 +7,12 @@ import numpy as np
 import pytest
 import transformers
 
-from conftest import DATA_DIR, minilm_dir
+from conftest import DATA_DIR, have_exporters, minilm_dir
 from hf_sparse import SparseBertModel
-from hf_sparse.deploy.onnx import ExportError, _optimum_onnxruntime
 from hf_sparse.pruning import magnitude_masks
 
 pytestmark = pytest.mark.real
-
-try:
-    _optimum_onnxruntime()
-    from hf_sparse.deploy.openvino import _optimum_intel
-
-    _optimum_intel()
-    HAVE_EXPORTERS = True
-except ExportError:
-    HAVE_EXPORTERS = False
+HAVE_EXPORTERS = have_exporters()
 
 SPARSITY = 0.8
 TRAIN_EXAMPLES = 4000

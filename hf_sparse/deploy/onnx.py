@@ -94,6 +94,37 @@ def write_runtime_files(model, model_dir: Path, folder: Path, info: dict) -> Non
     (folder / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
+_PACKAGES = {
+    "onnx": ("optimum-onnx", "onnxruntime", "onnx"),
+    "openvino": ("optimum-intel", "openvino", "nncf"),
+}
+
+
+def prepare_export(model_dir: Path, out_dir: Path, quantize: Optional[str], backend: str, fp32_file: str):
+    """Checks the arguments, loads the model (fp32, eval), registers `sparse_bert` for `backend`.
+
+    Returns the model, its Optimum task and the start of `export_info.json`.
+    """
+    from .optimum_support import register_sparse_bert
+
+    if quantize not in (None, "int8"):
+        raise ExportError(f"quantize must be 'int8' or None, got {quantize!r}")
+    if out_dir.exists():
+        raise ExportError(f"{out_dir} exists; choose a new folder")
+    model, task = load_for_export(model_dir)
+    model = model.float()
+    register_sparse_bert(backend)
+    info = {
+        "runtime": "onnxruntime" if backend == "onnx" else backend,
+        "source": str(model_dir),
+        "task": task,
+        "files": {"fp32": fp32_file},
+        "measured_sparsity": model.sparsity(),
+        "versions": _versions("hf-sparse", "torch", "transformers", "optimum", *_PACKAGES[backend]),
+    }
+    return model, task, info
+
+
 def _versions(*names: str) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -133,24 +164,10 @@ def export_onnx(
     import transformers
 
     ort, onnx_export_from_model, ORTQuantizer, AutoQuantizationConfig, AutoCalibrationConfig = _optimum_onnxruntime()
-    from .optimum_support import as_transformers_library, register_sparse_bert
+    from .optimum_support import as_transformers_library
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if quantize not in (None, "int8"):
-        raise ExportError(f"quantize must be 'int8' or None, got {quantize!r}")
-    if out_dir.exists():
-        raise ExportError(f"{out_dir} exists; choose a new folder")
-    model, task = load_for_export(model_dir)
-    model = model.float()
-    register_sparse_bert("onnx")
-    info = {
-        "runtime": "onnxruntime",
-        "source": str(model_dir),
-        "task": task,
-        "files": {"fp32": "model.onnx"},
-        "measured_sparsity": model.sparsity(),
-        "versions": _versions("hf-sparse", "torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "onnx"),
-    }
+    model, task, info = prepare_export(model_dir, out_dir, quantize, "onnx", "model.onnx")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent) as tmp:
         staged = Path(tmp) / "onnx"

@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .onnx import ExportError, _versions, load_for_export, write_runtime_files
+from .onnx import ExportError, prepare_export, write_runtime_files
 
 PathLike = Union[str, Path]
 
@@ -82,24 +82,10 @@ def export_openvino(
     import transformers
 
     intel, export_from_model = _optimum_intel()
-    from .optimum_support import as_transformers_library, register_sparse_bert
+    from .optimum_support import as_transformers_library
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if quantize not in (None, "int8"):
-        raise ExportError(f"quantize must be 'int8' or None, got {quantize!r}")
-    if out_dir.exists():
-        raise ExportError(f"{out_dir} exists; choose a new folder")
-    model, task = load_for_export(model_dir)
-    model = model.float()
-    register_sparse_bert("openvino")
-    info = {
-        "runtime": "openvino",
-        "source": str(model_dir),
-        "task": task,
-        "files": {"fp32": FP32_FILE},
-        "measured_sparsity": model.sparsity(),
-        "versions": _versions("hf-sparse", "torch", "transformers", "optimum", "optimum-intel", "openvino", "nncf"),
-    }
+    model, task, info = prepare_export(model_dir, out_dir, quantize, "openvino", FP32_FILE)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent) as tmp:
         staged = Path(tmp) / "openvino"
