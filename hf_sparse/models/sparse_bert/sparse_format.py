@@ -228,6 +228,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
     Tensors are memory-mapped (copy-on-write) where 64-byte aligned, copied otherwise: BLAS rounding
     depends on alignment, and a copy makes a reloaded model compute exactly like the saved one.
+    Compressed values and bitmasks are never copied: decoding reads them into new dense tensors.
     """
     from safetensors import safe_open
 
@@ -237,7 +238,9 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             tensors = {}
             for key in handle.keys():
                 tensor = handle.get_tensor(key)
-                tensors[key] = tensor if tensor.data_ptr() % ALIGNMENT == 0 else tensor.clone()
+                # compressed tensors are only read while decoding into new dense tensors: no copy needed
+                compressed = key.endswith((VALUES_SUFFIX, BITMASK_SUFFIX))
+                tensors[key] = tensor if compressed or tensor.data_ptr() % ALIGNMENT == 0 else tensor.clone()
     except Exception as err:  # safetensors raises its own error types for every malformed file
         raise SparseFormatError(f"{path}: cannot read the safetensors file ({err}); it is truncated or corrupted") from None
     return tensors, metadata
