@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     args = parser.parse_args()
+    if 1 not in args.batch:
+        parser.error("--batch must include 1 (the target is stated at batch 1)")
 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

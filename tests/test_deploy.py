@@ -198,3 +198,34 @@ def test_export_fails_clearly_without_optimum(tmp_path):
         export_onnx(tmp_path / "m", tmp_path / "onnx")
     with pytest.raises(ExportError, match=f"transformers {transformers.__version__}"):
         export_openvino(tmp_path / "m", tmp_path / "ov")
+
+
+@needs_exporters
+def test_failed_export_leaves_nothing_and_restores_optimum(tmp_path, tiny_tokenizer, monkeypatch):
+    from optimum.exporters.tasks import TasksManager
+    from optimum.onnxruntime import ORTQuantizer
+
+    from hf_sparse.deploy.onnx import check_export
+    from hf_sparse.deploy.optimum_support import as_transformers_library
+
+    model = build("SparseBertForSequenceClassification", sparsity=0.9)
+    folder = _save(model, tmp_path / "m", tiny_tokenizer)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("quantizer crashed")
+
+    monkeypatch.setattr(ORTQuantizer, "quantize", broken)
+    with pytest.raises(RuntimeError, match="quantizer crashed"):  # after the fp32 export was staged
+        export_onnx(folder, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "vocab.txt"]  # no out/, no .out.tmp-* left
+    # the library-name patch is undone on errors too
+    original = TasksManager.__dict__["_infer_library_from_model_or_model_class"]
+    with pytest.raises(ValueError):
+        with as_transformers_library():
+            assert TasksManager.__dict__["_infer_library_from_model_or_model_class"] is not original
+            raise ValueError("inside")
+    assert TasksManager.__dict__["_infer_library_from_model_or_model_class"] is original
+    # the output check rejects a runtime whose outputs differ (Optimum itself only warns)
+    check_export(model, lambda feeds: model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.detach().numpy(), "same")
+    with pytest.raises(ExportError, match="differ from PyTorch"):
+        check_export(model, lambda feeds: np.zeros((2, 3), dtype=np.float32) + 5.0, "wrong")

@@ -400,7 +400,11 @@ def test_zoo_exports_load_through_the_local_hub_with_the_cards_snippets(hub):
                      results=[str(tmp / "results" / "run_*.json")], exports=["onnx", "openvino"])
     publish_zoo.ROOT = tmp  # entry paths are absolute; ROOT only anchors relative ones
     assert publish_zoo.build_exports(entry) == ["onnx", "openvino"]
-    assert publish_zoo.build_exports(entry) == []  # existing exports are kept: republishing stays unchanged
+    assert publish_zoo.build_exports(entry) == []  # exports of this checkpoint are kept: republishing stays unchanged
+    retrained = build(HEAD, sparsity=0.9, seed=5)
+    retrained.save_pretrained(tmp / "model")  # the same folder, new weights: its old exports are stale
+    assert publish_zoo.build_exports(entry) == ["onnx", "openvino"]
+    model = retrained
     published = build_and_publish(entry, "org/tiny-exports", tmp, local_mirror=str(hub["server"].mirrors_root))
     files = {op.path for op in published.operations}
     assert {"onnx/model.onnx", "onnx/model_quantized.onnx", "openvino/openvino_model_int8.xml", "openvino/openvino_model_int8.bin"} <= files

@@ -10,6 +10,8 @@ the command that builds it, the others are still published; the exit code is 1 i
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,17 +33,24 @@ def build_converted(entry) -> None:
 def build_exports(entry) -> list[str]:
     """Exports listed in the entry (`onnx`, `openvino`, INT8 included) that the model folder lacks; returns those built.
 
-    Existing export folders are kept as they are, so re-publishing stays idempotent.
+    An existing export folder is kept when its `export_info.json` records the checkpoint's current
+    digest (so re-publishing stays unchanged) and rebuilt when the checkpoint changed since.
     """
-    from hf_sparse.deploy.onnx import export_onnx
+    from hf_sparse.deploy.onnx import EXPORT_INFO, export_onnx, source_digest
     from hf_sparse.deploy.openvino import export_openvino
 
     model_dir = ROOT / entry.model
     calibration = entry.task if entry.task else "wikitext"
+    digest = source_digest(model_dir)
     built = []
     for name in entry.exports:
         if (model_dir / name).is_dir():
-            continue
+            info_file = model_dir / name / EXPORT_INFO
+            recorded = json.loads(info_file.read_text()).get("source_sha256") if info_file.is_file() else None
+            if recorded == digest:
+                continue
+            print(f"{entry.name}: {model_dir / name} was exported from another checkpoint; rebuilding it")
+            shutil.rmtree(model_dir / name)
         if name == "onnx":
             export_onnx(model_dir, model_dir / name, quantize="int8")
         else:

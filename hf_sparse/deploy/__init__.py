@@ -1,1 +1,12 @@
-"""Deployment: exports for runtimes outside PyTorch."""
+"""Deployment: exports for runtimes outside PyTorch, compaction, latency and accuracy measurement.
+
+- `optimum_support`: `sparse_bert` registered with Optimum's ONNX / OpenVINO exporters.
+- `onnx`: `export_onnx` (ONNX Runtime fp32, dynamic or static INT8).
+- `openvino`: `export_openvino` (OpenVINO fp32, NNCF INT8), weight-layout and executed-kernel checks.
+- `compact`: remove pruned attention heads and FFN neurons (`compact`, `compact_model`).
+- `calibration`: calibration text from the real data.
+- `bench`: latency across runtimes (`hf-sparse bench`); `accuracy`: GLUE dev scores of exports.
+
+Everything that needs Optimum is imported lazily, so the package works without the `onnx` /
+`openvino` extras (transformers 5 included) and fails with `ExportError` only when an export is asked for.
+"""

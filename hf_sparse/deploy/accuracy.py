@@ -18,7 +18,7 @@ def torch_predictor(model_dir: PathLike) -> Predict:
 
     import hf_sparse  # noqa: F401  (registers sparse_bert with the Auto classes)
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).float().eval()
 
     def predict(inputs: dict) -> np.ndarray:
         with torch.no_grad():

@@ -45,9 +45,11 @@ def timed(fn: Callable[[], object], runs: int = 20, warmup: int = 3) -> dict:
     }
 
 
-def make_inputs(batch: int, seq: int, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+def make_inputs(batch: int, seq: int, vocab_size: int, seed: int = 0, num_choices: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Random token ids, full attention; shape (batch, seq), or (batch, num_choices, seq) for multiple choice."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1000 if vocab_size > 2000 else 5, vocab_size, size=(batch, seq), dtype=np.int64)
+    shape = (batch, num_choices, seq) if num_choices else (batch, seq)
+    ids = rng.integers(1000 if vocab_size > 2000 else 5, vocab_size, size=shape, dtype=np.int64)
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
 
 
@@ -59,6 +61,17 @@ def disk_bytes(*paths: PathLike) -> int:
         if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
             total += path.with_suffix(".bin").stat().st_size
     return total
+
+
+def _runtime_module(name: str, extra: str):
+    import importlib
+
+    from .onnx import ExportError
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ExportError(f"runtime {name} is not installed here (`pip install hf-sparse[{extra}]`): {err}") from None
 
 
 class Runners:
@@ -73,7 +86,7 @@ class Runners:
         if self._model is None:
             from .onnx import load_for_export
 
-            self._model = load_for_export(self.model_dir)[0]
+            self._model = load_for_export(self.model_dir)[0].float()
         return self._model
 
     def _bf16(self):
@@ -124,13 +137,14 @@ class Runners:
 
             return run, {"threads": torch.get_num_threads()}
         if runtime in ("ort-fp32", "ort-int8"):
-            import onnxruntime
+            onnxruntime = _runtime_module("onnxruntime", "onnx")
 
             session = onnxruntime.InferenceSession(str(self.artifact(runtime)), providers=["CPUExecutionProvider"])
             names = {i.name for i in session.get_inputs()}
             feeds = {k: v for k, v in inputs.items() if k in names}
             return (lambda: session.run(None, feeds)), {}
         if runtime in ("ov-fp32", "ov-int8", "ov-int8-sparse"):
+            _runtime_module("openvino", "openvino")
             from .openvino import compile_model, executed_kernels
 
             compiled = compile_model(self.artifact(runtime), precision="f32", sparse_rate=SPARSE_RATE if runtime == "ov-int8-sparse" else None)
@@ -162,9 +176,10 @@ def benchmark(
     with tempfile.TemporaryDirectory(prefix="hf-sparse-bench-") as tmp:
         runners = Runners(model_dir, work_dir or tmp)
         vocab = runners.model().config.vocab_size
+        num_choices = 2 if type(runners.model()).__name__.endswith("MultipleChoice") else None
         rows, base = [], dict(baseline or {})
         for batch in batch_sizes:
-            inputs = make_inputs(batch, seq_len, vocab)
+            inputs = make_inputs(batch, seq_len, vocab, num_choices=num_choices)
             order = runtimes if baseline or "torch-fp32" not in runtimes else ["torch-fp32"] + [r for r in runtimes if r != "torch-fp32"]
             for runtime in order:
                 run, extra = runners.runner(runtime, inputs)

@@ -182,6 +182,7 @@ def compact(model_dir: PathLike, out_dir: PathLike, atol: float = 1e-4) -> Compa
     if not (isinstance(cls, type) and issubclass(cls, SparseBertPreTrainedModel)):
         raise ValueError(f"{model_dir}/config.json: architecture {architecture!r} is not a SparseBert class")
     model = cls.from_pretrained(model_dir).eval()
+    dtype = model.dtype
     compacted, report = compact_model(model)
     inputs = _probe_inputs(model.config, architecture)
     with torch.no_grad():
@@ -190,14 +191,23 @@ def compact(model_dir: PathLike, out_dir: PathLike, atol: float = 1e-4) -> Compa
     report.max_abs_diff = float((expected - got).abs().max())
     if not report.max_abs_diff <= atol:
         raise ValueError(f"{model_dir}: compacted outputs differ from the masked model's by {report.max_abs_diff:.3g} > {atol}")
-    compacted = compacted.to(model.dtype)
+    compacted = compacted.to(dtype)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent) as tmp:
         staged = Path(tmp) / "model"
         compacted.save_pretrained(staged)
         _copy_tokenizer(model_dir, staged)
-        shutil.move(str(staged), str(out_dir))
+        publish_folder(staged, out_dir)
     return report
+
+
+def publish_folder(staged: Path, out_dir: Path) -> None:
+    """Renames a finished staging folder to `out_dir` (same filesystem), refusing to nest or overwrite."""
+    import os
+
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} appeared while it was being written; nothing was moved into it")
+    os.rename(staged, out_dir)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")

@@ -12,7 +12,6 @@ and `export_info.json` recording how it was made; load it with `optimum.onnxrunt
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -117,12 +116,62 @@ def prepare_export(model_dir: Path, out_dir: Path, quantize: Optional[str], back
     info = {
         "runtime": "onnxruntime" if backend == "onnx" else backend,
         "source": str(model_dir),
+        "source_sha256": source_digest(model_dir),
         "task": task,
         "files": {"fp32": fp32_file},
         "measured_sparsity": model.sparsity(),
         "versions": _versions("hf-sparse", "torch", "transformers", "optimum", *_PACKAGES[backend]),
     }
     return model, task, info
+
+
+def _publish(staged: Path, out_dir: Path) -> None:
+    from .compact import publish_folder
+
+    try:
+        publish_folder(staged, out_dir)
+    except FileExistsError as err:
+        raise ExportError(str(err)) from None
+
+
+def check_export(model, run, what: str, atol: float = 1e-4) -> float:
+    """Compares an export's first output with the PyTorch model's on a probe batch (padding included).
+
+    `run` maps numpy int64 inputs to the runtime's first output. Returns the max abs difference.
+
+    Raises:
+        ExportError: the difference exceeds `atol` times max(1, largest |output|).
+    """
+    import numpy as np
+    import torch
+
+    from .compact import _first_output, _probe_inputs
+
+    inputs = _probe_inputs(model.config, type(model).__name__)
+    with torch.no_grad():
+        expected = _first_output(model(**inputs)).float().numpy()
+    got = np.asarray(run({k: v.numpy() for k, v in inputs.items()}))
+    if got.shape != expected.shape:
+        raise ExportError(f"{what}: output shape {list(got.shape)} differs from PyTorch's {list(expected.shape)}; nothing written")
+    diff = float(np.abs(got - expected).max())
+    scale = max(1.0, float(np.abs(expected).max()))
+    if not diff <= atol * scale:
+        raise ExportError(f"{what}: outputs differ from PyTorch by {diff:.3g} (largest |output| {scale:.3g}); nothing written")
+    return diff
+
+
+def source_digest(model_dir: PathLike) -> str:
+    """SHA-256 over the checkpoint's weights and config: which checkpoint an export was made from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    model_dir = Path(model_dir)
+    for path in sorted(model_dir.glob("model*.safetensors")) + [model_dir / "config.json"]:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _versions(*names: str) -> dict:
@@ -172,7 +221,14 @@ def export_onnx(
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent) as tmp:
         staged = Path(tmp) / "onnx"
         with as_transformers_library():
-            onnx_export_from_model(model, staged, task=task, do_validation=True)
+            onnx_export_from_model(model, staged, task=task, do_validation=True)  # Optimum only warns on mismatch
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(staged / "model.onnx"), providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        info["fp32_max_abs_diff"] = check_export(
+            model, lambda feeds: session.run(None, {k: v for k, v in feeds.items() if k in names})[0], f"{model_dir} -> model.onnx"
+        )
         write_runtime_files(model, model_dir, staged, info)
         if quantize == "int8":
             quantizer = ORTQuantizer.from_pretrained(staged, file_name="model.onnx")
@@ -201,5 +257,5 @@ def export_onnx(
                 **({"calibration": calibration if isinstance(calibration, str) else "user texts", "calibration_samples": len(dataset)} if static else {}),
             }
             (staged / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        shutil.move(str(staged), str(out_dir))
+        _publish(staged, out_dir)
     return out_dir

@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .onnx import ExportError, prepare_export, write_runtime_files
+from .onnx import ExportError, _publish, check_export, prepare_export, write_runtime_files
 
 PathLike = Union[str, Path]
 
@@ -91,6 +91,8 @@ def export_openvino(
         staged = Path(tmp) / "openvino"
         with as_transformers_library():
             export_from_model(model, staged, task=task)
+        compiled = compile_model(staged / FP32_FILE, precision="f32")
+        info["fp32_max_abs_diff"] = check_export(model, lambda feeds: compiled(feeds)[0], f"{model_dir} -> {FP32_FILE}")
         write_runtime_files(model, model_dir, staged, info)
         if quantize == "int8":
             from .calibration import calibration_dataset
@@ -113,8 +115,9 @@ def export_openvino(
             layout = weight_layout(staged / INT8_FILE)
             if layout["behind_transpose"]:
                 raise ExportError(
-                    f"{out_dir}: {layout['behind_transpose']} int8 weights reach their MatMul through a Transpose; "
-                    "OpenVINO would silently skip sparse decompression for them"
+                    f"{model_dir} -> {INT8_FILE}: {layout['behind_transpose']} int8 weights do not reach their MatMul as a "
+                    f"direct [out, in] constant with transpose_b (e.g. {', '.join(layout['indirect'][:3])}); OpenVINO would "
+                    "silently skip sparse decompression for them; nothing written"
                 )
             info["files"]["int8"] = INT8_FILE
             info["int8"] = {
@@ -125,7 +128,7 @@ def export_openvino(
                 "weights_behind_transpose": layout["behind_transpose"],
             }
             (staged / "export_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        shutil.move(str(staged), str(out_dir))
+        _publish(staged, out_dir)
     return out_dir
 
 
@@ -152,6 +155,7 @@ def weight_layout(xml: PathLike) -> dict:
 
     model = ov.Core().read_model(str(xml))
     int8 = behind = 0
+    indirect = []
     for node in model.get_ordered_ops():
         if node.get_type_name() != "MatMul":
             continue
@@ -161,7 +165,8 @@ def weight_layout(xml: PathLike) -> dict:
         int8 += 1
         if "Transpose" in passed or not node.get_attributes().get("transpose_b", False):
             behind += 1
-    return {"int8_weights": int8, "behind_transpose": behind}
+            indirect.append(node.get_friendly_name())
+    return {"int8_weights": int8, "behind_transpose": behind, "indirect": indirect}
 
 
 def compile_model(xml: PathLike, precision: str = "f32", sparse_rate: Optional[float] = None, threads: Optional[int] = None):

@@ -58,15 +58,15 @@ def as_transformers_library() -> Iterator[None]:
 
     from ..models.sparse_bert.modeling_sparse_bert import SparseBertPreTrainedModel
 
-    original = TasksManager.__dict__["_infer_library_from_model_or_model_class"]
+    with _lock:  # held for the whole export: concurrent exports cannot capture each other's patch
+        original = TasksManager.__dict__["_infer_library_from_model_or_model_class"]
 
-    def infer(cls, model=None, model_class=None):
-        target = type(model) if model is not None else model_class
-        if isinstance(target, type) and issubclass(target, SparseBertPreTrainedModel):
-            return "transformers"
-        return original.__func__(cls, model=model, model_class=model_class)
+        def infer(cls, model=None, model_class=None):
+            target = type(model) if model is not None else model_class
+            if isinstance(target, type) and issubclass(target, SparseBertPreTrainedModel):
+                return "transformers"
+            return original.__func__(cls, model=model, model_class=model_class)
 
-    with _lock:
         TasksManager._infer_library_from_model_or_model_class = classmethod(infer)
         try:
             yield

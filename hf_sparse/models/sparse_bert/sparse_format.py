@@ -143,8 +143,8 @@ def decode_state_dict(
                 f"{source}: tensor {name + VALUES_SUFFIX!r} has {values.numel()} {values.dtype} entries "
                 f"(shape {list(values.shape)}) but its bitmask keeps {kept}; the file is corrupted"
             )
-        if kept == count:  # nothing pruned: the values are the dense weight
-            dense = values.reshape(shape)
+        if kept == count:  # nothing pruned: the values are the dense weight (copied if misaligned in the file)
+            dense = values.reshape(shape) if values.data_ptr() % ALIGNMENT == 0 else values.reshape(shape).clone()
         else:
             dense = torch.zeros(shape, dtype=values.dtype)
             dense.masked_scatter_(mask, values)
