@@ -19,6 +19,7 @@ decoding accepts both and checks that the mask agrees with the zeros of the weig
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 import math
 import os
 from typing import Iterable, Mapping
@@ -123,10 +124,11 @@ def decode_state_dict(
         raise SparseFormatError(f"{source}: metadata {META_SHAPES!r} is not a JSON map of shapes ({err})") from None
 
     tensors = dict(tensors)
-    out = {}
-    for name, shape in shapes.items():
-        values = tensors.pop(name + VALUES_SUFFIX, None)
-        packed = tensors.pop(name + BITMASK_SUFFIX, None)
+    compressed = {name: (tensors.pop(name + VALUES_SUFFIX, None), tensors.pop(name + BITMASK_SUFFIX, None)) for name in shapes}
+
+    def decode(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = shapes[name]
+        values, packed = compressed[name]
         if values is None or packed is None:
             missing = name + (VALUES_SUFFIX if values is None else BITMASK_SUFFIX)
             raise SparseFormatError(f"{source}: tensor {missing!r} is missing (listed in {META_SHAPES!r})")
@@ -148,6 +150,14 @@ def decode_state_dict(
         else:
             dense = torch.zeros(shape, dtype=values.dtype)
             dense.masked_scatter_(mask, values)
+        return dense, mask
+
+    # numpy and torch release the GIL here: decoding layers in parallel threads cuts load time
+    workers = max(1, min(len(shapes), os.cpu_count() or 1, 8))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = list(pool.map(decode, shapes))  # re-raises the first failing tensor's error, in file order
+    out = {}
+    for name, (dense, mask) in zip(shapes, decoded):
         out[name] = dense
         out[name + MASK_SUFFIX] = mask
 
