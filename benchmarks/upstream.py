@@ -41,6 +41,9 @@ def write_table() -> str:
         ]
     )
     (RESULTS / "upstream.md").write_text(table + "\n")
+    from readme_block import update_readme_block
+
+    update_readme_block("upstream-table", table)
     return table
 
 
