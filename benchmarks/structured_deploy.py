@@ -59,25 +59,22 @@ def main() -> None:
         dense_sparse.save_pretrained(tmp / "dense")
         tokenizer.save_pretrained(tmp / "dense")
         report = compact(structured, tmp / "compact")
-        export_onnx(tmp / "compact", tmp / "compact-onnx")
-        export_openvino(tmp / "compact", tmp / "compact-ov", calibration=args.task, num_calibration_samples=300)
+        exports = tmp / "compact-exports"  # the layout `Runners` looks for: <work_dir>/onnx, <work_dir>/openvino
+        export_onnx(tmp / "compact", exports / "onnx")
+        export_openvino(tmp / "compact", exports / "openvino", calibration=args.task, num_calibration_samples=300)
         artifacts = [
             # name, predictor factory, runner folder, runtime
             ("dense torch fp32", lambda: torch_predictor(dense), tmp / "dense", "torch-fp32"),
             ("structured torch fp32 (masked)", lambda: torch_predictor(structured), structured, "torch-fp32"),
             ("compact torch fp32", lambda: torch_predictor(tmp / "compact"), tmp / "compact", "torch-fp32"),
-            ("compact onnxruntime int8", lambda: onnx_predictor(tmp / "compact-onnx" / "model_quantized.onnx"), tmp / "compact", "ort-int8"),
-            ("compact openvino int8", lambda: openvino_predictor(tmp / "compact-ov" / "openvino_model_int8.xml"), tmp / "compact", "ov-int8"),
+            ("compact onnxruntime int8", lambda: onnx_predictor(exports / "onnx" / "model_quantized.onnx"), tmp / "compact", "ort-int8"),
+            ("compact openvino int8", lambda: openvino_predictor(exports / "openvino" / "openvino_model_int8.xml"), tmp / "compact", "ov-int8"),
         ]
-        exports = {tmp / "compact": tmp / "compact-exports"}
-        (tmp / "compact-exports").mkdir()
-        (tmp / "compact-exports" / "onnx").symlink_to(tmp / "compact-onnx")
-        (tmp / "compact-exports" / "openvino").symlink_to(tmp / "compact-ov")
         rows = []
         for name, make, folder, runtime in artifacts:
             score = glue_dev_score(make(), tokenizer, args.task)
             row = {"artifact": name, "score": score["score"], "main_metric": score["main_metric"], "runtime": runtime}
-            runners = Runners(folder, exports.get(folder, tmp / f"exports-{len(rows)}"))
+            runners = Runners(folder, exports if folder == tmp / "compact" else tmp / f"exports-{len(rows)}")
             for batch in args.batch:
                 run, _ = runners.runner(runtime, make_inputs(batch, 128, 30522))
                 row[f"batch{batch}"] = timed(run, args.runs)

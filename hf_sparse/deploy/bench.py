@@ -165,7 +165,7 @@ def benchmark(
     baseline: Optional[dict[int, float]] = None,
     progress: Optional[Callable[[dict], None]] = None,
 ) -> list[dict]:
-    """Latency rows for one model; `ratio` is each row's speed-up over `baseline[batch]` ms.
+    """Latency rows for one model; `speedup_vs_baseline` is `baseline[batch]` ms over the row's median.
 
     `baseline` defaults to this model's own torch-fp32 median at each batch size (measured first).
     """

@@ -222,13 +222,9 @@ def export_onnx(
         staged = Path(tmp) / "onnx"
         with as_transformers_library():
             onnx_export_from_model(model, staged, task=task, do_validation=True)  # Optimum only warns on mismatch
-        import onnxruntime
+        from .accuracy import onnx_predictor
 
-        session = onnxruntime.InferenceSession(str(staged / "model.onnx"), providers=["CPUExecutionProvider"])
-        names = {i.name for i in session.get_inputs()}
-        info["fp32_max_abs_diff"] = check_export(
-            model, lambda feeds: session.run(None, {k: v for k, v in feeds.items() if k in names})[0], f"{model_dir} -> model.onnx"
-        )
+        info["fp32_max_abs_diff"] = check_export(model, onnx_predictor(staged / "model.onnx"), f"{model_dir} -> model.onnx")
         write_runtime_files(model, model_dir, staged, info)
         if quantize == "int8":
             quantizer = ORTQuantizer.from_pretrained(staged, file_name="model.onnx")
