@@ -114,15 +114,27 @@ def minilm_dir() -> Path:
     return folder
 
 
-def run_two_process_worker(worker: str, out: Path, port: int) -> None:
-    """Runs tests/<worker> under `torchrun --nproc_per_node 2` (CPU, gloo) with `out` as its argument."""
+def run_two_process_worker(worker: str, out: Path, port: int, launcher: str = "torchrun") -> None:
+    """Runs tests/<worker> in 2 CPU processes (gloo) with `out` as its argument.
+
+    `launcher` is `"torchrun"` (`torchrun --nproc_per_node 2`) or `"accelerate"` (`accelerate launch
+    --multi_gpu --num_processes 2`: with no GPU, accelerate starts 2 CPU ranks through torch's launcher;
+    its `--cpu` flag alone would start one process unless MPI is installed).
+    """
     import subprocess
     import sys
 
     script = Path(__file__).resolve().parent / worker
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(script), str(out)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    elif launcher == "accelerate":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # CPU ranks even where a GPU exists
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        ]
+    else:
+        raise ValueError(f"unknown launcher {launcher!r}")
+    result = subprocess.run(command + [str(script), str(out)], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -1,4 +1,4 @@
-"""Worker for test_ddp.py: `torchrun --nproc_per_node 2 ddp_prune_worker.py OUT` on CPU (gloo)."""
+"""Worker for test_ddp.py: `torchrun --nproc_per_node 2 ddp_prune_worker.py OUT` (or `accelerate launch`) on CPU (gloo)."""
 
 import sys
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Worker for test_transfer.py: sparse transfer with `SparsityCallback` under `torchrun --nproc_per_node 2` (CPU, gloo)."""
+"""Worker for test_transfer.py: sparse transfer with `SparsityCallback` under `torchrun --nproc_per_node 2` or `accelerate launch` (CPU, gloo)."""
 
 import sys
 from pathlib import Path

@@ -71,8 +71,9 @@ def test_pattern_lock_survives_resume(tmp_path):
     assert mask_drift(resumed, before) == []
 
 
-def test_pattern_lock_under_two_process_ddp(tmp_path):
-    run_two_process_worker("ddp_transfer_worker.py", tmp_path, port=29541)
+@pytest.mark.parametrize("launcher, port", [("torchrun", 29541), ("accelerate", 29543)])
+def test_pattern_lock_under_two_process_ddp(tmp_path, launcher, port):
+    run_two_process_worker("ddp_transfer_worker.py", tmp_path, port=port, launcher=launcher)
     from safetensors.torch import load_file
 
     initial = load_file(str(tmp_path / "initial.safetensors"))
