@@ -5,7 +5,8 @@
     python benchmarks/transfer.py --table                                   # rebuild table + plot from results
 
 Rows: `dense` (MiniLM-L6 as released), `upstream-<s>` (out/prune_ofa_<s>/model from
-benchmarks/upstream.py, pattern locked), `prune-ft-<s>` (magnitude pruning to s% during
+benchmarks/upstream.py, pattern locked), `upstream-<recipe>-<s>` (the same from another upstream
+recipe, e.g. `upstream-sparsebert-90` = out/sparsebert_90/model), `prune-ft-<s>` (magnitude pruning to s% during
 fine-tuning, from dense: the downstream-pruning baseline), `prune-ft-structured-<s>` (s% of
 attention heads and FFN neurons removed during fine-tuning: compactable), `dense-layers-<n>` (the first n dense
 layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model of the
@@ -51,6 +52,12 @@ def _row_arguments(row: str, task: str, seed: int, kd: bool) -> list[str]:
         if not model.is_dir():
             raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --sparsity {match[1]}` first")
         args += ["--model", str(model)]
+    elif match := re.fullmatch(r"upstream-([a-z]+)-(\d+)", row):
+        name = f"{match[1]}_{match[2]}"
+        model = ROOT / "out" / name / "model"
+        if not model.is_dir():
+            raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --recipe {name}` first")
+        args += ["--model", str(model)]
     elif match := re.fullmatch(r"prune-ft-structured-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--prune_method", "structured", "--target_sparsity", str(int(match[1]) / 100)]
     elif match := re.fullmatch(r"prune-ft-(\d+)", row):
@@ -58,7 +65,7 @@ def _row_arguments(row: str, task: str, seed: int, kd: bool) -> list[str]:
     elif match := re.fullmatch(r"dense-layers-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
     else:
-        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, prune-ft-<s>, prune-ft-structured-<s>, dense-layers-<n>")
+        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft-<s>, prune-ft-structured-<s>, dense-layers-<n>")
     if kd:
         teacher = MODELS / f"dense_{task}_s1" / "model"
         if not teacher.is_dir():
@@ -107,7 +114,7 @@ def _percent(score: float, task: str) -> float:
 
 
 def _row_sparsity(row: str) -> float:
-    match = re.fullmatch(r"(?:upstream|prune-ft|prune-ft-structured)-(\d+)", row)
+    match = re.fullmatch(r"(?:upstream|upstream-[a-z]+|prune-ft|prune-ft-structured)-(\d+)", row)
     return int(match[1]) / 100 if match else 0.0
 
 
@@ -185,11 +192,11 @@ def _plot(runs, tasks) -> None:
         points = sorted(
             (_row_sparsity(label.split(" ")[0]) * 100, _percent(statistics.mean(r["score"] for r in rs), task))
             for (label, task), rs in runs.items()
-            if task == t and (label.startswith("upstream") or label == "dense") and (label == "dense" or label.endswith("KD"))
+            if task == t and (re.fullmatch(r"upstream-\d+ \+ KD", label) or label == "dense")
         )
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=t)
-    ax.set_xlabel("encoder sparsity (%)  [dense, then upstream-sparse + KD]")
+    ax.set_xlabel("encoder sparsity (%)  [dense, then Prune-OFA upstream-sparse + KD]")
     ax.set_ylabel("dev score (main metric ×100)")
     ax.set_title("MiniLM-L6 sparse transfer")
     ax.grid(alpha=0.3)
@@ -201,7 +208,7 @@ def _plot(runs, tasks) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--row", help="dense | upstream-<s> | prune-ft-<s> | dense-layers-<n>")
+    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | prune-ft-<s> | prune-ft-structured-<s> | dense-layers-<n>")
     parser.add_argument("--task", choices=list(TASK_BUDGETS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")
