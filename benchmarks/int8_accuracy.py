@@ -5,6 +5,10 @@
 Exports the model (ONNX fp32 + dynamic INT8, ONNX static INT8 and OpenVINO NNCF INT8, both
 calibrated on the task's training text), scores every artifact on the full dev set and writes
 `benchmarks/results/int8_accuracy_<task>.json` with each score's difference to PyTorch fp32.
+
+A model fine-tuned with `--qat` (its folder holds `qat_ranges.json`) also gets the ONNX Runtime
+static INT8 export that uses the QAT input ranges (`calibration="qat"`), and the results go to
+`int8_accuracy_<task>_qat.json`, with the score QAT simulated during fine-tuning for reference.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ def main() -> None:
         export_onnx(model_dir, tmp / "dynamic")
         export_onnx(model_dir, tmp / "static", static=True, calibration=args.task, num_calibration_samples=args.calibration_samples)
         export_openvino(model_dir, tmp / "ov", calibration=args.task, num_calibration_samples=args.calibration_samples)
+        qat = (model_dir / "qat_ranges.json").is_file()
+        if qat:
+            export_onnx(model_dir, tmp / "qat", static=True, calibration="qat")
         export_seconds = time.time() - t
         artifacts = [
             ("torch fp32", lambda: torch_predictor(model_dir)),
@@ -51,6 +58,8 @@ def main() -> None:
             ("openvino fp32", lambda: openvino_predictor(tmp / "ov" / "openvino_model.xml")),
             ("openvino int8 (nncf)", lambda: openvino_predictor(tmp / "ov" / "openvino_model_int8.xml")),
         ]
+        if qat:
+            artifacts.append(("onnxruntime int8 static (QAT ranges)", lambda: onnx_predictor(tmp / "qat" / "model_quantized.onnx")))
         for name, make in artifacts:
             t = time.time()
             result = glue_dev_score(make(), tokenizer, args.task, max_length=args.max_length)
@@ -70,9 +79,13 @@ def main() -> None:
         "target_met": {r["artifact"]: abs(r["delta_points"]) <= 1.0 for r in int8},
         "command": f"python benchmarks/int8_accuracy.py --model {args.model} --task {args.task}",
     }
+    finetune_results = model_dir.parent / "results.json"
+    if qat and finetune_results.is_file():
+        report["qat_simulated_score"] = json.loads(finetune_results.read_text())["score"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"int8_accuracy_{args.task}.json"
+    suffix = "_qat" if qat else ""
+    path = out / f"int8_accuracy_{args.task}{suffix}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {path}")
     if out == ROOT / "benchmarks" / "results":
@@ -80,7 +93,9 @@ def main() -> None:
         lines += [f"| {r['artifact']} | {100 * r['score']:.2f} | {r['delta_points']:+.2f} |" for r in rows]
         from readme_block import update_readme_block
 
-        update_readme_block(f"int8-table-{args.task}", "\n".join(lines))
+        if "qat_simulated_score" in report:
+            lines.append(f"| (QAT-simulated score at the end of fine-tuning) | {100 * report['qat_simulated_score']:.2f} | – |")
+        update_readme_block(f"int8-table-{args.task}{suffix.replace('_', '-')}", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ recipe, e.g. `upstream-sparsebert-90` = out/sparsebert_90/model), `prune-ft-<s>`
 fine-tuning, from dense: the downstream-pruning baseline), `prune-ft-structured-<s>` (s% of
 attention heads and FFN neurons removed during fine-tuning: compactable), `dense-layers-<n>` (the first n dense
 layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model of the
-same task and seed 1 (run that first). Every row of a task uses the same budget (TASK_BUDGETS:
+same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware training. Every row of a task uses the same budget (TASK_BUDGETS:
 epochs, examples, max length), bf16 autocast on CPU, dynamic padding. Each run writes
 benchmarks/results/transfer/<row>[-kd]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
 """
@@ -41,7 +41,7 @@ TASK_BUDGETS = {
 TASK_ORDER = ["sst2", "mrpc", "stsb", "rte", "cola", "squad"]
 
 
-def _row_arguments(row: str, task: str, seed: int, kd: bool) -> list[str]:
+def _row_arguments(row: str, task: str, seed: int, kd: bool, qat: bool = False) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
     args: list[str] = []
@@ -71,6 +71,8 @@ def _row_arguments(row: str, task: str, seed: int, kd: bool) -> list[str]:
         if not teacher.is_dir():
             raise SystemExit(f"{teacher} is missing: run `python benchmarks/transfer.py --row dense --task {task} --seed 1` first")
         args += ["--teacher", str(teacher)]
+    if qat:
+        args += ["--qat", "true"]
     budget = TASK_BUDGETS[task]
     args += ["--task", task, "--num_train_epochs", str(budget["epochs"]), "--learning_rate", str(budget["learning_rate"])]
     if budget.get("max_train_samples"):
@@ -94,16 +96,19 @@ def _warmup(fraction: float) -> list[str]:
     return ["--warmup_ratio", str(fraction)] if "warmup_ratio" in names else ["--warmup_steps", str(fraction)]
 
 
-def run(row: str, task: str, seed: int, kd: bool) -> dict:
+def run(row: str, task: str, seed: int, kd: bool, qat: bool = False) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
     from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
 
-    name = f"{row}{'-kd' if kd else ''}_{task}_s{seed}"
-    argv = _row_arguments(row, task, seed, kd) + ["--output_dir", str(MODELS / name)]
+    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}_{task}_s{seed}"
+    argv = _row_arguments(row, task, seed, kd, qat) + ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
     results = run_finetune(finetune_args, training_args)
-    results.update(row=row, kd=kd, command=f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else ""))
+    results.update(
+        row=row, kd=kd, qat=qat,
+        command=f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else "") + (" --qat" if qat else ""),
+    )
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
@@ -122,7 +127,7 @@ def write_table() -> str:
     runs: dict[tuple[str, str], list[dict]] = {}
     for file in sorted(RUNS.glob("*.json")):
         data = json.loads(file.read_text())
-        label = data["row"] + (" + KD" if data["kd"] else "")
+        label = data["row"] + (" + KD" if data["kd"] else "") + (" + QAT" if data.get("qat") else "")
         runs.setdefault((label, data["task"]), []).append(data)
     labels = sorted({label for label, _ in runs}, key=lambda l: (_row_sparsity(l.split(" ")[0]), l))
     tasks = [t for t in TASK_ORDER if any(task == t for _, task in runs)]
@@ -212,12 +217,13 @@ def main() -> int:
     parser.add_argument("--task", choices=list(TASK_BUDGETS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")
+    parser.add_argument("--qat", action="store_true", help="8-bit quantization-aware training (scores are INT8-simulated)")
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
     if args.row:
         if not args.task:
             parser.error("--row needs --task")
-        results = run(args.row, args.task, args.seed, args.kd)
+        results = run(args.row, args.task, args.seed, args.kd, args.qat)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")

@@ -181,7 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", choices=("onnx", "openvino"), default="onnx")
     export.add_argument("--quantize", choices=("int8", "none"), default="int8")
     export.add_argument("--static", action="store_true", help="ONNX: static INT8 with calibrated activation ranges (default dynamic)")
-    export.add_argument("--calibration", default="wikitext", help="calibration text: wikitext, squad or a GLUE task (default wikitext)")
+    export.add_argument(
+        "--calibration", default="wikitext",
+        help="calibration text: wikitext, squad or a GLUE task (default wikitext); with --to onnx --static, `qat` uses the "
+        "input ranges of a `finetune --qat` checkpoint (its qat_ranges.json)",
+    )
     export.add_argument("--calibration-samples", type=int, default=128)
     export.add_argument("--out", help="output folder (default: <model>-<to>)")
     export.set_defaults(func=_cmd_export)

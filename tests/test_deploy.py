@@ -144,6 +144,73 @@ def test_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
 
 
 @needs_exporters
+def test_qat_ranges_export_runs_what_qat_simulated(tmp_path, tiny_tokenizer):
+    """Static INT8 from the QAT ranges: ONNX Runtime computes what fake quantization simulated."""
+    import onnx
+    import onnxruntime
+
+    from hf_sparse.deploy.openvino import export_openvino
+    from hf_sparse.transfer.qat import QAT_RANGES_FILE, convert_qat, prepare_qat
+
+    head = "SparseBertModel"
+    model = prepare_qat(build(head, sparsity=0.8))
+    feeds = _feeds(head)
+    model.train()
+    with torch.no_grad():  # the observers calibrate on the data they will see
+        for _ in range(3):
+            model(**feeds)
+    model.eval()
+    with torch.no_grad():
+        simulated = output_tensor(model(**feeds)).numpy()
+    ranges = convert_qat(model)
+    folder = _save(model, tmp_path / "m", tiny_tokenizer)
+    (folder / QAT_RANGES_FILE).write_text(json.dumps(ranges))
+
+    out = export_onnx(folder, tmp_path / "qat", static=True, calibration="qat")
+    # ONNX Runtime fuses the Q/DQ pairs into integer kernels, and their result is what QAT simulated
+    optimized = tmp_path / "optimized.onnx"
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(optimized)
+    session = onnxruntime.InferenceSession(str(out / "model_quantized.onnx"), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {k: v.numpy() for k, v in feeds.items() if k in {i.name for i in session.get_inputs()}})[0]
+    kernels = {n.op_type for n in onnx.load(str(optimized)).graph.node}
+    assert kernels & {"MatMulIntegerToFloat", "QLinearMatMul", "DynamicQuantizeMatMul"}, kernels
+    dynamic = _ort(export_onnx(folder, tmp_path / "dyn") / "model_quantized.onnx", feeds)
+    qat_error = float(np.abs(got - simulated).max())
+    assert qat_error <= 1e-4, qat_error
+    assert float(np.abs(dynamic - simulated).max()) > 100 * qat_error  # other ranges: visibly different
+    # exactly the encoder linear layers are quantized; attention score MatMuls stay fp32
+    graph = onnx.load(str(out / "model_quantized.onnx")).graph
+    produced_by = {o: n for n in graph.node for o in n.output}
+    quantized = sorted(
+        n.name for n in graph.node
+        if n.op_type == "MatMul" and all(produced_by.get(i) is not None and produced_by[i].op_type == "DequantizeLinear" for i in n.input)
+    )
+    assert quantized == sorted("/" + name.replace(".", "/").replace("layer/", "layer.") + "/MatMul" for name in ranges)
+    info = json.loads((out / "export_info.json").read_text())
+    assert info["int8"]["calibration"].startswith(QAT_RANGES_FILE) and info["int8"]["quantized_layers"] == len(ranges)
+
+    # bad input: no ranges file, a layer the graph lacks, 4-bit training, other modes and backends
+    plain = _save(build(head), tmp_path / "plain", tiny_tokenizer)
+    with pytest.raises(ExportError, match=f"{QAT_RANGES_FILE} is missing"):
+        export_onnx(plain, tmp_path / "a", static=True, calibration="qat")
+    with pytest.raises(ExportError, match="applies to static INT8"):
+        export_onnx(folder, tmp_path / "b", calibration="qat")
+    with pytest.raises(ExportError, match="ONNX Runtime export only"):
+        export_openvino(folder, tmp_path / "c", calibration="qat")
+    bad = dict(ranges)
+    bad["bert.encoder.layer.9.output.dense"] = next(iter(ranges.values()))
+    (folder / QAT_RANGES_FILE).write_text(json.dumps(bad))
+    with pytest.raises(ExportError, match="'bert.encoder.layer.9.output.dense' has no MatMul node"):
+        export_onnx(folder, tmp_path / "d", static=True, calibration="qat")
+    four_bit = {k: {**v, "weight_bits": 4} for k, v in ranges.items()}
+    (folder / QAT_RANGES_FILE).write_text(json.dumps(four_bit))
+    with pytest.raises(ExportError, match="INT8 export needs 8/8"):
+        export_onnx(folder, tmp_path / "e", static=True, calibration="qat")
+    assert not any((tmp_path / x).exists() for x in "abcde")
+
+
+@needs_exporters
 def test_compacted_model_exports(tmp_path, tiny_tokenizer):
     from hf_sparse.deploy.compact import compact
     from hf_sparse.deploy.openvino import export_openvino

@@ -3,8 +3,10 @@
 `export_onnx` exports the SparseBert model itself (compacted ones included) with Optimum's ONNX
 exporter, which validates the ONNX outputs against PyTorch, and with `quantize="int8"` quantizes it
 with ONNX Runtime: dynamic by default, or static with ranges calibrated on real text
-(`static=True`, `calibration=<source>`). Weights are int8 per-channel symmetric, so pruned weights
-stay exactly zero. The folder holds `model.onnx`, `model_quantized.onnx`, the tokenizer, a
+(`static=True`, `calibration=<source>`), or static with the input ranges that quantization-aware
+training calibrated (`calibration="qat"`: the checkpoint's `qat_ranges.json`; only the encoder
+linear layers are quantized, exactly as QAT simulated them). Weights are int8 per-channel
+symmetric, so pruned weights stay exactly zero. The folder holds `model.onnx`, `model_quantized.onnx`, the tokenizer, a
 `config.json` that ORT loads without hf-sparse (model_type `bert`; the sparsity metadata is kept)
 and `export_info.json` recording how it was made; load it with `optimum.onnxruntime.ORTModelFor*`.
 """
@@ -16,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from ..transfer.qat import QAT_RANGES_FILE
 from .optimum_support import EXPORT_TASKS
 
 PathLike = Union[str, Path]
@@ -29,6 +32,7 @@ ORT_CLASSES = {
     "SparseBertForMultipleChoice": "ORTModelForMultipleChoice",
 }
 EXPORT_INFO = "export_info.json"
+QAT_CALIBRATION = "qat"  # calibration source: the ranges recorded by quantization-aware training
 
 
 class ExportError(RuntimeError):
@@ -185,6 +189,95 @@ def _versions(*names: str) -> dict:
             pass
     return found
 
+def qat_quantization_plan(onnx_path: PathLike, ranges_path: PathLike):
+    """The MatMul nodes of the QAT layers and their input ranges, for ONNX Runtime static INT8.
+
+    Each layer `name` of `qat_ranges.json` (e.g. `bert.encoder.layer.0.attention.self.query`) is the
+    ONNX node `/bert/encoder/layer.0/attention/self/query/MatMul` of Optimum's export; its first input
+    gets the layer's calibrated range. Layers that share an input (Q, K, V) get the union of their ranges.
+
+    Returns:
+        `(node names, TensorsData)` for `ORTQuantizer.quantize`.
+
+    Raises:
+        ExportError: the ranges file is missing or malformed, not 8-bit, or names a layer the graph lacks.
+    """
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    ranges_path = Path(ranges_path)
+    if not ranges_path.is_file():
+        raise ExportError(
+            f"{ranges_path} is missing: calibration='qat' needs a checkpoint fine-tuned with `hf-sparse finetune --qat`"
+        )
+    try:
+        ranges = json.loads(ranges_path.read_text(encoding="utf-8"))
+        layers = {str(k): (float(v["input_min"]), float(v["input_max"]), int(v["weight_bits"]), int(v["activation_bits"])) for k, v in ranges.items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ExportError(f"{ranges_path}: expected {{layer: {{input_min, input_max, weight_bits, activation_bits}}}} ({err!r})") from None
+    if not layers:
+        raise ExportError(f"{ranges_path} lists no layers")
+    for name, (low, high, weight_bits, activation_bits) in layers.items():
+        if (weight_bits, activation_bits) != (8, 8):
+            raise ExportError(f"{ranges_path}: layer {name!r} was trained with {weight_bits}-bit weights / {activation_bits}-bit inputs; INT8 export needs 8/8")
+        if not low <= high:
+            raise ExportError(f"{ranges_path}: layer {name!r} has input_min {low} > input_max {high}")
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    by_layer = {n.name[1:-len("/MatMul")].replace("/", "."): n for n in graph.node if n.op_type == "MatMul" and n.name.endswith("/MatMul")}
+    missing = sorted(set(layers) - set(by_layer))
+    if missing:
+        raise ExportError(f"{ranges_path}: layer {missing[0]!r} has no MatMul node in {onnx_path}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    tensors: dict[str, tuple[float, float]] = {}
+    for name, (low, high, _, _) in layers.items():
+        tensor = by_layer[name].input[0]
+        old = tensors.get(tensor, (low, high))
+        tensors[tensor] = (min(old[0], low), max(old[1], high))
+    data = {t: TensorData(lowest=np.array(low, dtype=np.float32), highest=np.array(high, dtype=np.float32)) for t, (low, high) in tensors.items()}
+    return sorted(by_layer[name].name for name in layers), TensorsData(CalibrationMethod.MinMax, data)
+
+
+def quantize_with_ranges(fp32_path: PathLike, out_path: PathLike, nodes: Sequence[str], ranges) -> None:
+    """ONNX Runtime static QDQ INT8 of the MatMul `nodes` only, with given input ranges.
+
+    Weights int8 per-channel symmetric, inputs uint8 asymmetric, outputs left in fp32: the arithmetic
+    of QAT's fake quantization (`hf_sparse.transfer.qat`). Optimum's `ORTQuantizer` would also
+    quantize each MatMul's output, which QAT did not simulate, so ONNX Runtime's quantizer is used directly.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    quantizer = QDQQuantizer(
+        onnx.load(str(fp32_path)),
+        per_channel=True,
+        reduce_range=False,
+        weight_qType=QuantType.QInt8,
+        activation_qType=QuantType.QUInt8,
+        tensors_range=ranges,
+        nodes_to_quantize=list(nodes),
+        nodes_to_exclude=[],
+        op_types_to_quantize=["MatMul"],
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, "OpTypesToExcludeOutputQuantization": ["MatMul"]},
+    )
+    quantizer.quantize_model()
+    # ONNX Runtime feeds the dequantized tensor to every consumer (e.g. the residual Add after the
+    # LayerNorm that feeds Q, K and V); QAT quantized only the linear layers' inputs: rewire the rest
+    graph = quantizer.model.model.graph
+    producer = {output: node for node in graph.node for output in node.output}
+    original = {}
+    for node in graph.node:
+        source = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if source is not None and source.op_type == "QuantizeLinear":
+            original[node.output[0]] = source.input[0]
+    quantized = set(nodes)
+    for node in graph.node:
+        if node.name not in quantized and node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            for i, name in enumerate(node.input):
+                if name in original:
+                    node.input[i] = original[name]
+    quantizer.model.save_model_to_file(str(out_path))
+
 
 def export_onnx(
     model_dir: PathLike,
@@ -202,7 +295,9 @@ def export_onnx(
         out_dir: the output folder; must not exist yet.
         quantize: "int8" (adds `model_quantized.onnx`) or None.
         static: static INT8 (activation ranges calibrated on `calibration` text) instead of dynamic.
-        calibration: "wikitext", "squad", a GLUE task name, or a list of your own texts (see `calibration_texts`).
+        calibration: "wikitext", "squad", a GLUE task name, or a list of your own texts (see `calibration_texts`);
+            or "qat": the ranges in `model_dir/qat_ranges.json` from quantization-aware training (see
+            `qat_quantization_plan`), quantizing the encoder linear layers only.
         num_calibration_samples: examples used for calibration.
         data_dir: the data folder (default ../shared/data).
 
@@ -216,6 +311,11 @@ def export_onnx(
     from .optimum_support import as_transformers_library
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    use_qat = isinstance(calibration, str) and calibration == QAT_CALIBRATION
+    if use_qat and not (static and quantize == "int8"):
+        raise ExportError("calibration='qat' applies to static INT8 (static=True, quantize='int8')")
+    if use_qat and not (model_dir / QAT_RANGES_FILE).is_file():
+        raise ExportError(f"{model_dir / QAT_RANGES_FILE} is missing: calibration='qat' needs a checkpoint fine-tuned with `hf-sparse finetune --qat`")
     model, task, info = prepare_export(model_dir, out_dir, quantize, "onnx", "model.onnx")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent) as tmp:
@@ -230,7 +330,10 @@ def export_onnx(
             quantizer = ORTQuantizer.from_pretrained(staged, file_name="model.onnx")
             qconfig = AutoQuantizationConfig.avx512_vnni(is_static=static, per_channel=True)
             ranges = None
-            if static:
+            if use_qat:
+                nodes, ranges = qat_quantization_plan(staged / "model.onnx", model_dir / QAT_RANGES_FILE)
+                quantize_with_ranges(staged / "model.onnx", staged / "model_quantized.onnx", nodes, ranges)
+            elif static:
                 from .calibration import calibration_dataset
 
                 tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
@@ -245,12 +348,19 @@ def export_onnx(
                     operators_to_quantize=qconfig.operators_to_quantize,
                     onnx_augmented_model_name=Path(tmp) / "augmented_model.onnx",
                 )
-            quantizer.quantize(quantization_config=qconfig, save_dir=staged, calibration_tensors_range=ranges)
+            if not use_qat:
+                quantizer.quantize(quantization_config=qconfig, save_dir=staged, calibration_tensors_range=ranges)
             info["files"]["int8"] = "model_quantized.onnx"
             info["int8"] = {
                 "mode": "static" if static else "dynamic",
                 "weights": "int8 per-channel symmetric (pruned weights stay 0)",
-                **({"calibration": calibration if isinstance(calibration, str) else "user texts", "calibration_samples": len(dataset)} if static else {}),
+                **(
+                    {"calibration": f"{QAT_RANGES_FILE} (quantization-aware training)", "quantized_layers": len(nodes)}
+                    if use_qat
+                    else {"calibration": calibration if isinstance(calibration, str) else "user texts", "calibration_samples": len(dataset)}
+                    if static
+                    else {}
+                ),
             }
             (staged / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         _publish(staged, out_dir)

@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .onnx import EXPORT_INFO, ExportError, _publish, check_export, prepare_export, write_runtime_files
+from .onnx import EXPORT_INFO, QAT_CALIBRATION, ExportError, _publish, check_export, prepare_export, write_runtime_files
 
 PathLike = Union[str, Path]
 
@@ -85,6 +85,11 @@ def export_openvino(
     from .optimum_support import as_transformers_library
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if isinstance(calibration, str) and calibration == QAT_CALIBRATION:
+        raise ExportError(
+            "calibration='qat' (the QAT input ranges) is supported by the ONNX Runtime export only "
+            "(`hf-sparse export --to onnx --quantize int8 --static --calibration qat`); OpenVINO calibrates with NNCF on text"
+        )
     model, task, info = prepare_export(model_dir, out_dir, quantize, "openvino", FP32_FILE)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent) as tmp:

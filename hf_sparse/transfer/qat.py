@@ -8,8 +8,8 @@ training and frozen in eval mode. Fake quantization uses PyTorch's `fake_quantiz
 
 `prepare_qat(model)` switches it on in place (no new parameters or state-dict keys, so checkpoints
 keep their format); `convert_qat(model)` snaps the weights onto their int8 grid, switches it off and
-returns the calibrated input ranges (plain data). The ONNX export (`hf_sparse.deploy.onnx`) does not
-use them yet: it quantizes activations dynamically.
+returns the calibrated input ranges (plain data), which `finetune` saves as `qat_ranges.json` and the
+ONNX Runtime export reads with `calibration="qat"` (`hf_sparse.deploy.onnx`).
 """
 
 from __future__ import annotations
