@@ -177,6 +177,8 @@ def test_export_and_bench_commands(tmp_path, run_cli, tiny_tokenizer):
     assert (tmp_path / "m-openvino" / "openvino_model.xml").is_file() and not (tmp_path / "m-openvino" / "openvino_model_int8.xml").exists()
     bad = run_cli("export", tmp_path / "m", "--to", "openvino", "--static")
     assert bad.returncode == 2 and "--static applies to ONNX Runtime" in bad.stderr
+    bad = run_cli("export", tmp_path / "m", "--to", "onnx", "--quantize", "int8", "--static", "--calibration", "qat", "--out", tmp_path / "q")
+    assert bad.returncode == 2 and "qat_ranges.json is missing" in bad.stderr and not (tmp_path / "q").exists()
     result = run_cli(
         "bench", tmp_path / "m", "--batch", "1", "2", "--seq", "16", "--runs", "3",
         "--runtimes", "torch-fp32", "ort-int8", "ov-int8-sparse", "--json", tmp_path / "bench.json",
