@@ -52,7 +52,7 @@ def _row_arguments(row: str, task: str, seed: int, kd: bool, qat: bool = False) 
         if not model.is_dir():
             raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --sparsity {match[1]}` first")
         args += ["--model", str(model)]
-    elif match := re.fullmatch(r"upstream-([a-z]+)-(\d+)", row):
+    elif match := re.fullmatch(r"upstream-([a-z][a-z0-9_]*)-(\d+)", row):
         name = f"{match[1]}_{match[2]}"
         model = ROOT / "out" / name / "model"
         if not model.is_dir():
@@ -119,7 +119,7 @@ def _percent(score: float, task: str) -> float:
 
 
 def _row_sparsity(row: str) -> float:
-    match = re.fullmatch(r"(?:upstream|upstream-[a-z]+|prune-ft|prune-ft-structured)-(\d+)", row)
+    match = re.fullmatch(r"(?:upstream|upstream-[a-z][a-z0-9_]*|prune-ft|prune-ft-structured)-(\d+)", row)
     return int(match[1]) / 100 if match else 0.0
 
 

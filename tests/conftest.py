@@ -131,7 +131,7 @@ def run_two_process_worker(worker: str, out: Path, port: int, launcher: str = "t
     elif launcher == "accelerate":
         env["CUDA_VISIBLE_DEVICES"] = ""  # CPU ranks even where a GPU exists
         command = [
-            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--gpu_ids", "all", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
         ]
     else:

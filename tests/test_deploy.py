@@ -144,7 +144,8 @@ def test_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
 
 
 @needs_exporters
-def test_qat_ranges_export_runs_what_qat_simulated(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("head", ["SparseBertModel", "SparseBertForSequenceClassification"])
+def test_qat_ranges_export_runs_what_qat_simulated(tmp_path, tiny_tokenizer, head):
     """Static INT8 from the QAT ranges: ONNX Runtime computes what fake quantization simulated."""
     import onnx
     import onnxruntime
@@ -152,7 +153,6 @@ def test_qat_ranges_export_runs_what_qat_simulated(tmp_path, tiny_tokenizer):
     from hf_sparse.deploy.openvino import export_openvino
     from hf_sparse.transfer.qat import QAT_RANGES_FILE, convert_qat, prepare_qat
 
-    head = "SparseBertModel"
     model = prepare_qat(build(head, sparsity=0.8))
     feeds = _feeds(head)
     model.train()
@@ -207,7 +207,11 @@ def test_qat_ranges_export_runs_what_qat_simulated(tmp_path, tiny_tokenizer):
     (folder / QAT_RANGES_FILE).write_text(json.dumps(four_bit))
     with pytest.raises(ExportError, match="INT8 export needs 8/8"):
         export_onnx(folder, tmp_path / "e", static=True, calibration="qat")
-    assert not any((tmp_path / x).exists() for x in "abcde")
+    not_finite = {k: {**v, "input_max": float("nan")} for k, v in ranges.items()}
+    (folder / QAT_RANGES_FILE).write_text(json.dumps(not_finite))
+    with pytest.raises(ExportError, match="expected finite input_min <= input_max"):
+        export_onnx(folder, tmp_path / "f", static=True, calibration="qat")
+    assert not any((tmp_path / x).exists() for x in "abcdef")
 
 
 @needs_exporters

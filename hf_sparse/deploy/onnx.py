@@ -14,6 +14,7 @@ and `export_info.json` recording how it was made; load it with `optimum.onnxrunt
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -189,23 +190,13 @@ def _versions(*names: str) -> dict:
             pass
     return found
 
-def qat_quantization_plan(onnx_path: PathLike, ranges_path: PathLike):
-    """The MatMul nodes of the QAT layers and their input ranges, for ONNX Runtime static INT8.
-
-    Each layer `name` of `qat_ranges.json` (e.g. `bert.encoder.layer.0.attention.self.query`) is the
-    ONNX node `/bert/encoder/layer.0/attention/self/query/MatMul` of Optimum's export; its first input
-    gets the layer's calibrated range. Layers that share an input (Q, K, V) get the union of their ranges.
-
-    Returns:
-        `(node names, TensorsData)` for `ORTQuantizer.quantize`.
+def read_qat_ranges(ranges_path: PathLike) -> dict[str, tuple[float, float]]:
+    """The input range of each layer in a `qat_ranges.json` (written by `hf-sparse finetune --qat`).
 
     Raises:
-        ExportError: the ranges file is missing or malformed, not 8-bit, or names a layer the graph lacks.
+        ExportError: the file is missing or malformed, a range is not finite or inverted, or a layer
+            was not trained with 8-bit weights and inputs.
     """
-    import numpy as np
-    import onnx
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
-
     ranges_path = Path(ranges_path)
     if not ranges_path.is_file():
         raise ExportError(
@@ -221,16 +212,43 @@ def qat_quantization_plan(onnx_path: PathLike, ranges_path: PathLike):
     for name, (low, high, weight_bits, activation_bits) in layers.items():
         if (weight_bits, activation_bits) != (8, 8):
             raise ExportError(f"{ranges_path}: layer {name!r} was trained with {weight_bits}-bit weights / {activation_bits}-bit inputs; INT8 export needs 8/8")
-        if not low <= high:
-            raise ExportError(f"{ranges_path}: layer {name!r} has input_min {low} > input_max {high}")
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise ExportError(f"{ranges_path}: layer {name!r} has input range [{low}, {high}]; expected finite input_min <= input_max")
+    return {name: (low, high) for name, (low, high, _, _) in layers.items()}
+
+
+def qat_quantization_plan(onnx_path: PathLike, ranges_path: PathLike):
+    """The MatMul nodes of the QAT layers and their input ranges, for ONNX Runtime static INT8.
+
+    Each layer `name` of `qat_ranges.json` (e.g. `bert.encoder.layer.0.attention.self.query`) is the
+    ONNX node `/bert/encoder/layer.0/attention/self/query/MatMul` of Optimum's export; its first input
+    gets the layer's calibrated range. Layers that share an input (Q, K, V) get the union of their ranges.
+
+    Returns:
+        `(node names, TensorsData)` for ONNX Runtime's quantizer.
+
+    Raises:
+        ExportError: see `read_qat_ranges`; or a layer has no MatMul node in the exported graph.
+    """
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    layers = read_qat_ranges(ranges_path)
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     by_layer = {n.name[1:-len("/MatMul")].replace("/", "."): n for n in graph.node if n.op_type == "MatMul" and n.name.endswith("/MatMul")}
     missing = sorted(set(layers) - set(by_layer))
     if missing:
-        raise ExportError(f"{ranges_path}: layer {missing[0]!r} has no MatMul node in {onnx_path}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise ExportError(
+            f"{ranges_path}: layer {missing[0]!r} has no MatMul node in the exported graph (expected nodes like "
+            f"{sorted(n.name for n in by_layer.values())[:1]})" + (f"; {len(missing) - 1} more layers are missing" if len(missing) > 1 else "")
+        )
+    outputs = {o.name for o in graph.output}
     tensors: dict[str, tuple[float, float]] = {}
-    for name, (low, high, _, _) in layers.items():
+    for name, (low, high) in layers.items():
         tensor = by_layer[name].input[0]
+        if tensor in outputs:
+            raise ExportError(f"the input of layer {name!r} ({tensor}) is also a graph output; it cannot be quantized for that layer alone")
         old = tensors.get(tensor, (low, high))
         tensors[tensor] = (min(old[0], low), max(old[1], high))
     data = {t: TensorData(lowest=np.array(low, dtype=np.float32), highest=np.array(high, dtype=np.float32)) for t, (low, high) in tensors.items()}
@@ -276,6 +294,15 @@ def quantize_with_ranges(fp32_path: PathLike, out_path: PathLike, nodes: Sequenc
             for i, name in enumerate(node.input):
                 if name in original:
                     node.input[i] = original[name]
+    # ONNX Runtime skips a tensor it cannot type with only a log line: every planned layer must be quantized
+    for node in graph.node:
+        if node.name in quantized:
+            activation, weight = (producer.get(name) for name in node.input[:2])
+            if not (
+                activation is not None and activation.op_type == "DequantizeLinear" and activation.output[0] in original
+                and weight is not None and weight.op_type == "DequantizeLinear" and weight.input[0] not in producer
+            ):
+                raise ExportError(f"ONNX Runtime did not quantize the input and weight of {node.name}")
     quantizer.model.save_model_to_file(str(out_path))
 
 
@@ -314,8 +341,8 @@ def export_onnx(
     use_qat = isinstance(calibration, str) and calibration == QAT_CALIBRATION
     if use_qat and not (static and quantize == "int8"):
         raise ExportError("calibration='qat' applies to static INT8 (static=True, quantize='int8')")
-    if use_qat and not (model_dir / QAT_RANGES_FILE).is_file():
-        raise ExportError(f"{model_dir / QAT_RANGES_FILE} is missing: calibration='qat' needs a checkpoint fine-tuned with `hf-sparse finetune --qat`")
+    if use_qat:
+        read_qat_ranges(model_dir / QAT_RANGES_FILE)  # fail before the (long) fp32 export
     model, task, info = prepare_export(model_dir, out_dir, quantize, "onnx", "model.onnx")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent) as tmp:
