@@ -403,7 +403,9 @@ def test_zoo_exports_load_through_the_local_hub_with_the_cards_snippets(hub):
     assert publish_zoo.build_exports(entry) == []  # exports of this checkpoint are kept: republishing stays unchanged
     retrained = build(HEAD, sparsity=0.9, seed=5)
     retrained.save_pretrained(tmp / "model")  # the same folder, new weights: its old exports are stale
+    assert publish_zoo.pending_exports(entry) == ["onnx", "openvino"]  # what `publish_zoo.py --dry-run` lists
     assert publish_zoo.build_exports(entry) == ["onnx", "openvino"]
+    assert publish_zoo.pending_exports(entry) == []
     model = retrained
     published = build_and_publish(entry, "org/tiny-exports", tmp, local_mirror=str(hub["server"].mirrors_root))
     files = {op.path for op in published.operations}

@@ -30,26 +30,40 @@ def build_converted(entry) -> None:
     dense_to_sparse(local if local.is_dir() else entry.source, out, head=entry.head)
 
 
-def build_exports(entry) -> list[str]:
-    """Exports listed in the entry (`onnx`, `openvino`, INT8 included) that the model folder lacks; returns those built.
+def pending_exports(entry) -> list[str]:
+    """Exports listed in the entry that are missing from the model folder or stale.
 
-    An existing export folder is kept when its `export_info.json` records the checkpoint's current
-    digest (so re-publishing stays unchanged) and rebuilt when the checkpoint changed since.
+    An existing export folder is current when its `export_info.json` records the checkpoint's
+    digest; one without a digest, or with another, was made from another checkpoint (or before
+    digests were recorded) and is rebuilt.
     """
-    from hf_sparse.deploy.onnx import EXPORT_INFO, export_onnx, source_digest
+    from hf_sparse.deploy.onnx import EXPORT_INFO, source_digest
+
+    model_dir = ROOT / entry.model
+    digest = source_digest(model_dir)
+    pending = []
+    for name in entry.exports:
+        info_file = model_dir / name / EXPORT_INFO
+        recorded = json.loads(info_file.read_text()).get("source_sha256") if info_file.is_file() else None
+        if recorded != digest:
+            pending.append(name)
+    return pending
+
+
+def build_exports(entry) -> list[str]:
+    """Builds the entry's missing or stale exports (`onnx`, `openvino`, INT8 included); returns those built.
+
+    Current exports are kept, so re-publishing an unchanged checkpoint stays unchanged.
+    """
+    from hf_sparse.deploy.onnx import export_onnx
     from hf_sparse.deploy.openvino import export_openvino
 
     model_dir = ROOT / entry.model
     calibration = entry.task if entry.task else "wikitext"
-    digest = source_digest(model_dir)
     built = []
-    for name in entry.exports:
+    for name in pending_exports(entry):
         if (model_dir / name).is_dir():
-            info_file = model_dir / name / EXPORT_INFO
-            recorded = json.loads(info_file.read_text()).get("source_sha256") if info_file.is_file() else None
-            if recorded == digest:
-                continue
-            print(f"{entry.name}: {model_dir / name} was exported from another checkpoint; rebuilding it")
+            print(f"{entry.name}: {model_dir / name} was not exported from this checkpoint; rebuilding it")
             shutil.rmtree(model_dir / name)
         if name == "onnx":
             export_onnx(model_dir, model_dir / name, quantize="int8")
@@ -88,11 +102,14 @@ def main(argv=None) -> int:
                 build_converted(entry)
             if not (ROOT / entry.model / "config.json").is_file():
                 raise PublishError(f"checkpoint {entry.model} is missing; build it first (see the results commands in {args.zoo})")
-            missing = [e for e in entry.exports if not (ROOT / entry.model / e).is_dir()]
-            if missing and args.dry_run:
-                print(f"[dry run] {repo_id}: would export {', '.join(missing)} (INT8 included) into {entry.model}")
-            elif missing:
-                print(f"{repo_id}: exported {', '.join(build_exports(entry))}")
+            if args.dry_run:
+                pending = pending_exports(entry)
+                if pending:
+                    print(f"[dry run] {repo_id}: would export {', '.join(pending)} (INT8 included) into {entry.model}")
+            else:
+                built = build_exports(entry)
+                if built:
+                    print(f"{repo_id}: exported {', '.join(built)}")
             kwargs = dict(dry_run=args.dry_run)
             if args.local_mirror:
                 kwargs["local_mirror"] = args.local_mirror
