@@ -353,14 +353,15 @@ def export_onnx(
 
         info["fp32_max_abs_diff"] = check_export(model, onnx_predictor(staged / "model.onnx"), f"{model_dir} -> model.onnx")
         write_runtime_files(model, model_dir, staged, info)
-        if quantize == "int8":
+        if quantize == "int8" and use_qat:
+            nodes, ranges = qat_quantization_plan(staged / "model.onnx", model_dir / QAT_RANGES_FILE)
+            quantize_with_ranges(staged / "model.onnx", staged / "model_quantized.onnx", nodes, ranges)
+            int8_info = {"calibration": f"{QAT_RANGES_FILE} (quantization-aware training)", "quantized_layers": len(nodes)}
+        elif quantize == "int8":
             quantizer = ORTQuantizer.from_pretrained(staged, file_name="model.onnx")
             qconfig = AutoQuantizationConfig.avx512_vnni(is_static=static, per_channel=True)
-            ranges = None
-            if use_qat:
-                nodes, ranges = qat_quantization_plan(staged / "model.onnx", model_dir / QAT_RANGES_FILE)
-                quantize_with_ranges(staged / "model.onnx", staged / "model_quantized.onnx", nodes, ranges)
-            elif static:
+            ranges, int8_info = None, {}
+            if static:
                 from .calibration import calibration_dataset
 
                 tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
@@ -375,19 +376,14 @@ def export_onnx(
                     operators_to_quantize=qconfig.operators_to_quantize,
                     onnx_augmented_model_name=Path(tmp) / "augmented_model.onnx",
                 )
-            if not use_qat:
-                quantizer.quantize(quantization_config=qconfig, save_dir=staged, calibration_tensors_range=ranges)
+                int8_info = {"calibration": calibration if isinstance(calibration, str) else "user texts", "calibration_samples": len(dataset)}
+            quantizer.quantize(quantization_config=qconfig, save_dir=staged, calibration_tensors_range=ranges)
+        if quantize == "int8":
             info["files"]["int8"] = "model_quantized.onnx"
             info["int8"] = {
                 "mode": "static" if static else "dynamic",
                 "weights": "int8 per-channel symmetric (pruned weights stay 0)",
-                **(
-                    {"calibration": f"{QAT_RANGES_FILE} (quantization-aware training)", "quantized_layers": len(nodes)}
-                    if use_qat
-                    else {"calibration": calibration if isinstance(calibration, str) else "user texts", "calibration_samples": len(dataset)}
-                    if static
-                    else {}
-                ),
+                **int8_info,
             }
             (staged / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         _publish(staged, out_dir)
