@@ -2,7 +2,8 @@
 
     python benchmarks/representation.py [--sentences 256]
 
-For the dense MiniLM-L6 and each upstream checkpoint in out/prune_ofa_<s>/model, encodes the first
+For the dense MiniLM-L6 and each upstream checkpoint out/<recipe>/model of a recipe in recipes/
+(named as the transfer rows: upstream-90 for prune_ofa_90, upstream-sparsebert-90 for sparsebert_90), encodes the first
 N SST-2 dev sentences and reports the mean pairwise cosine similarity of the [CLS] vectors (what
 BertForSequenceClassification's pooler reads) and of mean-pooled vectors. Values near 1 mean the
 model maps different sentences to nearly the same vector. Writes benchmarks/results/representation.json.
@@ -34,8 +35,11 @@ def main() -> int:
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_folder())
     batch = tokenizer(sentences, padding=True, truncation=True, max_length=64, return_tensors="pt")
     models = {"dense": lambda: transformers.AutoModel.from_pretrained(minilm_folder())}
-    for folder in sorted((ROOT / "out").glob("prune_ofa_*/model")):
-        models[f"upstream-{folder.parent.name.split('_')[-1]}"] = lambda folder=folder: SparseBertModel.from_pretrained(folder)
+    for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
+        folder = ROOT / "out" / recipe.stem / "model"
+        if folder.is_dir():
+            name = recipe.stem.removeprefix("prune_ofa_") if recipe.stem.startswith("prune_ofa_") else recipe.stem.replace("_", "-")
+            models[f"upstream-{name}"] = lambda folder=folder: SparseBertModel.from_pretrained(folder)
     upper = torch.triu(torch.ones(len(sentences), len(sentences), dtype=torch.bool), 1)
     results = {}
     for name, load in models.items():
