@@ -30,6 +30,7 @@ def main() -> int:
     from hf_sparse import SparseBertModel
     from hf_sparse.tasks.glue import load_glue
     from hf_sparse.upstream import DEFAULT_DATA_DIR, minilm_folder
+    from transfer import upstream_row  # the transfer table's row names
 
     sentences = load_glue("sst2", DEFAULT_DATA_DIR)["validation"]["text_a"][: args.sentences]
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_folder())
@@ -38,8 +39,7 @@ def main() -> int:
     for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
         folder = ROOT / "out" / recipe.stem / "model"
         if folder.is_dir():
-            name = recipe.stem.removeprefix("prune_ofa_") if recipe.stem.startswith("prune_ofa_") else recipe.stem.replace("_", "-")
-            models[f"upstream-{name}"] = lambda folder=folder: SparseBertModel.from_pretrained(folder)
+            models[upstream_row(recipe.stem)] = lambda folder=folder: SparseBertModel.from_pretrained(folder)
     upper = torch.triu(torch.ones(len(sentences), len(sentences), dtype=torch.bool), 1)
     results = {}
     for name, load in models.items():

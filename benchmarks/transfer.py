@@ -41,6 +41,11 @@ TASK_BUDGETS = {
 TASK_ORDER = ["sst2", "mrpc", "stsb", "rte", "cola", "squad"]
 
 
+def upstream_row(recipe: str) -> str:
+    """The row name of an upstream recipe's checkpoint: prune_ofa_90 -> upstream-90, sparsebert_90 -> upstream-sparsebert-90."""
+    return "upstream-" + (recipe.removeprefix("prune_ofa_") if recipe.startswith("prune_ofa_") else recipe.replace("_", "-"))
+
+
 def _row_arguments(row: str, task: str, seed: int, kd: bool, qat: bool = False) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
@@ -52,11 +57,10 @@ def _row_arguments(row: str, task: str, seed: int, kd: bool, qat: bool = False) 
         if not model.is_dir():
             raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --sparsity {match[1]}` first")
         args += ["--model", str(model)]
-    elif match := re.fullmatch(r"upstream-([a-z][a-z0-9_]*)-(\d+)", row):
-        name = f"{match[1]}_{match[2]}"
-        model = ROOT / "out" / name / "model"
+    elif row in (recipes := {upstream_row(p.stem): p.stem for p in (ROOT / "recipes").glob("*.yaml")}):
+        model = ROOT / "out" / recipes[row] / "model"
         if not model.is_dir():
-            raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --recipe {name}` first")
+            raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --recipe {recipes[row]}` first")
         args += ["--model", str(model)]
     elif match := re.fullmatch(r"prune-ft-structured-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--prune_method", "structured", "--target_sparsity", str(int(match[1]) / 100)]
@@ -119,7 +123,7 @@ def _percent(score: float, task: str) -> float:
 
 
 def _row_sparsity(row: str) -> float:
-    match = re.fullmatch(r"(?:upstream|upstream-[a-z][a-z0-9_]*|prune-ft|prune-ft-structured)-(\d+)", row)
+    match = re.fullmatch(r"(?:upstream(?:-[a-z][a-z0-9-]*)?|prune-ft|prune-ft-structured)-(\d+)", row)
     return int(match[1]) / 100 if match else 0.0
 
 

@@ -353,7 +353,7 @@ def export_onnx(
 
         info["fp32_max_abs_diff"] = check_export(model, onnx_predictor(staged / "model.onnx"), f"{model_dir} -> model.onnx")
         write_runtime_files(model, model_dir, staged, info)
-        if quantize == "int8" and use_qat:
+        if use_qat:  # static INT8, checked above
             nodes, ranges = qat_quantization_plan(staged / "model.onnx", model_dir / QAT_RANGES_FILE)
             quantize_with_ranges(staged / "model.onnx", staged / "model_quantized.onnx", nodes, ranges)
             int8_info = {"calibration": f"{QAT_RANGES_FILE} (quantization-aware training)", "quantized_layers": len(nodes)}
