@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from .distillation import DistillationConfig, DistillationTrainer
+from .distillation.trainer import CONTRASTIVE_POOLINGS
 from .models.sparse_bert.modeling_sparse_bert import SparseBertForMaskedLM
 from .pruning import (
     BlockPruning,
@@ -72,6 +73,7 @@ class UpstreamRecipe:
     prc_weight: float = 0.0
     snc_weight: float = 0.0
     contrastive_temperature: float = 0.1
+    contrastive_pooling: str = "cls"  # "cls" (CAP) or "mean" (how sentence encoders like MiniLM-L6 pool)
     # optimisation
     max_steps: int = 1500
     learning_rate: float = 1e-4
@@ -93,6 +95,8 @@ class UpstreamRecipe:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown recipe settings {unknown}; known: {sorted(known)}")
+        if data.get("contrastive_pooling", "cls") not in CONTRASTIVE_POOLINGS:
+            raise ValueError(f"{path}: contrastive_pooling={data['contrastive_pooling']!r}; expected one of {CONTRASTIVE_POOLINGS}")
         return cls(**data)
 
     def to_yaml(self) -> str:
@@ -292,6 +296,7 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
             prc_weight=recipe.prc_weight,
             snc_weight=recipe.snc_weight,
             contrastive_temperature=recipe.contrastive_temperature,
+            contrastive_pooling=recipe.contrastive_pooling,
             labelled_logits_only=True,
         ),
         callbacks=[callback],

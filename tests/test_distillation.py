@@ -1,5 +1,6 @@
 """Distillation and contrastive losses: zero/minimal where they should be, correct gradients; the trainer."""
 
+import copy
 import math
 
 import pytest
@@ -152,3 +153,33 @@ def test_kd_on_a_single_output_is_mse_not_a_vanishing_kl():
     assert loss.item() == pytest.approx((0.25 + 0.0 + 1.0) / 3)
     loss.backward()
     assert torch.allclose(student.grad, 2 * (student.detach() - teacher) / 3)
+
+
+def test_mean_pooled_representation_ignores_padding_and_prc_reuses_the_teacher_pass():
+    from hf_sparse.distillation.trainer import _representation
+
+    hidden = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    pooled = _representation(hidden, mask, "mean")
+    assert torch.equal(pooled[0], hidden[0, :2].mean(0)) and torch.equal(pooled[1], hidden[1].mean(0))
+    assert torch.equal(_representation(hidden, mask, "cls"), hidden[:, 0])
+
+    student = build("SparseBertForSequenceClassification", sparsity=0.5)
+    teacher = build("SparseBertForSequenceClassification", sparsity=0.0, seed=3).to_dense()
+    batch = {k: torch.stack([RandomTokens(8)[i][k] for i in range(4)]) for k in ("input_ids", "attention_mask", "labels")}
+    batch["attention_mask"][0, -3:] = 0
+    args = transformers.TrainingArguments(output_dir="unused", report_to=[], use_cpu=True)
+    student.train()
+    losses = {}
+    for pooling in ("cls", "mean"):
+        for separate in (False, True):  # PrC against the teacher's own pass vs a separate identical model
+            cfg = DistillationConfig(task_weight=0.0, kd_weight=1.0, prc_weight=1.0, contrastive_pooling=pooling)
+            trainer = DistillationTrainer(
+                model=student, args=args, teacher=teacher, pretrained=copy.deepcopy(teacher) if separate else None, distillation=cfg,
+            )
+            torch.manual_seed(0)
+            losses[pooling, separate] = trainer.compute_loss(student, batch)
+        assert torch.allclose(losses[pooling, False], losses[pooling, True], atol=1e-6)
+    assert not torch.allclose(losses["cls", False], losses["mean", False]), "the pooling must change what is contrasted"
+    with pytest.raises(ValueError, match="contrastive_pooling='max'"):
+        DistillationTrainer(model=student, args=args, teacher=teacher, distillation=DistillationConfig(prc_weight=1.0, contrastive_pooling="max"))

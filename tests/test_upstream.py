@@ -27,7 +27,7 @@ def test_recipe_yaml_round_trip_and_errors(tmp_path):
         UpstreamRecipe(method="random").pruning_method()
 
 
-@pytest.mark.parametrize("name", ["prune_ofa_80", "prune_ofa_90", "prune_ofa_95", "prune_ofa_97", "sparsebert_90", "cap_97"])
+@pytest.mark.parametrize("name", ["prune_ofa_80", "prune_ofa_90", "prune_ofa_95", "prune_ofa_97", "sparsebert_90", "cap_97", "cap_prc_90"])
 def test_every_shipped_recipe_parses(name):
     recipe = UpstreamRecipe.from_yaml(f"recipes/{name}.yaml")
     assert recipe.name == name

@@ -39,13 +39,31 @@ class DistillationConfig:
     snc_weight: float = 0.0  # contrast with the model's own earlier pruning snapshots
     fic_weight: float = 0.0  # contrast with a fine-tuned model, same-label positives
     contrastive_temperature: float = 0.1
+    contrastive_pooling: str = "cls"  # sentence vector for PrC/SnC/FiC: "cls" (CAP) or "mean" (sentence encoders)
     max_snapshots: int = 3
     labelled_logits_only: bool = False  # MLM: logits only where labels != -100 (SparseBertForMaskedLM)
 
 
-def _representation(outputs) -> torch.Tensor:
-    """[CLS] vector of the last hidden layer."""
-    return outputs.hidden_states[-1][:, 0]
+CONTRASTIVE_POOLINGS = ("cls", "mean")
+
+
+def _representation(last_hidden: torch.Tensor, attention_mask: Optional[torch.Tensor], pooling: str) -> torch.Tensor:
+    """Sentence vector from the last hidden layer: its [CLS] vector, or the mean over real tokens.
+
+    Mean pooling is how sentence encoders such as all-MiniLM-L6-v2 were trained to represent a text,
+    so contrasting on it keeps the geometry downstream tasks inherit.
+    """
+    if pooling == "cls":
+        return last_hidden[:, 0]
+    if attention_mask is None:
+        return last_hidden.mean(dim=1)
+    weights = attention_mask.to(last_hidden.dtype).unsqueeze(-1)
+    return (last_hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def _last_hidden(outputs) -> torch.Tensor:
+    hidden = getattr(outputs, "hidden_states", None)
+    return hidden[-1] if hidden is not None else outputs.last_hidden_state
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -71,6 +89,8 @@ class DistillationTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.distillation = distillation or DistillationConfig()
         cfg = self.distillation
+        if cfg.contrastive_pooling not in CONTRASTIVE_POOLINGS:
+            raise ValueError(f"contrastive_pooling={cfg.contrastive_pooling!r}: expected one of {CONTRASTIVE_POOLINGS}")
         needs_teacher = cfg.kd_weight or cfg.hidden_weight or cfg.attention_weight
         if needs_teacher and teacher is None:
             raise ValueError("kd/hidden/attention distillation needs a teacher model")
@@ -122,9 +142,12 @@ class DistillationTrainer(Trainer):
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         attention_mask = inputs.get("attention_mask")
         terms = {}
+        teacher_out = None
         if self.teacher is not None and (cfg.kd_weight or cfg.hidden_weight or cfg.attention_weight):
             with torch.no_grad():
-                flags = dict(output_hidden_states=cfg.hidden_weight > 0 or None, output_attentions=want_attn or None)
+                # PrC against the teacher itself reuses this forward pass
+                reuse_for_prc = bool(cfg.prc_weight) and self.pretrained is self.teacher
+                flags = dict(output_hidden_states=(cfg.hidden_weight > 0 or reuse_for_prc) or None, output_attentions=want_attn or None)
                 if cfg.labelled_logits_only and labels is not None:  # the teacher's logits at the same positions only
                     base = getattr(self.teacher, self.teacher.base_model_prefix)
                     teacher_out = base(**model_inputs, **flags, return_dict=True)
@@ -146,15 +169,21 @@ class DistillationTrainer(Trainer):
             if cfg.attention_weight:
                 terms["attention"] = cfg.attention_weight * attention_loss(outputs.attentions, teacher_out.attentions, attention_mask)
         if cfg.prc_weight or cfg.snc_weight or cfg.fic_weight:
-            anchors = _representation(outputs)
+            def sentence(out):
+                return _representation(_last_hidden(out), attention_mask, cfg.contrastive_pooling)
+
+            anchors = sentence(outputs)
             batch = anchors.shape[0]
             with torch.no_grad():
                 if cfg.prc_weight:
-                    prc = _representation(self.pretrained(**model_inputs, output_hidden_states=True))
+                    if teacher_out is not None and self.pretrained is self.teacher:
+                        prc = sentence(teacher_out)
+                    else:
+                        prc = sentence(self.pretrained(**model_inputs, output_hidden_states=True))
                 if cfg.snc_weight and self.snapshots:
-                    snc = torch.cat([_representation(s(**model_inputs, output_hidden_states=True)) for s in self.snapshots])
+                    snc = torch.cat([sentence(s(**model_inputs, output_hidden_states=True)) for s in self.snapshots])
                 if cfg.fic_weight:
-                    fic = _representation(self.finetuned(**model_inputs, output_hidden_states=True))
+                    fic = sentence(self.finetuned(**model_inputs, output_hidden_states=True))
             t = cfg.contrastive_temperature
             if cfg.prc_weight:
                 terms["prc"] = cfg.prc_weight * contrastive_loss(anchors, prc, same_example_positives(batch, 1, anchors.device), t)
