@@ -310,7 +310,7 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
     metrics["wall_seconds"] = round(time.time() - started, 1)
     metrics["device"] = "cuda" if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads"
     metrics["loss_log"] = [
-        {k: v for k, v in log.items() if k in ("step", "loss", "sparsity", "learning_rate")}
+        {k: v for k, v in log.items() if k in ("step", "loss", "sparsity", "learning_rate") or k.startswith("loss_")}
         for log in trainer.state.log_history
         if "loss" in log
     ]

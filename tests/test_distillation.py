@@ -118,7 +118,13 @@ def test_trainer_with_teacher_kd_zero_against_itself_and_all_terms_run(tmp_path)
     assert expected, "the schedule must produce at least one sparse intermediate stage"
     assert [round(s.sparsity(), 6) for s in trainer.snapshots] == expected
     assert student.sparsity() == pytest.approx(0.5, abs=1e-3)
-    assert all(math.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
+    train_logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert all(math.isfinite(log["loss"]) for log in train_logs)
+    terms = ("loss_task", "loss_kd", "loss_hidden", "loss_attention", "loss_prc", "loss_fic")
+    assert all(all(key in log for key in terms) for log in train_logs), "each term's mean is logged"
+    assert any("loss_snc" in log for log in train_logs[1:]), "SnC is logged once a snapshot exists"
+    for log in train_logs:  # logging_steps=1: the terms add up to the step's loss
+        assert sum(v for k, v in log.items() if k.startswith("loss_")) == pytest.approx(log["loss"], abs=2e-3)
 
 
 def test_labelled_logits_only_matches_full_mlm():

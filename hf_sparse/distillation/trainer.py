@@ -102,6 +102,8 @@ class DistillationTrainer(Trainer):
         # compute_loss ignores num_items_in_batch: let the Trainer average over accumulation steps
         self.model_accepts_loss_kwargs = False
         self.snapshots: deque = deque(maxlen=cfg.max_snapshots)
+        self._term_sums: dict[str, torch.Tensor] = {}
+        self._term_counts: dict[str, int] = {}
         if cfg.snc_weight:  # CAP's snapshots: the model as it was just before each pruning step
             pruning = [cb for cb in self.callback_handler.callbacks if isinstance(cb, PruningCallback)]
             if not pruning:
@@ -111,6 +113,13 @@ class DistillationTrainer(Trainer):
             for module in self.model.modules():
                 if type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None), torch.nn.Dropout):
                     module.dropout.p = 0.0
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Adds each loss term's mean since the last training log (this process's micro-batches) as `loss_<term>`."""
+        if "loss" in logs and self._term_counts:
+            logs.update({f"loss_{name}": round(float(self._term_sums[name]) / self._term_counts[name], 4) for name in self._term_counts})
+            self._term_sums, self._term_counts = {}, {}
+        super().log(logs, *args, **kwargs)
 
     def _take_snapshot(self, model) -> None:
         if model.sparsity() > 0:  # the dense model is PrC's job
@@ -194,6 +203,10 @@ class DistillationTrainer(Trainer):
                 if labels is None or labels.dim() != 1:
                     raise ValueError("FiC needs one class label per example")
                 terms["fic"] = cfg.fic_weight * contrastive_loss(anchors, fic, same_label_positives(labels, labels), t)
+        task_term = {"task": outputs.loss * cfg.task_weight} if torch.is_tensor(outputs.loss) and cfg.task_weight else {}
+        for name, value in {**task_term, **terms}.items():  # averaged into the next training log as loss_<name>
+            self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach()
+            self._term_counts[name] = self._term_counts.get(name, 0) + 1
         for value in terms.values():
             loss = loss + value
         if not torch.is_tensor(loss):
