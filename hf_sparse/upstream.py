@@ -20,8 +20,7 @@ from typing import Optional
 import torch
 import yaml
 
-from .distillation import DistillationConfig, DistillationTrainer
-from .distillation.trainer import CONTRASTIVE_POOLINGS
+from .distillation import CONTRASTIVE_POOLINGS, DistillationConfig, DistillationTrainer
 from .models.sparse_bert.modeling_sparse_bert import SparseBertForMaskedLM
 from .pruning import (
     BlockPruning,

@@ -84,7 +84,10 @@ def test_dense_teacher_then_kd_and_fic(checkpoints, data_dir, tmp_path):
     dense = finetune(checkpoints, data_dir, tmp_path / "dense", "--model", str(checkpoints / "dense"), "--task", "mrpc")
     assert dense["mode"] == "dense" and dense["sparsity"] is None and not dense["pattern_verified"]
     teacher = str(tmp_path / "dense" / "model")
-    kd = finetune(checkpoints, data_dir, tmp_path / "kd", "--model", str(checkpoints / "upstream"), "--task", "mrpc", "--teacher", teacher, "--fic_weight", "0.1")
+    kd = finetune(checkpoints, data_dir, tmp_path / "kd", "--model", str(checkpoints / "upstream"), "--task", "mrpc", "--teacher", teacher, "--fic_weight", "0.1",
+        "--contrastive_pooling", "mean",
+    )
+    assert kd["arguments"]["contrastive_pooling"] == "mean"
     assert kd["mode"] == "sparse-transfer+kd+fic" and kd["pattern_verified"]
     assert kd["encoder_nonzeros"] < dense["encoder_nonzeros"] * 0.3
 
@@ -146,6 +149,7 @@ def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
         (["--task", "mrpc", "--prune_method", "magnitude"], "already sparse"),
         (["--task", "stsb", "--fic_weight", "1", "--teacher", "x"], "classification task"),
         (["--task", "mrpc", "--prune_method", "random"], "unknown prune_method"),
+        (["--task", "mrpc", "--contrastive_pooling", "max"], "contrastive_pooling='max'"),
     ],
 )
 def test_finetune_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):

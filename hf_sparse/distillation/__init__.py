@@ -8,9 +8,10 @@ from .losses import (
     same_example_positives,
     same_label_positives,
 )
-from .trainer import DistillationConfig, DistillationTrainer
+from .trainer import CONTRASTIVE_POOLINGS, DistillationConfig, DistillationTrainer
 
 __all__ = [
+    "CONTRASTIVE_POOLINGS",
     "DistillationConfig",
     "DistillationTrainer",
     "attention_loss",

@@ -33,7 +33,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..distillation import DistillationConfig, DistillationTrainer
+from ..distillation import CONTRASTIVE_POOLINGS, DistillationConfig, DistillationTrainer
 from ..models.sparse_bert.modeling_sparse_bert import (
     SparseBertForQuestionAnswering,
     SparseBertForSequenceClassification,
@@ -67,6 +67,7 @@ class FinetuneArguments:
     task_weight: float = field(default=1.0, metadata={"help": "weight of the task loss"})
     temperature: float = field(default=2.0, metadata={"help": "KD temperature"})
     fic_weight: float = field(default=0.0, metadata={"help": "CAP FiC contrastive weight (needs --teacher; classification tasks)"})
+    contrastive_pooling: str = field(default="cls", metadata={"help": "FiC's sentence vector: cls (CAP) or mean"})
     qat: bool = field(default=False, metadata={"help": "8-bit quantization-aware training of the encoder linears"})
     prune_method: Optional[str] = field(default=None, metadata={"help": f"prune at fine-tune time: {', '.join(PRUNE_METHODS)}"})
     target_sparsity: float = field(default=0.9, metadata={"help": "final sparsity with --prune_method"})
@@ -87,6 +88,8 @@ class FinetuneArguments:
             raise ValueError(f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
         if self.fic_weight and self.teacher is None:
             raise ValueError("fic_weight needs --teacher (the fine-tuned model FiC contrasts with)")
+        if self.contrastive_pooling not in CONTRASTIVE_POOLINGS:
+            raise ValueError(f"contrastive_pooling={self.contrastive_pooling!r}; expected one of {CONTRASTIVE_POOLINGS}")
         if self.fic_weight and self.task in ("stsb", "squad"):
             raise ValueError("FiC uses same-label positives: it needs a classification task, not stsb / squad")
 
@@ -238,7 +241,8 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
         teacher_class = AutoModelForQuestionAnswering if args.task == "squad" else AutoModelForSequenceClassification
         teacher = teacher_class.from_pretrained(args.teacher)
         distillation = DistillationConfig(
-            task_weight=args.task_weight, kd_weight=args.kd_weight, temperature=args.temperature, fic_weight=args.fic_weight
+            task_weight=args.task_weight, kd_weight=args.kd_weight, temperature=args.temperature, fic_weight=args.fic_weight,
+            contrastive_pooling=args.contrastive_pooling,
         )
         trainer = DistillationTrainer(teacher=teacher, distillation=distillation, **common)
     else:
