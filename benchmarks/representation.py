@@ -6,7 +6,10 @@ For the dense MiniLM-L6 and each upstream checkpoint out/<recipe>/model of a rec
 (named as the transfer rows: upstream-90 for prune_ofa_90, upstream-sparsebert-90 for sparsebert_90), encodes the first
 N SST-2 dev sentences and reports the mean pairwise cosine similarity of the [CLS] vectors (what
 BertForSequenceClassification's pooler reads) and of mean-pooled vectors. Values near 1 mean the
-model maps different sentences to nearly the same vector. Writes benchmarks/results/representation.json.
+model maps different sentences to nearly the same vector. Also scores STS-B dev zero-shot (no
+fine-tuning): the Spearman correlation, ×100, between the cosine of the two sentences' mean-pooled
+vectors and the gold similarity, which is how MiniLM-L6 was trained to be used. It measures how much
+of the dense model's sentence knowledge survives pruning. Writes benchmarks/results/representation.json.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> int:
 
     from hf_sparse import SparseBertModel
     from hf_sparse.tasks.glue import load_glue
+    from hf_sparse.tasks.metrics import spearman
     from hf_sparse.upstream import DEFAULT_DATA_DIR, minilm_folder
     from transfer import upstream_row  # the transfer table's row names
 
@@ -40,20 +44,40 @@ def main() -> int:
         folder = ROOT / "out" / recipe.stem / "model"
         if folder.is_dir():
             models[upstream_row(recipe.stem)] = lambda folder=folder: SparseBertModel.from_pretrained(folder)
+    stsb = load_glue("stsb", DEFAULT_DATA_DIR)["validation"]
+    pairs = [tokenizer(list(stsb[column]), padding=True, truncation=True, max_length=128, return_tensors="pt") for column in ("text_a", "text_b")]
+
+    def mean_pooled(model, encoded, batch_size=128):
+        vectors = []
+        for start in range(0, encoded["input_ids"].shape[0], batch_size):
+            chunk = {k: v[start : start + batch_size] for k, v in encoded.items()}
+            hidden = model(**chunk).last_hidden_state
+            mask = chunk["attention_mask"][..., None].float()
+            vectors.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+        return torch.cat(vectors)
+
     upper = torch.triu(torch.ones(len(sentences), len(sentences), dtype=torch.bool), 1)
     results = {}
     for name, load in models.items():
+        model = load().eval()
         with torch.no_grad():
-            hidden = load().eval()(**batch).last_hidden_state
+            hidden = model(**batch).last_hidden_state
+            cosines = (mean_pooled(model, pairs[0]) * mean_pooled(model, pairs[1])).sum(-1)
         mask = batch["attention_mask"][..., None].float()
         cls = torch.nn.functional.normalize(hidden[:, 0], dim=-1)
         mean = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
         results[name] = {
             "cls_mean_pairwise_cosine": round(float((cls @ cls.T)[upper].mean()), 4),
             "meanpool_mean_pairwise_cosine": round(float((mean @ mean.T)[upper].mean()), 4),
+            "stsb_zero_shot_spearman": round(100 * spearman(cosines.numpy(), list(stsb["label"])), 2),
         }
         print(name, results[name], flush=True)
-    out = {"command": f"python benchmarks/representation.py --sentences {args.sentences}", "sentences": len(sentences), "results": results}
+    out = {
+        "command": f"python benchmarks/representation.py --sentences {args.sentences}",
+        "sentences": len(sentences),
+        "stsb_pairs": len(stsb),
+        "results": results,
+    }
     (ROOT / "benchmarks" / "results" / "representation.json").write_text(json.dumps(out, indent=1) + "\n")
     return 0
 

@@ -11,8 +11,9 @@ fine-tuning, from dense: the downstream-pruning baseline), `prune-ft-structured-
 attention heads and FFN neurons removed during fine-tuning: compactable), `dense-layers-<n>` (the first n dense
 layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model of the
 same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware training. Every row of a task uses the same budget (TASK_BUDGETS:
-epochs, examples, max length), bf16 autocast on CPU, dynamic padding. Each run writes
-benchmarks/results/transfer/<row>[-kd]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
+epochs, examples, max length, learning rate), bf16 autocast on CPU, dynamic padding; `--learning-rate` overrides the
+task's rate, and the row's label says so. Each run writes
+benchmarks/results/transfer/<row>[-kd][-qat][-lr<lr>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def upstream_row(recipe: str) -> str:
     return "upstream-" + (recipe.removeprefix("prune_ofa_") if recipe.startswith("prune_ofa_") else recipe.replace("_", "-"))
 
 
-def _row_arguments(row: str, task: str, seed: int, kd: bool, qat: bool = False) -> list[str]:
+def _row_arguments(row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
     args: list[str] = []
@@ -78,7 +79,8 @@ def _row_arguments(row: str, task: str, seed: int, kd: bool, qat: bool = False) 
     if qat:
         args += ["--qat", "true"]
     budget = TASK_BUDGETS[task]
-    args += ["--task", task, "--num_train_epochs", str(budget["epochs"]), "--learning_rate", str(budget["learning_rate"])]
+    lr = budget["learning_rate"] if learning_rate is None else learning_rate
+    args += ["--task", task, "--num_train_epochs", str(budget["epochs"]), "--learning_rate", str(lr)]
     if budget.get("max_train_samples"):
         args += ["--max_train_samples", str(budget["max_train_samples"])]
     if budget.get("max_length"):
@@ -100,18 +102,20 @@ def _warmup(fraction: float) -> list[str]:
     return ["--warmup_ratio", str(fraction)] if "warmup_ratio" in names else ["--warmup_steps", str(fraction)]
 
 
-def run(row: str, task: str, seed: int, kd: bool, qat: bool = False) -> dict:
+def run(row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
     from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
 
-    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}_{task}_s{seed}"
-    argv = _row_arguments(row, task, seed, kd, qat) + ["--output_dir", str(MODELS / name)]
+    lr_tag = f"-lr{learning_rate:g}" if learning_rate is not None else ""
+    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}{lr_tag}_{task}_s{seed}"
+    argv = _row_arguments(row, task, seed, kd, qat, learning_rate) + ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
     results = run_finetune(finetune_args, training_args)
     results.update(
-        row=row, kd=kd, qat=qat,
-        command=f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else "") + (" --qat" if qat else ""),
+        row=row, kd=kd, qat=qat, learning_rate_override=learning_rate,
+        command=f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else "") + (" --qat" if qat else "")
+        + (f" --learning-rate {learning_rate:g}" if learning_rate is not None else ""),
     )
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -132,6 +136,8 @@ def write_table() -> str:
     for file in sorted(RUNS.glob("*.json")):
         data = json.loads(file.read_text())
         label = data["row"] + (" + KD" if data["kd"] else "") + (" + QAT" if data.get("qat") else "")
+        if data.get("learning_rate_override") is not None:
+            label += f" (lr {data['learning_rate_override']:g})"
         runs.setdefault((label, data["task"]), []).append(data)
     labels = sorted({label for label, _ in runs}, key=lambda l: (_row_sparsity(l.split(" ")[0]), l))
     tasks = [t for t in TASK_ORDER if any(task == t for _, task in runs)]
@@ -164,7 +170,7 @@ def write_table() -> str:
         example = next(r for (label, task), rs in runs.items() if task == t for r in rs[:1])
         seconds = [r["train_seconds"] + r["eval_seconds"] for (label, task), rs in runs.items() if task == t for r in rs]
         budget_lines.append(
-            f"| {t} | {example['train_examples']:,} | {example['epochs']:g} | {example['max_length']} | {example['learning_rate']:g} | "
+            f"| {t} | {example['train_examples']:,} | {example['epochs']:g} | {example['max_length']} | {TASK_BUDGETS[t]['learning_rate']:g} | "
             f"{min(seconds) / 60:.1f}–{max(seconds) / 60:.1f} min |"
         )
     text = "\n".join(
@@ -222,12 +228,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")
     parser.add_argument("--qat", action="store_true", help="8-bit quantization-aware training (scores are INT8-simulated)")
+    parser.add_argument("--learning-rate", type=float, help="override the task's learning rate (the row's label shows it)")
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
     if args.row:
         if not args.task:
             parser.error("--row needs --task")
-        results = run(args.row, args.task, args.seed, args.kd, args.qat)
+        results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")

@@ -234,3 +234,29 @@ def test_plain_load_state_dict_reads_the_compressed_file(tmp_path):
     assert not result.unexpected_keys
     assert set(result.missing_keys) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
     assert_state_equal(model, fresh)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.7])
+def test_trains_like_plain_bert_with_masked_gradients(sparsity):
+    """The sparse model's optimisation is plain BERT's, projected onto the pattern: same losses, same weights."""
+    head = "SparseBertForSequenceClassification"
+    model = build(head, sparsity=sparsity).eval()  # eval: no dropout, so both runs are deterministic
+    plain = model.to_dense().eval()
+    masks = {n: m.clone() for n, m in model.get_masks().items()}
+    plain_linears = dict(plain.named_modules())
+    for name, mask in masks.items():  # the plain model's gradients, masked by hand
+        plain_linears[name].weight.register_hook(lambda grad, mask=mask: grad * mask)
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1) for m in (model, plain)]
+    inputs, labels = dummy_inputs(head), torch.tensor([0, 2])
+    for _ in range(4):
+        losses = []
+        for m, optimizer in zip((model, plain), optimizers):
+            loss = m(**inputs, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
+    trained = plain.state_dict()
+    for key, value in model.to_dense().state_dict().items():
+        assert torch.allclose(value, trained[key], atol=1e-5), key
