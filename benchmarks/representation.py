@@ -9,7 +9,8 @@ BertForSequenceClassification's pooler reads) and of mean-pooled vectors. Values
 model maps different sentences to nearly the same vector. Also scores STS-B dev zero-shot (no
 fine-tuning): the Spearman correlation, ×100, between the cosine of the two sentences' mean-pooled
 vectors and the gold similarity, which is how MiniLM-L6 was trained to be used. It measures how much
-of the dense model's sentence knowledge survives pruning. Writes benchmarks/results/representation.json.
+of the dense model's sentence knowledge survives pruning; the `embeddings-only` row (mean of the
+input embeddings, no encoder layer; they are never pruned) is the floor word identity alone gives. Writes benchmarks/results/representation.json.
 """
 
 from __future__ import annotations
@@ -39,7 +40,17 @@ def main() -> int:
     sentences = load_glue("sst2", DEFAULT_DATA_DIR)["validation"]["text_a"][: args.sentences]
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_folder())
     batch = tokenizer(sentences, padding=True, truncation=True, max_length=64, return_tensors="pt")
-    models = {"dense": lambda: transformers.AutoModel.from_pretrained(minilm_folder())}
+    class EmbeddingsOnly(torch.nn.Module):
+        """The dense model's input embeddings, no encoder layer: the floor that word identity alone gives."""
+
+        def __init__(self):
+            super().__init__()
+            self.embeddings = transformers.AutoModel.from_pretrained(minilm_folder()).embeddings
+
+        def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+            return transformers.modeling_outputs.BaseModelOutput(last_hidden_state=self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids))
+
+    models = {"dense": lambda: transformers.AutoModel.from_pretrained(minilm_folder()), "embeddings-only": EmbeddingsOnly}
     for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
         folder = ROOT / "out" / recipe.stem / "model"
         if folder.is_dir():
