@@ -32,6 +32,7 @@ def main() -> int:
     import transformers
 
     from hf_sparse import SparseBertModel
+    from hf_sparse.distillation import sentence_vector  # the sentence vectors PrC contrasts
     from hf_sparse.tasks.glue import load_glue
     from hf_sparse.tasks.metrics import spearman
     from hf_sparse.upstream import DEFAULT_DATA_DIR, minilm_folder
@@ -58,13 +59,14 @@ def main() -> int:
     stsb = load_glue("stsb", DEFAULT_DATA_DIR)["validation"]
     pairs = [tokenizer(list(stsb[column]), padding=True, truncation=True, max_length=128, return_tensors="pt") for column in ("text_a", "text_b")]
 
+    def unit(vectors):
+        return torch.nn.functional.normalize(vectors, dim=-1)
+
     def mean_pooled(model, encoded, batch_size=128):
         vectors = []
         for start in range(0, encoded["input_ids"].shape[0], batch_size):
             chunk = {k: v[start : start + batch_size] for k, v in encoded.items()}
-            hidden = model(**chunk).last_hidden_state
-            mask = chunk["attention_mask"][..., None].float()
-            vectors.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+            vectors.append(unit(sentence_vector(model(**chunk).last_hidden_state, chunk["attention_mask"], "mean")))
         return torch.cat(vectors)
 
     upper = torch.triu(torch.ones(len(sentences), len(sentences), dtype=torch.bool), 1)
@@ -74,9 +76,8 @@ def main() -> int:
         with torch.no_grad():
             hidden = model(**batch).last_hidden_state
             cosines = (mean_pooled(model, pairs[0]) * mean_pooled(model, pairs[1])).sum(-1)
-        mask = batch["attention_mask"][..., None].float()
-        cls = torch.nn.functional.normalize(hidden[:, 0], dim=-1)
-        mean = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        cls = unit(sentence_vector(hidden, batch["attention_mask"], "cls"))
+        mean = unit(sentence_vector(hidden, batch["attention_mask"], "mean"))
         results[name] = {
             "cls_mean_pairwise_cosine": round(float((cls @ cls.T)[upper].mean()), 4),
             "meanpool_mean_pairwise_cosine": round(float((mean @ mean.T)[upper].mean()), 4),

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import yaml
 
-from .distillation import CONTRASTIVE_POOLINGS, DistillationConfig, DistillationTrainer
+from .distillation import DistillationConfig, DistillationTrainer, check_contrastive_pooling
 from .models.sparse_bert.modeling_sparse_bert import SparseBertForMaskedLM
 from .pruning import (
     BlockPruning,
@@ -94,9 +94,13 @@ class UpstreamRecipe:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown recipe settings {unknown}; known: {sorted(known)}")
-        if data.get("contrastive_pooling", "cls") not in CONTRASTIVE_POOLINGS:
-            raise ValueError(f"{path}: contrastive_pooling={data['contrastive_pooling']!r}; expected one of {CONTRASTIVE_POOLINGS}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
+
+    def __post_init__(self):
+        check_contrastive_pooling(self.contrastive_pooling)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)

@@ -162,13 +162,13 @@ def test_kd_on_a_single_output_is_mse_not_a_vanishing_kl():
 
 
 def test_mean_pooled_representation_ignores_padding_and_prc_reuses_the_teacher_pass():
-    from hf_sparse.distillation.trainer import _representation
+    from hf_sparse.distillation import sentence_vector
 
     hidden = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    pooled = _representation(hidden, mask, "mean")
+    pooled = sentence_vector(hidden, mask, "mean")
     assert torch.equal(pooled[0], hidden[0, :2].mean(0)) and torch.equal(pooled[1], hidden[1].mean(0))
-    assert torch.equal(_representation(hidden, mask, "cls"), hidden[:, 0])
+    assert torch.equal(sentence_vector(hidden, mask, "cls"), hidden[:, 0])
 
     student = build("SparseBertForSequenceClassification", sparsity=0.5)
     teacher = build("SparseBertForSequenceClassification", sparsity=0.0, seed=3).to_dense()

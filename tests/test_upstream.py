@@ -23,6 +23,9 @@ def test_recipe_yaml_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("final_sparsity: 0.9\nlearning_rat: 1e-4\n")
     with pytest.raises(ValueError, match=r"unknown recipe settings \['learning_rat'\]"):
         UpstreamRecipe.from_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "pool.yaml").write_text("prc_weight: 1.0\ncontrastive_pooling: max\n")
+    with pytest.raises(ValueError, match=r"pool.yaml: contrastive_pooling='max'; expected one of \('cls', 'mean'\)"):
+        UpstreamRecipe.from_yaml(tmp_path / "pool.yaml")
     with pytest.raises(ValueError, match="unknown pruning method 'random'"):
         UpstreamRecipe(method="random").pruning_method()
 

@@ -8,16 +8,18 @@ from .losses import (
     same_example_positives,
     same_label_positives,
 )
-from .trainer import CONTRASTIVE_POOLINGS, DistillationConfig, DistillationTrainer
+from .trainer import CONTRASTIVE_POOLINGS, DistillationConfig, DistillationTrainer, check_contrastive_pooling, sentence_vector
 
 __all__ = [
     "CONTRASTIVE_POOLINGS",
     "DistillationConfig",
     "DistillationTrainer",
     "attention_loss",
+    "check_contrastive_pooling",
     "contrastive_loss",
     "hidden_state_loss",
     "kd_loss",
     "same_example_positives",
     "same_label_positives",
+    "sentence_vector",
 ]

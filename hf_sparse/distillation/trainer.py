@@ -43,11 +43,21 @@ class DistillationConfig:
     max_snapshots: int = 3
     labelled_logits_only: bool = False  # MLM: logits only where labels != -100 (SparseBertForMaskedLM)
 
+    def __post_init__(self):
+        check_contrastive_pooling(self.contrastive_pooling)
+
 
 CONTRASTIVE_POOLINGS = ("cls", "mean")
 
 
-def _representation(last_hidden: torch.Tensor, attention_mask: Optional[torch.Tensor], pooling: str) -> torch.Tensor:
+def check_contrastive_pooling(pooling: str) -> str:
+    """Raises ValueError unless `pooling` is one that `sentence_vector` implements."""
+    if pooling not in CONTRASTIVE_POOLINGS:
+        raise ValueError(f"contrastive_pooling={pooling!r}; expected one of {CONTRASTIVE_POOLINGS}")
+    return pooling
+
+
+def sentence_vector(last_hidden: torch.Tensor, attention_mask: Optional[torch.Tensor], pooling: str) -> torch.Tensor:
     """Sentence vector from the last hidden layer: its [CLS] vector, or the mean over real tokens.
 
     Mean pooling is how sentence encoders such as all-MiniLM-L6-v2 were trained to represent a text,
@@ -89,8 +99,6 @@ class DistillationTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.distillation = distillation or DistillationConfig()
         cfg = self.distillation
-        if cfg.contrastive_pooling not in CONTRASTIVE_POOLINGS:
-            raise ValueError(f"contrastive_pooling={cfg.contrastive_pooling!r}: expected one of {CONTRASTIVE_POOLINGS}")
         needs_teacher = cfg.kd_weight or cfg.hidden_weight or cfg.attention_weight
         if needs_teacher and teacher is None:
             raise ValueError("kd/hidden/attention distillation needs a teacher model")
@@ -179,7 +187,7 @@ class DistillationTrainer(Trainer):
                 terms["attention"] = cfg.attention_weight * attention_loss(outputs.attentions, teacher_out.attentions, attention_mask)
         if cfg.prc_weight or cfg.snc_weight or cfg.fic_weight:
             def sentence(out):
-                return _representation(_last_hidden(out), attention_mask, cfg.contrastive_pooling)
+                return sentence_vector(_last_hidden(out), attention_mask, cfg.contrastive_pooling)
 
             anchors = sentence(outputs)
             batch = anchors.shape[0]

@@ -33,7 +33,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..distillation import CONTRASTIVE_POOLINGS, DistillationConfig, DistillationTrainer
+from ..distillation import DistillationConfig, DistillationTrainer, check_contrastive_pooling
 from ..models.sparse_bert.modeling_sparse_bert import (
     SparseBertForQuestionAnswering,
     SparseBertForSequenceClassification,
@@ -88,8 +88,7 @@ class FinetuneArguments:
             raise ValueError(f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
         if self.fic_weight and self.teacher is None:
             raise ValueError("fic_weight needs --teacher (the fine-tuned model FiC contrasts with)")
-        if self.contrastive_pooling not in CONTRASTIVE_POOLINGS:
-            raise ValueError(f"contrastive_pooling={self.contrastive_pooling!r}; expected one of {CONTRASTIVE_POOLINGS}")
+        check_contrastive_pooling(self.contrastive_pooling)
         if self.fic_weight and self.task in ("stsb", "squad"):
             raise ValueError("FiC uses same-label positives: it needs a classification task, not stsb / squad")
 
