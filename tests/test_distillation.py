@@ -178,11 +178,10 @@ def test_mean_pooled_representation_ignores_padding_and_prc_reuses_the_teacher_p
     student.train()
     losses = {}
     for pooling in ("cls", "mean"):
-        for separate in (False, True):  # PrC against the teacher's own pass vs a separate identical model
-            cfg = DistillationConfig(task_weight=0.0, kd_weight=1.0, prc_weight=1.0, contrastive_pooling=pooling)
-            trainer = DistillationTrainer(
-                model=student, args=args, teacher=teacher, pretrained=copy.deepcopy(teacher) if separate else None, distillation=cfg,
-            )
+        for separate in (False, True):  # PrC / FiC against the teacher's own pass vs separate identical models
+            cfg = DistillationConfig(task_weight=0.0, kd_weight=1.0, prc_weight=1.0, fic_weight=0.5, contrastive_pooling=pooling)
+            copies = dict(pretrained=copy.deepcopy(teacher), finetuned=copy.deepcopy(teacher)) if separate else {}
+            trainer = DistillationTrainer(model=student, args=args, teacher=teacher, distillation=cfg, **copies)
             torch.manual_seed(0)
             losses[pooling, separate] = trainer.compute_loss(student, batch)
         assert torch.allclose(losses[pooling, False], losses[pooling, True], atol=1e-6)

@@ -155,16 +155,15 @@ class DistillationTrainer(Trainer):
         labels = inputs.get("labels")
         extra = {"only_labelled_logits": True} if cfg.labelled_logits_only and labels is not None else {}
         outputs = model(**inputs, output_hidden_states=want_hidden or None, output_attentions=want_attn or None, **extra)
-        loss = outputs.loss * cfg.task_weight if (cfg.task_weight and outputs.loss is not None) else 0.0
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         attention_mask = inputs.get("attention_mask")
-        terms = {}
+        terms = {"task": outputs.loss * cfg.task_weight} if (cfg.task_weight and outputs.loss is not None) else {}
         teacher_out = None
+        # PrC / FiC against the teacher itself reuse the teacher's forward pass
+        contrasts_teacher = (cfg.prc_weight and self.pretrained is self.teacher) or (cfg.fic_weight and self.finetuned is self.teacher)
         if self.teacher is not None and (cfg.kd_weight or cfg.hidden_weight or cfg.attention_weight):
             with torch.no_grad():
-                # PrC against the teacher itself reuses this forward pass
-                reuse_for_prc = bool(cfg.prc_weight) and self.pretrained is self.teacher
-                flags = dict(output_hidden_states=(cfg.hidden_weight > 0 or reuse_for_prc) or None, output_attentions=want_attn or None)
+                flags = dict(output_hidden_states=(cfg.hidden_weight > 0 or contrasts_teacher) or None, output_attentions=want_attn or None)
                 if cfg.labelled_logits_only and labels is not None:  # the teacher's logits at the same positions only
                     base = getattr(self.teacher, self.teacher.base_model_prefix)
                     teacher_out = base(**model_inputs, **flags, return_dict=True)
@@ -189,18 +188,20 @@ class DistillationTrainer(Trainer):
             def sentence(out):
                 return sentence_vector(_last_hidden(out), attention_mask, cfg.contrastive_pooling)
 
+            def frozen_sentence(frozen):
+                if frozen is self.teacher and teacher_out is not None:
+                    return sentence(teacher_out)
+                return sentence(frozen(**model_inputs, output_hidden_states=True))
+
             anchors = sentence(outputs)
             batch = anchors.shape[0]
             with torch.no_grad():
                 if cfg.prc_weight:
-                    if teacher_out is not None and self.pretrained is self.teacher:
-                        prc = sentence(teacher_out)
-                    else:
-                        prc = sentence(self.pretrained(**model_inputs, output_hidden_states=True))
+                    prc = frozen_sentence(self.pretrained)
                 if cfg.snc_weight and self.snapshots:
-                    snc = torch.cat([sentence(s(**model_inputs, output_hidden_states=True)) for s in self.snapshots])
+                    snc = torch.cat([frozen_sentence(s) for s in self.snapshots])
                 if cfg.fic_weight:
-                    fic = sentence(self.finetuned(**model_inputs, output_hidden_states=True))
+                    fic = frozen_sentence(self.finetuned)
             t = cfg.contrastive_temperature
             if cfg.prc_weight:
                 terms["prc"] = cfg.prc_weight * contrastive_loss(anchors, prc, same_example_positives(batch, 1, anchors.device), t)
@@ -211,12 +212,11 @@ class DistillationTrainer(Trainer):
                 if labels is None or labels.dim() != 1:
                     raise ValueError("FiC needs one class label per example")
                 terms["fic"] = cfg.fic_weight * contrastive_loss(anchors, fic, same_label_positives(labels, labels), t)
-        task_term = {"task": outputs.loss * cfg.task_weight} if torch.is_tensor(outputs.loss) and cfg.task_weight else {}
-        for name, value in {**task_term, **terms}.items():  # averaged into the next training log as loss_<name>
+        loss = 0.0
+        for name, value in terms.items():  # each term is averaged into the next training log as loss_<name>
+            loss = loss + value
             self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach()
             self._term_counts[name] = self._term_counts.get(name, 0) + 1
-        for value in terms.values():
-            loss = loss + value
         if not torch.is_tensor(loss):
             raise ValueError("every loss term is disabled or unavailable: set task_weight or a distillation weight")
         return (loss, outputs) if return_outputs else loss
