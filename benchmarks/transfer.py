@@ -10,10 +10,12 @@ recipe, e.g. `upstream-sparsebert-90` = out/sparsebert_90/model), `prune-ft-<s>`
 fine-tuning, from dense: the downstream-pruning baseline), `prune-ft-structured-<s>` (s% of
 attention heads and FFN neurons removed during fine-tuning: compactable), `dense-layers-<n>` (the first n dense
 layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model of the
-same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware training. Every row of a task uses the same budget (TASK_BUDGETS:
+same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware training; `--bi-encoder` (stsb)
+fine-tunes a sentence-transformers bi-encoder instead of a cross-encoder (each sentence encoded alone, cosine of the
+mean-pooled vectors). Every row of a task uses the same budget (TASK_BUDGETS:
 epochs, examples, max length, learning rate), bf16 autocast on CPU, dynamic padding; `--learning-rate` overrides the
 task's rate, and the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-lr<lr>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ TASK_BUDGETS = {
     "squad": dict(epochs=1, max_train_samples=4000, learning_rate=1e-4, max_length=256),
 }
 TASK_ORDER = ["sst2", "mrpc", "stsb", "rte", "cola", "squad"]
+BI_ENCODER_LABEL = " (bi-encoder)"
 
 
 def upstream_row(recipe: str) -> str:
@@ -47,7 +50,9 @@ def upstream_row(recipe: str) -> str:
     return "upstream-" + (recipe.removeprefix("prune_ofa_") if recipe.startswith("prune_ofa_") else recipe.replace("_", "-"))
 
 
-def _row_arguments(row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None) -> list[str]:
+def _row_arguments(
+    row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False
+) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
     args: list[str] = []
@@ -78,6 +83,8 @@ def _row_arguments(row: str, task: str, seed: int, kd: bool, qat: bool = False, 
         args += ["--teacher", str(teacher)]
     if qat:
         args += ["--qat", "true"]
+    if bi_encoder:
+        args += ["--head", "bi-encoder"]
     budget = TASK_BUDGETS[task]
     lr = budget["learning_rate"] if learning_rate is None else learning_rate
     args += ["--task", task, "--num_train_epochs", str(budget["epochs"]), "--learning_rate", str(lr)]
@@ -102,20 +109,20 @@ def _warmup(fraction: float) -> list[str]:
     return ["--warmup_ratio", str(fraction)] if "warmup_ratio" in names else ["--warmup_steps", str(fraction)]
 
 
-def run(row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None) -> dict:
+def run(row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
     from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
 
     lr_tag = f"-lr{learning_rate:g}" if learning_rate is not None else ""
-    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}{lr_tag}_{task}_s{seed}"
-    argv = _row_arguments(row, task, seed, kd, qat, learning_rate) + ["--output_dir", str(MODELS / name)]
+    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}{'-bi' if bi_encoder else ''}{lr_tag}_{task}_s{seed}"
+    argv = _row_arguments(row, task, seed, kd, qat, learning_rate, bi_encoder) + ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
     results = run_finetune(finetune_args, training_args)
     results.update(
         row=row, kd=kd, qat=qat, learning_rate_override=learning_rate,
         command=f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else "") + (" --qat" if qat else "")
-        + (f" --learning-rate {learning_rate:g}" if learning_rate is not None else ""),
+        + (" --bi-encoder" if bi_encoder else "") + (f" --learning-rate {learning_rate:g}" if learning_rate is not None else ""),
     )
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -136,12 +143,17 @@ def write_table() -> str:
     for file in sorted(RUNS.glob("*.json")):
         data = json.loads(file.read_text())
         label = data["row"] + (" + KD" if data["kd"] else "") + (" + QAT" if data.get("qat") else "")
+        if data.get("head", "cross-encoder") == "bi-encoder":
+            label += BI_ENCODER_LABEL
         if data.get("learning_rate_override") is not None:
             label += f" (lr {data['learning_rate_override']:g})"
         runs.setdefault((label, data["task"]), []).append(data)
     labels = sorted({label for label, _ in runs}, key=lambda l: (_row_sparsity(l.split(" ")[0]), l))
     tasks = [t for t in TASK_ORDER if any(task == t for _, task in runs)]
-    dense = {t: statistics.mean(r["score"] for r in runs[("dense", t)]) for t in tasks if ("dense", t) in runs}
+    dense = {  # each row is compared with the dense row of the same head
+        (head, t): statistics.mean(r["score"] for r in runs[("dense" + head, t)])
+        for head in ("", BI_ENCODER_LABEL) for t in tasks if ("dense" + head, t) in runs
+    }
 
     def cell(values: list[float], task: str) -> str:
         scale = [_percent(v, task) for v in values]
@@ -161,8 +173,9 @@ def write_table() -> str:
             nonzeros = entries[0]["encoder_nonzeros"]
             scores = [e["score"] for e in entries]
             cells.append(cell(scores, t))
-            if t in dense and dense[t] > 0:
-                ratios.append(statistics.mean(scores) / dense[t])
+            reference = dense.get((BI_ENCODER_LABEL if BI_ENCODER_LABEL in label else "", t))
+            if reference:
+                ratios.append(statistics.mean(scores) / reference)
         ratio = f"{100 * statistics.mean(ratios):.1f}% ({len(ratios)})" if ratios else "–"
         lines.append(f"| {label} | {nonzeros:,} | " + " | ".join(cells) + f" | {ratio} |")
     budget_lines = []
@@ -175,7 +188,10 @@ def write_table() -> str:
         )
     text = "\n".join(
         [
-            "Scores ×100 on the full dev sets (main metric in the header). MiniLM-L6, same budget for every row of a task:",
+            "Scores ×100 on the full dev sets (main metric in the header). MiniLM-L6, same budget for every row of a task. "
+            "Rows are cross-encoders (`BertForSequenceClassification`-style head on the joined pair) unless marked "
+            f"`{BI_ENCODER_LABEL.strip()}` (each sentence encoded alone, cosine of the mean-pooled vectors, sentence-transformers); "
+            "the last column compares each row with the dense row of the same head:",
             "",
             *lines,
             "",
@@ -228,13 +244,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")
     parser.add_argument("--qat", action="store_true", help="8-bit quantization-aware training (scores are INT8-simulated)")
+    parser.add_argument(
+        "--bi-encoder", action="store_true", help="bi-encoder head (stsb): sentences encoded alone, cosine score (sentence-transformers)"
+    )
     parser.add_argument("--learning-rate", type=float, help="override the task's learning rate (the row's label shows it)")
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
     if args.row:
         if not args.task:
             parser.error("--row needs --task")
-        results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate)
+        if args.bi_encoder and (args.kd or args.qat):
+            parser.error("--bi-encoder runs without --kd / --qat (not supported by the bi-encoder head yet)")
+        results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")

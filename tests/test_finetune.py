@@ -150,6 +150,7 @@ def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
         (["--task", "stsb", "--fic_weight", "1", "--teacher", "x"], "classification task"),
         (["--task", "mrpc", "--prune_method", "random"], "unknown prune_method"),
         (["--task", "mrpc", "--contrastive_pooling", "max"], "contrastive_pooling='max'"),
+        (["--task", "mrpc", "--head", "siamese"], "unknown head 'siamese'"),
     ],
 )
 def test_finetune_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):
@@ -163,3 +164,65 @@ def test_missing_task_files_are_named(checkpoints, tmp_path, capsys):
     argv = ["finetune", "--model", str(checkpoints / "upstream"), "--task", "rte", "--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "e")]
     assert main(argv) == 2
     assert "RTE" in capsys.readouterr().err
+
+
+# ---- bi-encoder head (sentence-transformers) ---------------------------------------------------------
+def test_bi_encoder_sparse_transfer_on_stsb(checkpoints, data_dir, tmp_path):
+    import hf_sparse.transfer.bi_encoder as bi
+    from sentence_transformers import SentenceTransformer
+    from hf_sparse.tasks.metrics import glue_metrics
+
+    out = tmp_path / "bi"
+    results = finetune(checkpoints, data_dir, out, "--model", str(checkpoints / "upstream"), "--task", "stsb", "--head", "bi-encoder")
+    assert results["mode"] == "sparse-transfer+bi-encoder" and results["head"] == "bi-encoder"
+    assert results["pattern_verified"] and results["sparsity"] == pytest.approx(0.8, abs=0.02)
+    assert results["train_examples"] == 24 and results["steps"] == 6
+    assert set(results["metrics"]) >= {"pearson", "spearmanr", "combined"} and results["score"] == results["metrics"]["combined"]
+
+    # the saved folder is a sentence-transformers model whose encoder kept the upstream pattern,
+    # and it scores the dev set exactly as reported
+    saved = SentenceTransformer(str(out / "model"), device="cpu")
+    encoder = bi.unwrap_model(saved)
+    assert type(encoder).__name__ == "SparseBertModel"
+    assert mask_drift(saved, reference_masks(checkpoints / "upstream")) == []
+    dev = bi._pairs(bi.load_glue("stsb", str(data_dir))["validation"])
+    scores = bi.sentence_pair_scores(saved, list(dev["sentence1"]), list(dev["sentence2"]))
+    assert glue_metrics("stsb", scores.numpy(), dev["score"])["combined"] == pytest.approx(results["score"], abs=1e-5)
+
+
+def test_bi_encoder_dense_and_fewer_layers(checkpoints, data_dir, tmp_path):
+    dense = finetune(checkpoints, data_dir, tmp_path / "d", "--model", str(checkpoints / "dense"), "--task", "stsb", "--head", "bi-encoder")
+    assert dense["mode"] == "dense+bi-encoder" and dense["sparsity"] is None and not dense["pattern_verified"]
+    assert dense["encoder_nonzeros"] == 2 * (4 * 36 * 36 + 2 * 36 * 37)
+    short = finetune(
+        checkpoints, data_dir, tmp_path / "l1", "--model", str(checkpoints / "dense"), "--task", "stsb", "--head", "bi-encoder", "--num_layers", "1"
+    )
+    assert short["mode"] == "dense+layers=1+bi-encoder" and short["encoder_nonzeros"] == 4 * 36 * 36 + 2 * 36 * 37
+
+
+def test_lock_finds_the_sparse_encoder_inside_a_sentence_transformer(checkpoints):
+    from hf_sparse.transfer.bi_encoder import build_bi_encoder
+
+    model, sparse = build_bi_encoder(str(checkpoints / "upstream"), max_length=32)
+    assert sparse
+    reference = reference_masks(checkpoints / "upstream")
+    assert mask_drift(model, reference) == []
+    layer = model[0].auto_model.encoder.layer[0].attention.self.query
+    with torch.no_grad():
+        layer.weight[~layer.weight_mask] = 1.0
+    assert mask_drift(model, reference) == ["encoder.layer.0.attention.self.query: %d pruned weights are not zero" % int((~layer.weight_mask).sum())]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--task", "mrpc"], "supports stsb"),
+        (["--task", "stsb", "--teacher", "x"], "does not support teacher"),
+        (["--task", "stsb", "--qat", "true"], "does not support qat"),
+    ],
+)
+def test_bi_encoder_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):
+    argv = ["finetune", "--model", str(checkpoints / "upstream"), "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "e"), "--head", "bi-encoder", *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "e" / "results.json").exists()

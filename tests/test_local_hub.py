@@ -103,7 +103,7 @@ def _tiny_tokenizer(folder: Path):
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]  # as conftest's tiny_tokenizer
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    return BertTokenizerFast(str(folder / "vocab.txt"))  # positional: transformers 5 ignores vocab_file=
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,17 @@ class MaskDriftError(RuntimeError):
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP / `torch.compile` / accelerate wrappers."""
+    """The model inside DDP / `torch.compile` / accelerate wrappers, or the one `SparseBert*` model inside
+    a composite model (a sentence-transformers `SentenceTransformer`, for example)."""
     while True:
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
         if inner is None or inner is model:
-            return model
+            break
         model = inner
+    if hasattr(model, "masked_linears"):
+        return model
+    sparse = [m for m in model.modules() if m is not model and hasattr(m, "masked_linears")]
+    return sparse[0] if len(sparse) == 1 else model
 
 
 def reference_masks(source: Union[str, os.PathLike, torch.nn.Module, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

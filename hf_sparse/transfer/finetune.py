@@ -6,7 +6,8 @@ Modes, chosen by the arguments:
   `num_layers` keeps only the first layers (the equal-non-zero dense baseline);
 - `prune_method`: prune at fine-tune time from a dense checkpoint (the downstream-pruning baseline);
 - `teacher`: distil from a fine-tuned model's logits (Prune OFA); `fic_weight`: CAP's FiC term;
-- `qat`: 8-bit quantization-aware training (evaluated with fake quantization on).
+- `qat`: 8-bit quantization-aware training (evaluated with fake quantization on);
+- `head="bi-encoder"`: sentence-transformers bi-encoder (each sentence alone, cosine score; `bi_encoder.py`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ PRUNE_METHODS = {
     "structured": lambda: StructuredPruning(("heads", "neurons")),  # target = fraction of heads and neurons
 }
 RESULTS_FILE = "results.json"
+HEADS = ("cross-encoder", "bi-encoder")
 
 
 @dataclass
@@ -68,6 +70,8 @@ class FinetuneArguments:
     temperature: float = field(default=2.0, metadata={"help": "KD temperature"})
     fic_weight: float = field(default=0.0, metadata={"help": "CAP FiC contrastive weight (needs --teacher; classification tasks)"})
     contrastive_pooling: str = field(default="cls", metadata={"help": "FiC's sentence vector: cls (CAP) or mean"})
+    head: str = field(default="cross-encoder", metadata={"help": f"{' | '.join(HEADS)}: one vector for the joined input, or "
+                      "each sentence encoded alone and pairs scored by cosine (sentence-transformers; stsb)"})
     qat: bool = field(default=False, metadata={"help": "8-bit quantization-aware training of the encoder linears"})
     prune_method: Optional[str] = field(default=None, metadata={"help": f"prune at fine-tune time: {', '.join(PRUNE_METHODS)}"})
     target_sparsity: float = field(default=0.9, metadata={"help": "final sparsity with --prune_method"})
@@ -89,6 +93,16 @@ class FinetuneArguments:
         if self.fic_weight and self.teacher is None:
             raise ValueError("fic_weight needs --teacher (the fine-tuned model FiC contrasts with)")
         check_contrastive_pooling(self.contrastive_pooling)
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; known: {', '.join(HEADS)}")
+        if self.head == "bi-encoder":
+            from .bi_encoder import BI_ENCODER_TASKS
+
+            if self.task not in BI_ENCODER_TASKS:
+                raise ValueError(f"the bi-encoder head supports {', '.join(BI_ENCODER_TASKS)} (a score between two sentences), not {self.task!r}")
+            unsupported = [name for name, on in (("teacher", self.teacher), ("prune_method", self.prune_method), ("qat", self.qat)) if on]
+            if unsupported:
+                raise ValueError(f"the bi-encoder head does not support {', '.join(unsupported)} yet")
         if self.fic_weight and self.task in ("stsb", "squad"):
             raise ValueError("FiC uses same-label positives: it needs a classification task, not stsb / squad")
 
@@ -206,7 +220,12 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
     """Fine-tunes, evaluates on the full dev set (or `max_eval_samples`), saves the model and `results.json`.
 
     Returns the results dict. Raises `MaskDriftError` (nothing is saved) when a locked pattern changed.
+    `head="bi-encoder"` runs `bi_encoder.run_bi_encoder_finetune` instead.
     """
+    if args.head == "bi-encoder":
+        from .bi_encoder import run_bi_encoder_finetune
+
+        return run_bi_encoder_finetune(args, training_args)
     started = time.time()
     transformers.set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
@@ -259,18 +278,39 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
             raise MaskDriftError("sparsity pattern drifted: " + "; ".join(problems[:5]))
     qat_ranges = convert_qat(model) if args.qat else None
 
-    results = {
+    results = results_record(
+        args, training_args, trainer, train_output, metrics, model if sparse else None, model, upstream is not None,
+        n_examples=n_examples, n_features=len(train), max_length=max_length,
+        train_seconds=train_seconds, eval_seconds=eval_seconds, sparse_source=sparse_source,
+    )
+    if trainer.is_world_process_zero():
+        model.save_pretrained(output_dir / "model")
+        tokenizer.save_pretrained(output_dir / "model")
+        if qat_ranges:
+            (output_dir / "model" / QAT_RANGES_FILE).write_text(json.dumps(qat_ranges, indent=1))
+        write_results(output_dir, results)
+    return results
+
+
+def results_record(
+    args: FinetuneArguments, training_args: TrainingArguments, trainer, train_output, metrics: dict, sparse_model,
+    model, pattern_verified: bool, *, n_examples: int, n_features: int, max_length: int, train_seconds: float,
+    eval_seconds: float, sparse_source: bool,
+) -> dict:
+    """The `results.json` record of a run (what benchmarks/transfer.py collects)."""
+    return {
         "task": args.task,
         "model": args.model,
+        "head": args.head,
         "mode": _mode(args, sparse_source),
         "metrics": {k.removeprefix("eval_"): v for k, v in metrics.items() if k.startswith("eval_")},
         "score": _main_score(args.task, metrics),
         "main_metric": _main_metric(args.task),
-        "sparsity": round(model.sparsity(), 6) if sparse else None,
+        "sparsity": round(sparse_model.sparsity(), 6) if sparse_model is not None else None,
         "encoder_nonzeros": encoder_nonzeros(model),
-        "pattern_verified": upstream is not None,
+        "pattern_verified": pattern_verified,
         "train_examples": n_examples,
-        "train_features": len(train),  # SQuAD: context windows; GLUE: = train_examples
+        "train_features": n_features,  # SQuAD: context windows; GLUE: = train_examples
         "steps": train_output.global_step,
         "epochs": round(trainer.state.epoch or 0.0, 4),  # what was trained (max_steps can cut it short)
         "batch_size": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps,
@@ -284,21 +324,22 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "arguments": asdict(args),
     }
-    if trainer.is_world_process_zero():
-        model.save_pretrained(output_dir / "model")
-        tokenizer.save_pretrained(output_dir / "model")
-        if qat_ranges:
-            (output_dir / "model" / QAT_RANGES_FILE).write_text(json.dumps(qat_ranges, indent=1))
-        tmp = output_dir / (RESULTS_FILE + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, output_dir / RESULTS_FILE)
-    return results
+
+
+def write_results(output_dir: Path, results: dict) -> None:
+    """Writes `results.json` atomically (a temporary file, then a rename)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir / (RESULTS_FILE + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, output_dir / RESULTS_FILE)
 
 
 def _mode(args: FinetuneArguments, sparse_source: bool) -> str:
     parts = [f"prune-at-finetune:{args.prune_method}" if args.prune_method else ("sparse-transfer" if sparse_source else "dense")]
     if args.num_layers:
         parts.append(f"layers={args.num_layers}")
+    if args.head == "bi-encoder":
+        parts.append("bi-encoder")
     if args.teacher:
         parts.append("kd")
     if args.fic_weight:

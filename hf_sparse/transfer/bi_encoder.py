@@ -1,0 +1,146 @@
+"""Bi-encoder sparse transfer with sentence-transformers (`hf-sparse finetune --head bi-encoder`).
+
+Each sentence of a pair is encoded on its own and mean-pooled; the pair's score is the cosine of the
+two vectors, trained with `CosineSimilarityLoss` on `SentenceTransformerTrainer`. This is how
+MiniLM-L6 (all-MiniLM-L6-v2) was trained and is used, so it reads what an upstream run kept of the
+sentence vectors, which a cross-encoder head (one [CLS] vector for the joined pair) does not.
+The upstream pattern is locked as in the cross-encoder mode: `MaskedLinear` keeps pruned weights at
+zero, `SparsityCallback` checks it and the final masks are compared with the upstream ones before
+anything is written.
+
+The saved folder is a sentence-transformers model; `SentenceTransformer(folder)` loads it (with
+`import hf_sparse` for a sparse one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, TrainingArguments
+
+from ..tasks.glue import load_glue
+from ..tasks.metrics import glue_metrics
+from .callback import MaskDriftError, SparsityCallback, mask_drift, reference_masks, unwrap_model
+
+BI_ENCODER_TASKS = ("stsb",)  # similarity tasks: the label is a score between the two sentences
+_STSB_MAX_SCORE = 5.0
+
+
+def _sentence_transformers():
+    try:
+        import sentence_transformers
+    except ImportError as error:  # an optional extra
+        raise ImportError(
+            "the bi-encoder head needs sentence-transformers: pip install 'hf-sparse[sentence]'"
+        ) from error
+    return sentence_transformers
+
+
+def build_bi_encoder(model_path: str, max_length: int, num_layers: int | None = None):
+    """A `SentenceTransformer`: the checkpoint's encoder (sparse or plain BERT) + mean pooling.
+
+    Returns `(model, sparse)`; `sparse` tells whether the encoder carries masks.
+    """
+    st = _sentence_transformers()
+    config = AutoConfig.from_pretrained(model_path)
+    if config.model_type not in ("bert", "sparse_bert"):
+        raise ValueError(f"{model_path}: model_type {config.model_type!r}; hf-sparse fine-tunes bert and sparse_bert checkpoints")
+    config_kwargs = {}
+    if num_layers:
+        if config.model_type == "sparse_bert":
+            raise ValueError(f"{model_path} is already sparse: num_layers applies to dense checkpoints")
+        if not 1 <= num_layers <= config.num_hidden_layers:
+            raise ValueError(f"num_layers must be in 1..{config.num_hidden_layers}, got {num_layers}")
+        config_kwargs["num_hidden_layers"] = num_layers
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    encoder = Transformer(model_path, max_seq_length=max_length, config_kwargs=config_kwargs or None)
+    pooling = Pooling(config.hidden_size, "mean")
+    model = st.SentenceTransformer(modules=[encoder, pooling], device="cpu")
+    return model, hasattr(unwrap_model(model), "masked_linears")
+
+
+def sentence_pair_scores(model, first: list[str], second: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Cosine similarity of each pair's two sentence vectors."""
+    a = model.encode(first, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+    b = model.encode(second, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+    return torch.nn.functional.cosine_similarity(a.float(), b.float()).cpu()
+
+
+def _pairs(dataset):
+    from datasets import Dataset
+
+    return Dataset.from_dict({
+        "sentence1": list(dataset["text_a"]),
+        "sentence2": list(dataset["text_b"]),
+        "score": [float(x) / _STSB_MAX_SCORE for x in dataset["label"]],
+    })
+
+
+def sentence_training_arguments(training_args: TrainingArguments):
+    """The same settings as a `SentenceTransformerTrainingArguments` (what `SentenceTransformerTrainer` takes)."""
+    st = _sentence_transformers()
+    values = {f.name: getattr(training_args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+    return st.SentenceTransformerTrainingArguments(**values)
+
+
+def run_bi_encoder_finetune(args, training_args: TrainingArguments) -> dict:
+    """Fine-tunes a bi-encoder on `args.task` (stsb), evaluates on the full dev set, saves the model and
+    `results.json` (the same fields as the cross-encoder run, plus `head`). Raises `MaskDriftError`
+    (nothing is saved) when a locked pattern changed."""
+    from .finetune import _subset, results_record, write_results
+
+    if args.task not in BI_ENCODER_TASKS:
+        raise ValueError(f"the bi-encoder head supports {', '.join(BI_ENCODER_TASKS)}, not {args.task!r}")
+    st = _sentence_transformers()
+    started = time.time()
+    transformers.set_seed(training_args.seed)
+    max_length = args.max_length or 128
+    raw = load_glue(args.task, args.data_dir)
+    train = _pairs(_subset(raw["train"], args.max_train_samples, training_args.seed, shuffle=True))
+    dev = _pairs(_subset(raw["validation"], args.max_eval_samples, training_args.seed, shuffle=False))
+
+    model, sparse = build_bi_encoder(args.model, max_length, args.num_layers)
+    upstream = reference_masks(model) if sparse else None
+    trainer = st.SentenceTransformerTrainer(
+        model=model,
+        args=sentence_training_arguments(training_args),
+        train_dataset=train,
+        loss=_cosine_similarity_loss(model),
+        callbacks=[SparsityCallback(reference=upstream)] if sparse else [],
+    )
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_seconds = time.time() - started
+
+    eval_started = time.time()
+    model.eval()
+    with torch.no_grad():
+        scores = sentence_pair_scores(model, list(dev["sentence1"]), list(dev["sentence2"]), training_args.per_device_eval_batch_size)
+    metrics = {f"eval_{k}": v for k, v in glue_metrics(args.task, scores.numpy(), dev["score"]).items()}
+    eval_seconds = time.time() - eval_started
+
+    if upstream is not None:
+        problems = mask_drift(model, upstream)
+        if problems:
+            raise MaskDriftError("sparsity pattern drifted: " + "; ".join(problems[:5]))
+    results = results_record(
+        args, training_args, trainer, train_output, metrics, unwrap_model(model) if sparse else None, model, upstream is not None,
+        n_examples=len(train), n_features=len(train), max_length=max_length,
+        train_seconds=train_seconds, eval_seconds=eval_seconds, sparse_source=sparse,
+    )
+    results["versions"]["sentence_transformers"] = st.__version__
+    if trainer.is_world_process_zero():
+        output_dir = Path(training_args.output_dir)
+        model.save(str(output_dir / "model"))
+        write_results(output_dir, results)
+    return results
+
+
+def _cosine_similarity_loss(model):
+    from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
+
+    return CosineSimilarityLoss(model)
