@@ -9,7 +9,7 @@ benchmarks/upstream.py, pattern locked), `upstream-<recipe>-<s>` (the same from 
 recipe, e.g. `upstream-sparsebert-90` = out/sparsebert_90/model), `prune-ft-<s>` (magnitude pruning to s% during
 fine-tuning, from dense: the downstream-pruning baseline), `prune-ft-structured-<s>` (s% of
 attention heads and FFN neurons removed during fine-tuning: compactable), `dense-layers-<n>` (the first n dense
-layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model of the
+layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model (same head) of the
 same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware training; `--bi-encoder` (stsb)
 fine-tunes a sentence-transformers bi-encoder instead of a cross-encoder (each sentence encoded alone, cosine of the
 mean-pooled vectors). Every row of a task uses the same budget (TASK_BUDGETS:
@@ -77,9 +77,10 @@ def _row_arguments(
     else:
         raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft-<s>, prune-ft-structured-<s>, dense-layers-<n>")
     if kd:
-        teacher = MODELS / f"dense_{task}_s1" / "model"
+        teacher = MODELS / f"dense{'-bi' if bi_encoder else ''}_{task}_s1" / "model"
         if not teacher.is_dir():
-            raise SystemExit(f"{teacher} is missing: run `python benchmarks/transfer.py --row dense --task {task} --seed 1` first")
+            bi = " --bi-encoder" if bi_encoder else ""
+            raise SystemExit(f"{teacher} is missing: run `python benchmarks/transfer.py --row dense --task {task} --seed 1{bi}` first")
         args += ["--teacher", str(teacher)]
     if qat:
         args += ["--qat", "true"]
@@ -253,8 +254,8 @@ def main() -> int:
     if args.row:
         if not args.task:
             parser.error("--row needs --task")
-        if args.bi_encoder and (args.kd or args.qat):
-            parser.error("--bi-encoder runs without --kd / --qat (not supported by the bi-encoder head yet)")
+        if args.bi_encoder and args.qat:
+            parser.error("--bi-encoder runs without --qat (not supported by the bi-encoder head yet)")
         results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:

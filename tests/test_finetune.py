@@ -200,6 +200,38 @@ def test_bi_encoder_dense_and_fewer_layers(checkpoints, data_dir, tmp_path):
     assert short["mode"] == "dense+layers=1+bi-encoder" and short["encoder_nonzeros"] == 4 * 36 * 36 + 2 * 36 * 37
 
 
+def test_bi_encoder_kd_from_a_dense_bi_encoder(checkpoints, data_dir, tmp_path):
+    from hf_sparse.transfer.bi_encoder import _cosine_similarity_loss, build_bi_encoder
+
+    finetune(checkpoints, data_dir, tmp_path / "teacher", "--model", str(checkpoints / "dense"), "--task", "stsb", "--head", "bi-encoder")
+    teacher_dir = str(tmp_path / "teacher" / "model")
+    kd = finetune(
+        checkpoints, data_dir, tmp_path / "kd", "--model", str(checkpoints / "upstream"), "--task", "stsb", "--head", "bi-encoder",
+        "--teacher", teacher_dir,
+    )
+    assert kd["mode"] == "sparse-transfer+bi-encoder+kd" and kd["pattern_verified"]
+
+    # the loss: task MSE on the labels + KD MSE between the student's and the teacher's cosine
+    student, _ = build_bi_encoder(str(checkpoints / "upstream"), max_length=32)
+    twin, _ = build_bi_encoder(str(checkpoints / "upstream"), max_length=32)
+    from sentence_transformers import SentenceTransformer
+
+    teacher = SentenceTransformer(teacher_dir, device="cpu")
+    texts = (["w1 w2 w3", "w4 w5 w6 w7", "w8"], ["w1 w3", "w9 w10", "w8 w11 w12"])
+    labels = torch.tensor([0.9, 0.1, 0.5])
+    features = [student.tokenize(t) for t in texts]
+    student.eval(), twin.eval()
+    with torch.no_grad():
+        cos = torch.cosine_similarity(*[student.encode(t, convert_to_tensor=True) for t in texts])
+        target = torch.cosine_similarity(*[teacher.encode(t, convert_to_tensor=True) for t in texts])
+        assert _cosine_similarity_loss(student, twin, task_weight=0.0)([dict(f) for f in features], labels) == 0  # student = teacher
+        loss = _cosine_similarity_loss(student, teacher, task_weight=1.0, kd_weight=0.5)([dict(f) for f in features], labels)
+    expected = torch.mean((cos - labels) ** 2) + 0.5 * torch.mean((cos - target) ** 2)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert all(p.requires_grad for p in student.parameters())
+
+
 def test_lock_finds_the_sparse_encoder_inside_a_sentence_transformer(checkpoints):
     from hf_sparse.transfer.bi_encoder import build_bi_encoder
 
@@ -217,7 +249,7 @@ def test_lock_finds_the_sparse_encoder_inside_a_sentence_transformer(checkpoints
     "extra, message",
     [
         (["--task", "mrpc"], "supports stsb"),
-        (["--task", "stsb", "--teacher", "x"], "does not support teacher"),
+        (["--task", "stsb", "--teacher", "x"], "not a sentence-transformers folder"),
         (["--task", "stsb", "--qat", "true"], "does not support qat"),
     ],
 )

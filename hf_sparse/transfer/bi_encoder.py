@@ -1,7 +1,8 @@
 """Bi-encoder sparse transfer with sentence-transformers (`hf-sparse finetune --head bi-encoder`).
 
 Each sentence of a pair is encoded on its own and mean-pooled; the pair's score is the cosine of the
-two vectors, trained with `CosineSimilarityLoss` on `SentenceTransformerTrainer`. This is how
+two vectors, trained with `CosineSimilarityLoss` on `SentenceTransformerTrainer`; with a teacher (a
+fine-tuned dense bi-encoder), the MSE between the student's and the teacher's cosine is added (KD). This is how
 MiniLM-L6 (all-MiniLM-L6-v2) was trained and is used, so it reads what an upstream run kept of the
 sentence vectors, which a cross-encoder head (one [CLS] vector for the joined pair) does not.
 The upstream pattern is locked as in the cross-encoder mode: `MaskedLinear` keeps pruned weights at
@@ -105,12 +106,13 @@ def run_bi_encoder_finetune(args, training_args: TrainingArguments) -> dict:
     dev = _pairs(_subset(raw["validation"], args.max_eval_samples, training_args.seed, shuffle=False))
 
     model, sparse = build_bi_encoder(args.model, max_length, args.num_layers)
+    teacher = load_bi_encoder_teacher(args.teacher, model) if args.teacher else None
     upstream = reference_masks(model) if sparse else None
     trainer = st.SentenceTransformerTrainer(
         model=model,
         args=sentence_training_arguments(training_args),
         train_dataset=train,
-        loss=_cosine_similarity_loss(model),
+        loss=_cosine_similarity_loss(model, teacher, args.task_weight, args.kd_weight),
         callbacks=[SparsityCallback(reference=upstream)] if sparse else [],
     )
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -140,7 +142,42 @@ def run_bi_encoder_finetune(args, training_args: TrainingArguments) -> dict:
     return results
 
 
-def _cosine_similarity_loss(model):
+def _cosine_similarity_loss(model, teacher=None, task_weight: float = 1.0, kd_weight: float = 1.0):
     from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
 
-    return CosineSimilarityLoss(model)
+    if teacher is None:
+        return CosineSimilarityLoss(model)
+
+    class CosineDistillationLoss(CosineSimilarityLoss):
+        """`CosineSimilarityLoss` on the labels plus Prune OFA's KD on the output: the MSE between the
+        student's cosine and a frozen dense teacher's cosine for the same pair."""
+
+        def __init__(self):
+            super().__init__(model)
+            self._teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, so never trained or saved
+
+        def forward(self, sentence_features, labels):
+            features = list(sentence_features)
+            with torch.no_grad():
+                frozen = [self._teacher[0](dict(f))["sentence_embedding"] for f in features]
+            student = [self.model(f)["sentence_embedding"] for f in features]
+            score = torch.cosine_similarity(student[0], student[1])
+            target = torch.cosine_similarity(frozen[0], frozen[1]).to(score.dtype)
+            task = self.loss_fct(score, labels.float().view(-1))
+            kd = self.loss_fct(score, target)
+            return task_weight * task + kd_weight * kd
+
+    return CosineDistillationLoss()
+
+
+def load_bi_encoder_teacher(path: str, student):
+    """A fine-tuned bi-encoder (a `finetune --head bi-encoder` output folder) to distil from; it must
+    tokenize as the student does, since both read the student's batches."""
+    st = _sentence_transformers()
+    if not (Path(path) / "modules.json").is_file():
+        raise ValueError(f"{path}: not a sentence-transformers folder (no modules.json); the bi-encoder's teacher is the "
+                         "`model` folder of a `finetune --head bi-encoder` run")
+    teacher = st.SentenceTransformer(path, device="cpu")
+    if teacher[0].tokenizer.get_vocab() != student[0].tokenizer.get_vocab():
+        raise ValueError(f"{path}: the teacher's tokenizer vocabulary differs from the student's {student[0].tokenizer.name_or_path}")
+    return teacher

@@ -100,7 +100,7 @@ class FinetuneArguments:
 
             if self.task not in BI_ENCODER_TASKS:
                 raise ValueError(f"the bi-encoder head supports {', '.join(BI_ENCODER_TASKS)} (a score between two sentences), not {self.task!r}")
-            unsupported = [name for name, on in (("teacher", self.teacher), ("prune_method", self.prune_method), ("qat", self.qat)) if on]
+            unsupported = [name for name, on in (("prune_method", self.prune_method), ("qat", self.qat)) if on]
             if unsupported:
                 raise ValueError(f"the bi-encoder head does not support {', '.join(unsupported)} yet")
         if self.fic_weight and self.task in ("stsb", "squad"):
