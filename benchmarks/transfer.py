@@ -220,15 +220,17 @@ def _plot(runs, tasks) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for t in tasks:
+    series = [(t, t, r"upstream-\d+ \+ KD", "dense", "-") for t in tasks]
+    series += [(t, f"{t} bi-encoder", rf"upstream-\d+{re.escape(BI_ENCODER_LABEL)}", "dense" + BI_ENCODER_LABEL, "--") for t in tasks]
+    for t, name, sparse_label, dense_label, style in series:
         points = sorted(
             (_row_sparsity(label.split(" ")[0]) * 100, _percent(statistics.mean(r["score"] for r in rs), task))
             for (label, task), rs in runs.items()
-            if task == t and (re.fullmatch(r"upstream-\d+ \+ KD", label) or label == "dense")
+            if task == t and (re.fullmatch(sparse_label, label) or label == dense_label)
         )
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=t)
-    ax.set_xlabel("encoder sparsity (%)  [dense, then Prune-OFA upstream-sparse + KD]")
+        if len(points) > 1 or (points and style == "-"):
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=name)
+    ax.set_xlabel("encoder sparsity (%)  [dense, then Prune-OFA upstream-sparse: + KD; bi-encoder: no KD]")
     ax.set_ylabel("dev score (main metric ×100)")
     ax.set_title("MiniLM-L6 sparse transfer")
     ax.grid(alpha=0.3)
