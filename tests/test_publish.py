@@ -139,6 +139,18 @@ def test_upstream_card_has_mlm_result_recipe_and_transfer_table(project, tmp_pat
     assert "upstream-90 + KD | mrpc" in card.text
 
 
+def test_card_keeps_cross_and_bi_encoder_rows_apart(project, tmp_path):
+    results = project / "benchmarks" / "results" / "transfer"
+    for head, suffix, score in (("cross-encoder", "", 0.2), ("bi-encoder", "-bi", 0.8)):
+        run = {"row": "upstream-90", "kd": True, "head": head, "task": "stsb", "seed": 1, "main_metric": "combined", "train_examples": 5749,
+               "epochs": 3, "metrics": {"combined": score}, "command": f"python benchmarks/transfer.py --row upstream-90 --task stsb --seed 1 --kd{suffix}"}
+        (results / f"upstream-90-kd{suffix}_stsb_s1.json").write_text(json.dumps(run))
+    entry = upstream_entry(transfer_results=["benchmarks/results/transfer/upstream-90-kd*_stsb_s*.json"])
+    card = ModelCard((assemble_repo(entry, project / "out" / "up", tmp_path / "repo", "org/tiny-90", project) / "README.md").read_text())
+    assert "| upstream-90 + KD | stsb | combined 20.00 | 1 |" in card.text
+    assert "| upstream-90 + KD (bi-encoder) | stsb | combined 80.00 | 1 |" in card.text
+
+
 @pytest.mark.parametrize(
     "entry, message",
     [

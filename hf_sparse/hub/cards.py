@@ -112,7 +112,8 @@ def transfer_summary(files: list[Path]) -> dict[str, dict]:
         for key in ("task", "metrics", "main_metric", "seed", "train_examples", "epochs"):
             if key not in data:
                 raise CardError(f"{file}: not a transfer results file (no {key!r})")
-        label = f"{data.get('row', data.get('mode'))}{' + KD' if data.get('kd') else ''}"
+        head = " (bi-encoder)" if data.get("head") == "bi-encoder" else ""  # files before heads existed are cross-encoders
+        label = f"{data.get('row', data.get('mode'))}{' + KD' if data.get('kd') else ''}{head}"
         group = groups.setdefault(
             f"{label}|{data['task']}",
             {"label": label, "task": data["task"], "metrics": {}, "seeds": [], "commands": [], "budget": data},
