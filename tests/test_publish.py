@@ -139,6 +139,37 @@ def test_upstream_card_has_mlm_result_recipe_and_transfer_table(project, tmp_pat
     assert "upstream-90 + KD | mrpc" in card.text
 
 
+def test_bi_encoder_repo_is_a_sentence_transformers_model_with_its_card(project, tmp_path):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from hf_sparse.transfer.bi_encoder import build_bi_encoder
+
+    model, _ = build_bi_encoder(str(project / "out" / "up"), max_length=32)
+    model.save(str(project / "out" / "bi"))
+    run = {"row": "upstream-90", "kd": False, "head": "bi-encoder", "task": "stsb", "seed": 1, "main_metric": "combined",
+           "train_examples": 5749, "epochs": 3, "metrics": {"pearson": 0.8, "spearmanr": 0.7, "combined": 0.75},
+           "command": "python benchmarks/transfer.py --row upstream-90 --task stsb --seed 1 --bi-encoder"}
+    (project / "benchmarks" / "results" / "transfer" / "upstream-90-bi_stsb_s1.json").write_text(json.dumps(run))
+    entry = ZooEntry(name="tiny-90-sts", kind="finetuned", task="stsb", model="out/bi", results=["benchmarks/results/transfer/upstream-90-bi_stsb_s*.json"])
+    folder = assemble_repo(entry, project / "out" / "bi", tmp_path / "repo", "org/tiny-90-sts", project)
+
+    card = ModelCard((folder / "README.md").read_text())
+    data = card.data.to_dict()
+    assert data["pipeline_tag"] == "sentence-similarity" and data["library_name"] == "sentence-transformers"
+    assert {"sentence-transformers", "sparse"} <= set(data["tags"])
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"pearson": 80.0, "spearmanr": 70.0, "combined": 75.0}
+    assert 'SentenceTransformer("org/tiny-90-sts")' in card.text and "AutoModelForMaskedLM" not in card.text
+    assert (folder / "modules.json").is_file() and (folder / "1_Pooling" / "config.json").is_file()
+    texts = ["w1 w2 w3", "w4 w5"]
+    again = SentenceTransformer(str(folder), device="cpu")
+    assert torch.equal(again.encode(texts, convert_to_tensor=True), model.eval().encode(texts, convert_to_tensor=True))
+
+    (project / "out" / "bi" / "modules.json").write_text(json.dumps([{"idx": 1, "name": "1", "path": "../up", "type": "x"}]))
+    with pytest.raises(PublishError, match="module path '../up' is not a folder inside"):
+        assemble_repo(entry, project / "out" / "bi", tmp_path / "repo2", "org/tiny-90-sts", project)
+
+
 def test_card_keeps_cross_and_bi_encoder_rows_apart(project, tmp_path):
     results = project / "benchmarks" / "results" / "transfer"
     for head, suffix, score in (("cross-encoder", "", 0.2), ("bi-encoder", "-bi", 0.8)):

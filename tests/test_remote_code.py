@@ -72,3 +72,41 @@ def test_trust_remote_code_without_hf_sparse(tmp_path, compacted):
     with torch.no_grad():
         expected = model(**inputs).logits
     assert torch.equal(load_file(str(tmp_path / "out.safetensors"))["logits"], expected)
+
+
+ST_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["hf_sparse"] = None  # any `import hf_sparse` now fails
+    import torch
+    from safetensors.torch import save_file
+    from sentence_transformers import SentenceTransformer
+
+    folder, out_file = sys.argv[1:3]
+    model = SentenceTransformer(folder, device="cpu", trust_remote_code=True)
+    save_file({"embeddings": model.encode(["w1 w2 w3", "w4 w5"], convert_to_tensor=True)}, out_file)
+    encoder = model[0].auto_model
+    print("RESULT " + json.dumps({"module": type(encoder).__module__, "class": type(encoder).__name__, "sparsity": encoder.sparsity()}))
+    """
+)
+
+
+def test_sentence_transformers_bi_encoder_loads_without_hf_sparse(tmp_path, tiny_tokenizer):
+    from hf_sparse.transfer.bi_encoder import build_bi_encoder
+
+    upstream = build("SparseBertForMaskedLM", sparsity=0.8, max_position_embeddings=128)
+    upstream.save_pretrained(tmp_path / "up")
+    tiny_tokenizer.save_pretrained(tmp_path / "up")
+    model, _ = build_bi_encoder(str(tmp_path / "up"), max_length=32)
+    model.save(str(tmp_path / "bi"))
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", ST_SCRIPT, str(tmp_path / "bi"), str(tmp_path / "out.safetensors")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(next(l for l in result.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    assert info["module"].startswith("transformers_modules.") and info["class"] == "SparseBertModel"
+    assert abs(info["sparsity"] - upstream.sparsity()) < 1e-9
+    expected = model.eval().encode(["w1 w2 w3", "w4 w5"], convert_to_tensor=True)
+    assert torch.equal(load_file(str(tmp_path / "out.safetensors"))["embeddings"], expected)

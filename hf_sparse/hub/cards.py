@@ -147,7 +147,7 @@ def _transfer_table(groups: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _eval_results(groups: dict[str, dict]) -> list:
+def _eval_results(groups: dict[str, dict], task_type: Optional[str] = None) -> list:
     from huggingface_hub import EvalResult
 
     results = []
@@ -157,7 +157,7 @@ def _eval_results(groups: dict[str, dict]) -> list:
         for metric, values in group["metrics"].items():
             results.append(
                 EvalResult(
-                    task_type="question-answering" if squad else "text-classification",
+                    task_type=task_type or ("question-answering" if squad else "text-classification"),
                     dataset_type="squad" if squad else "glue",
                     dataset_name="SQuAD v1.1" if squad else f"GLUE {task.upper()}",
                     dataset_config=None if squad else task,
@@ -219,7 +219,7 @@ def render_card(entry: ZooEntry, repo_id: str, root: str | Path, report: dict, e
     eval_results: list = []
     datasets: list[str] = []
     reproduce: list[str] = []
-    auto_class, pipeline_tag = "AutoModelForMaskedLM", "fill-mask"
+    auto_class, pipeline_tag, library = "AutoModelForMaskedLM", "fill-mask", "transformers"
     sparsity = report["global_sparsity"]
     if entry.kind == "upstream":
         tags += ["prune-once-for-all", "upstream-pruning"]
@@ -268,13 +268,25 @@ def render_card(entry: ZooEntry, repo_id: str, root: str | Path, report: dict, e
         tasks = sorted({g["task"] for g in groups.values()})
         if tasks != [entry.task]:
             raise CardError(f"{entry.name}: its results files cover tasks {tasks}, expected only {entry.task}")
-        eval_results = _eval_results(groups)
+        heads = {g["budget"].get("head", "cross-encoder") for g in groups.values()}
+        if len(heads) > 1:
+            raise CardError(f"{entry.name}: its results files mix heads {sorted(heads)}; a model has one")
+        bi_encoder = heads == {"bi-encoder"}
+        if bi_encoder:
+            pipeline_tag, library = "sentence-similarity", "sentence-transformers"
+            tags += ["sentence-transformers", "sentence-similarity"]
+        eval_results = _eval_results(groups, "sentence-similarity" if bi_encoder else None)
         results = "Dev-set results:\n\n" + _transfer_table(groups)
         reproduce = sorted({c for g in groups.values() for c in g["commands"] if c})
         summary = (
             f"A {sparsity:.0%}-sparse MiniLM-L6 fine-tuned on {entry.task.upper()} with its upstream sparsity pattern "
             "locked (sparse transfer, Prune Once for All); `+ KD` rows distil from a dense fine-tuned teacher."
         )
+        if bi_encoder:
+            summary += (
+                " It is a bi-encoder: each sentence is encoded alone and mean-pooled, and a pair is scored by the cosine "
+                "of the two vectors."
+            )
         method = _recipe_section(entry, root)
     else:
         tags += ["converted"]
@@ -298,7 +310,7 @@ def render_card(entry: ZooEntry, repo_id: str, root: str | Path, report: dict, e
         method = f"Converted with `hf-sparse convert {entry.source} <out>`; the checks of `hf-sparse inspect` passed."
         reproduce = [f"hf-sparse convert {entry.source} out/{entry.name}"]
     card_data = ModelCardData(
-        license=entry.license, base_model=entry.base_model, datasets=datasets or None, tags=tags, library_name="transformers",
+        license=entry.license, base_model=entry.base_model, datasets=datasets or None, tags=tags, library_name=library,
         pipeline_tag=pipeline_tag, model_name=entry.name, eval_results=eval_results or None,
     )
     sparsity_text = (
@@ -316,10 +328,34 @@ def render_card(entry: ZooEntry, repo_id: str, root: str | Path, report: dict, e
         sparsity=sparsity_text,
         method=method,
         repo_id=repo_id,
-        auto_class=auto_class,
+        usage=_usage_section(auto_class, repo_id, library == "sentence-transformers"),
         exports=_exports_section(exports, repo_id, auto_class.replace("Auto", "ORT")),
         limitations=_limitations(entry),
         reproduce="\n".join(f"- `{c}`" for c in reproduce if c) or "-",
+    )
+
+
+def _usage_section(auto_class: str, repo_id: str, sentence_transformers: bool) -> str:
+    if sentence_transformers:
+        return (
+            "A [sentence-transformers](https://sbert.net) model (encoder + mean pooling). With hf-sparse installed "
+            "(`pip install hf-sparse[sentence]`):\n\n```python\nimport hf_sparse  # registers the sparse_bert model type\n"
+            f'from sentence_transformers import SentenceTransformer\n\nmodel = SentenceTransformer("{repo_id}")\n'
+            'embeddings = model.encode(["A man is playing a guitar.", "Someone plays the guitar."])\n'
+            "print(model.similarity(embeddings[0], embeddings[1]))\n```\n\n"
+            "Without hf-sparse, the modeling code stored in this repository loads it (read it first: it is code you run):\n\n"
+            f'```python\nmodel = SentenceTransformer("{repo_id}", trust_remote_code=True)\n```\n\n'
+            "For runtimes that know nothing of masks, `hf-sparse convert --to-bert <folder> <out>` writes a plain BERT "
+            "encoder (zeros in the weights)."
+        )
+    return (
+        "With [hf-sparse](https://github.com/hf-sparse/hf-sparse) installed (`pip install hf-sparse`), the model loads like any other:\n\n"
+        f"```python\nimport hf_sparse  # registers the sparse_bert model type\nfrom transformers import {auto_class}, AutoTokenizer\n\n"
+        f'model = {auto_class}.from_pretrained("{repo_id}")\ntokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n```\n\n'
+        "Without hf-sparse, the modeling code stored in this repository loads it (read it first: it is code you run):\n\n"
+        f'```python\nfrom transformers import {auto_class}\n\nmodel = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)\n```\n\n'
+        "For runtimes that know nothing of masks, `hf-sparse convert --to-bert <folder> <out>` writes a plain BERT checkpoint "
+        "(zeros in the weights)."
     )
 
 
