@@ -200,7 +200,7 @@ def test_bi_encoder_dense_and_fewer_layers(checkpoints, data_dir, tmp_path):
     assert short["mode"] == "dense+layers=1+bi-encoder" and short["encoder_nonzeros"] == 4 * 36 * 36 + 2 * 36 * 37
 
 
-def test_bi_encoder_kd_from_a_dense_bi_encoder(checkpoints, data_dir, tmp_path):
+def test_bi_encoder_kd_from_a_dense_bi_encoder(checkpoints, data_dir, tmp_path, capsys):
     from hf_sparse.transfer.bi_encoder import _cosine_similarity_loss, build_bi_encoder
 
     finetune(checkpoints, data_dir, tmp_path / "teacher", "--model", str(checkpoints / "dense"), "--task", "stsb", "--head", "bi-encoder")
@@ -230,6 +230,15 @@ def test_bi_encoder_kd_from_a_dense_bi_encoder(checkpoints, data_dir, tmp_path):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert not any(p.requires_grad for p in teacher.parameters())
     assert all(p.requires_grad for p in student.parameters())
+
+    # a teacher folder naming code outside sentence_transformers is refused before anything is imported
+    (tmp_path / "teacher" / "model" / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "os.system"}]))
+    argv = ["finetune", "--model", str(checkpoints / "upstream"), "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "kd2"),
+            "--task", "stsb", "--head", "bi-encoder", "--teacher", teacher_dir]
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "modules outside sentence_transformers ['os.system']" in capsys.readouterr().err
+    assert not (tmp_path / "kd2" / "results.json").exists()
 
 
 def test_lock_finds_the_sparse_encoder_inside_a_sentence_transformer(checkpoints):

@@ -16,6 +16,7 @@ The saved folder is a sentence-transformers model; `SentenceTransformer(folder)`
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import torch
 import transformers
 from transformers import AutoConfig, TrainingArguments
 
-from ..tasks.glue import load_glue
+from ..tasks.glue import get_glue_task, load_glue
 from ..tasks.metrics import glue_metrics
 from .callback import MaskDriftError, SparsityCallback, mask_drift, reference_masks, unwrap_model
 
@@ -100,7 +101,7 @@ def run_bi_encoder_finetune(args, training_args: TrainingArguments) -> dict:
     st = _sentence_transformers()
     started = time.time()
     transformers.set_seed(training_args.seed)
-    max_length = args.max_length or 128
+    max_length = args.max_length or get_glue_task(args.task).max_length
     raw = load_glue(args.task, args.data_dir)
     train = _pairs(_subset(raw["train"], args.max_train_samples, training_args.seed, shuffle=True))
     dev = _pairs(_subset(raw["validation"], args.max_eval_samples, training_args.seed, shuffle=False))
@@ -174,10 +175,18 @@ def load_bi_encoder_teacher(path: str, student):
     """A fine-tuned bi-encoder (a `finetune --head bi-encoder` output folder) to distil from; it must
     tokenize as the student does, since both read the student's batches."""
     st = _sentence_transformers()
-    if not (Path(path) / "modules.json").is_file():
+    modules_file = Path(path) / "modules.json"
+    if not modules_file.is_file():
         raise ValueError(f"{path}: not a sentence-transformers folder (no modules.json); the bi-encoder's teacher is the "
                          "`model` folder of a `finetune --head bi-encoder` run")
-    teacher = st.SentenceTransformer(path, device="cpu")
+    try:
+        types = [module["type"] for module in json.loads(modules_file.read_text())]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{modules_file}: not a sentence-transformers modules list ({err})") from None
+    foreign = [t for t in types if not str(t).startswith("sentence_transformers.")]
+    if foreign:  # sentence-transformers would import these: code named by a file
+        raise ValueError(f"{modules_file}: modules outside sentence_transformers {foreign}; hf-sparse does not import code a model folder names")
+    teacher = st.SentenceTransformer(path, device="cpu", trust_remote_code=False)
     if teacher[0].tokenizer.get_vocab() != student[0].tokenizer.get_vocab():
         raise ValueError(f"{path}: the teacher's tokenizer vocabulary differs from the student's {student[0].tokenizer.name_or_path}")
     return teacher
