@@ -417,3 +417,56 @@ def test_zoo_exports_load_through_the_local_hub_with_the_cards_snippets(hub):
     torch.testing.assert_close(torch.tensor(info["ort"]), expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.tensor(info["ov"]), expected, atol=1e-5, rtol=0)
     assert info["ov_int8_shape"] == list(expected.shape)
+
+
+SENTENCE_MODEL = """
+    import json, sys
+    import hf_sparse
+    from huggingface_hub import ModelCard
+    from sentence_transformers import SentenceTransformer
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    repo = sys.argv[1]
+    try:
+        # revision="main": sentence-transformers 6 resolves the revision through model_info, which olah 0.5.4
+        # answers with 401 when no revision is given
+        model, quirk = SentenceTransformer(repo, device="cpu", revision="main"), None
+    except (RepositoryNotFoundError, OSError, ValueError) as err:
+        # olah 0.5.4 answers a missing file with 401 RepoNotFound instead of 404: the PEFT probe for
+        # adapter_config.json (transformers 4.57) and AutoProcessor's probes for optional processor files
+        # (transformers 5) then fail. Only those are tolerated; the files still come through the server.
+        text = str(err) + str(err.__cause__) + str(err.__context__)
+        quirk = next((q for q in ("adapter_config.json", "Unrecognized processing class") if q in text), None)
+        if quirk is None:
+            raise
+        model = SentenceTransformer(snapshot_download(repo, revision="main"), device="cpu")
+    card = ModelCard.load(repo)
+    print("RESULT " + json.dumps({"embeddings": model.encode(["w1 w2 w3", "w4 w5"]).tolist(), "class": type(model[0].auto_model).__name__,
+                                  "pipeline_tag": card.data.pipeline_tag, "library": card.data.library_name, "quirk": quirk}))
+"""
+
+
+def test_bi_encoder_publish_round_trip_with_sentence_transformers(hub):
+    """A bi-encoder zoo entry (a sentence-transformers folder) -> mirror -> SentenceTransformer("org/...") through olah."""
+    from hf_sparse.hub.cards import ZooEntry
+    from hf_sparse.hub.publish import build_and_publish
+    from hf_sparse.transfer.bi_encoder import build_bi_encoder
+
+    tmp = hub["tmp"] / "zoo-bi"
+    (tmp / "results").mkdir(parents=True)
+    build("SparseBertForMaskedLM", sparsity=0.8, seed=5).save_pretrained(tmp / "up")
+    _tiny_tokenizer(tmp).save_pretrained(tmp / "up")
+    model, _ = build_bi_encoder(str(tmp / "up"), max_length=32)
+    model.save(str(tmp / "model"))
+    run = {"row": "upstream-80", "kd": False, "head": "bi-encoder", "task": "stsb", "seed": 1, "main_metric": "combined",
+           "train_examples": 10, "epochs": 1, "metrics": {"combined": 0.5}, "command": "python benchmarks/transfer.py --row upstream-80 --task stsb --seed 1 --bi-encoder"}
+    (tmp / "results" / "run_s1.json").write_text(json.dumps(run))
+    entry = ZooEntry(name="tiny-sts", kind="finetuned", task="stsb", model="model", results=["results/run_*.json"])
+    assert build_and_publish(entry, "org/tiny-sts", tmp, local_mirror=str(hub["server"].mirrors_root)).committed
+
+    info = _run_child(hub, SENTENCE_MODEL, "org/tiny-sts")
+    assert info["class"] == "SparseBertModel" and info["pipeline_tag"] == "sentence-similarity" and info["library"] == "sentence-transformers"
+    expected = model.eval().encode(["w1 w2 w3", "w4 w5"], convert_to_tensor=True)
+    assert torch.equal(torch.tensor(info["embeddings"]), expected)
