@@ -151,7 +151,10 @@ def test_bi_encoder_repo_is_a_sentence_transformers_model_with_its_card(project,
            "train_examples": 5749, "epochs": 3, "metrics": {"pearson": 0.8, "spearmanr": 0.7, "combined": 0.75},
            "command": "python benchmarks/transfer.py --row upstream-90 --task stsb --seed 1 --bi-encoder"}
     (project / "benchmarks" / "results" / "transfer" / "upstream-90-bi_stsb_s1.json").write_text(json.dumps(run))
-    entry = ZooEntry(name="tiny-90-sts", kind="finetuned", task="stsb", model="out/bi", results=["benchmarks/results/transfer/upstream-90-bi_stsb_s*.json"])
+    dense = dict(run, row="dense", metrics={"pearson": 0.9, "spearmanr": 0.9, "combined": 0.9}, command="python benchmarks/transfer.py --row dense --task stsb --seed 1 --bi-encoder")
+    (project / "benchmarks" / "results" / "transfer" / "dense-bi_stsb_s1.json").write_text(json.dumps(dense))
+    entry = ZooEntry(name="tiny-90-sts", kind="finetuned", task="stsb", model="out/bi", results=["benchmarks/results/transfer/upstream-90-bi_stsb_s*.json"],
+                     transfer_results=["benchmarks/results/transfer/dense-bi_stsb_s*.json"])
     folder = assemble_repo(entry, project / "out" / "bi", tmp_path / "repo", "org/tiny-90-sts", project)
 
     card = ModelCard((folder / "README.md").read_text())
@@ -160,6 +163,8 @@ def test_bi_encoder_repo_is_a_sentence_transformers_model_with_its_card(project,
     assert {"sentence-transformers", "sparse"} <= set(data["tags"])
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"pearson": 80.0, "spearmanr": 70.0, "combined": 75.0}
     assert 'SentenceTransformer("org/tiny-90-sts")' in card.text and "AutoModelForMaskedLM" not in card.text
+    # the comparison rows are shown, never reported as this model's results
+    assert "(not this model):" in card.text and "| dense (bi-encoder) | stsb | pearson 90.00, spearmanr 90.00, combined 90.00 | 1 |" in card.text
     assert (folder / "modules.json").is_file() and (folder / "1_Pooling" / "config.json").is_file()
     texts = ["w1 w2 w3", "w4 w5"]
     again = SentenceTransformer(str(folder), device="cpu")

@@ -38,7 +38,7 @@ class ZooEntry:
     model: Optional[str] = None  # local checkpoint folder (built here, or where a converted one is written)
     task: Optional[str] = None  # finetuned: sst2 | cola | mrpc | rte | stsb | squad
     results: list = field(default_factory=list)  # globs of results files the card reports
-    transfer_results: list = field(default_factory=list)  # upstream: globs of fine-tuning results of this checkpoint
+    transfer_results: list = field(default_factory=list)  # upstream: fine-tuning results of this checkpoint; finetuned: comparison rows
     recipe: Optional[str] = None
     base_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     license: str = "apache-2.0"
@@ -278,6 +278,10 @@ def render_card(entry: ZooEntry, repo_id: str, root: str | Path, report: dict, e
         eval_results = _eval_results(groups, "sentence-similarity" if bi_encoder else None)
         results = "Dev-set results:\n\n" + _transfer_table(groups)
         reproduce = sorted({c for g in groups.values() for c in g["commands"] if c})
+        if entry.transfer_results:  # other models with the same budget: shown, not in the model-index
+            others = transfer_summary(_files(entry.transfer_results, root, "comparison", entry))
+            results += "\n\nFor comparison, fine-tuned with the same budget (not this model):\n\n" + _transfer_table(others)
+            reproduce += sorted({c for g in others.values() for c in g["commands"] if c})
         summary = (
             f"A {sparsity:.0%}-sparse MiniLM-L6 fine-tuned on {entry.task.upper()} with its upstream sparsity pattern "
             "locked (sparse transfer, Prune Once for All); `+ KD` rows distil from a dense fine-tuned teacher."
