@@ -170,9 +170,13 @@ def test_bi_encoder_repo_is_a_sentence_transformers_model_with_its_card(project,
     again = SentenceTransformer(str(folder), device="cpu")
     assert torch.equal(again.encode(texts, convert_to_tensor=True), model.eval().encode(texts, convert_to_tensor=True))
 
-    (project / "out" / "bi" / "modules.json").write_text(json.dumps([{"idx": 1, "name": "1", "path": "../up", "type": "x"}]))
-    with pytest.raises(PublishError, match="module path '../up' is not a folder inside"):
-        assemble_repo(entry, project / "out" / "bi", tmp_path / "repo2", "org/tiny-90-sts", project)
+    pooling = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
+    for module, message in (({"path": "../up", "type": pooling}, "module path '../up' is not a folder inside"),
+                            ({"path": "1_Pooling", "type": "evil.Module"}, r"modules outside sentence_transformers \['evil.Module'\]")):
+        (project / "out" / "bi" / "modules.json").write_text(json.dumps([{"idx": 1, "name": "1", **module}]))
+        with pytest.raises(PublishError, match=message):
+            assemble_repo(entry, project / "out" / "bi", tmp_path / "repo2", "org/tiny-90-sts", project)
+        assert not (tmp_path / "repo2").exists()
 
 
 def test_card_keeps_cross_and_bi_encoder_rows_apart(project, tmp_path):

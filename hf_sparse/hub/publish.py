@@ -11,7 +11,6 @@ from the `token` argument, `HF_TOKEN` or the `huggingface_hub` login, and is nev
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -63,28 +62,20 @@ def _check_repo_id(repo_id: str) -> None:
 
 def _sentence_transformers_folders(model_dir: Path) -> tuple[str, ...]:
     """The module folders (e.g. `1_Pooling`) a sentence-transformers model lists in its `modules.json`."""
-    modules_file = model_dir / "modules.json"
-    if not modules_file.is_file():
-        return ()
+    from ..transfer.bi_encoder import sentence_transformers_modules
+
     try:
-        paths = [module.get("path", "") for module in json.loads(modules_file.read_text())]
-    except (ValueError, AttributeError) as err:
-        raise PublishError(f"{modules_file}: not a sentence-transformers modules list ({err})") from None
-    folders = []
-    for path in paths:
-        if not path:
-            continue  # the module stored at the root (the encoder): copied with the root files
-        if Path(path).is_absolute() or ".." in Path(path).parts or not (model_dir / path).is_dir():
-            raise PublishError(f"{modules_file}: module path {path!r} is not a folder inside {model_dir}")
-        folders.append(path)
-    return tuple(folders)
+        modules = sentence_transformers_modules(model_dir)
+    except ValueError as err:
+        raise PublishError(str(err)) from None
+    return tuple(module["path"] for module in modules if module.get("path"))
 
 
 def assemble_repo(entry: ZooEntry, model_dir: str | Path, out_dir: str | Path, repo_id: str, root: str | Path) -> Path:
     """Writes the repository folder of `entry` (checkpoint at `model_dir`) to `out_dir`.
 
-    The card is rendered first, so a card that cannot be written honestly (`CardError`) stops the
-    run before anything is copied. Returns `out_dir`.
+    The card is rendered and a sentence-transformers `modules.json` checked first, so a card that cannot
+    be written honestly (`CardError`) or a bad module list stops the run before anything is copied. Returns `out_dir`.
     """
     from ..convert import inspect_checkpoint
 
@@ -97,11 +88,12 @@ def assemble_repo(entry: ZooEntry, model_dir: str | Path, out_dir: str | Path, r
         raise PublishError(f"{model_dir}: `hf-sparse inspect` checks failed: {failed}")
     exports = tuple(name for name in EXPORT_FOLDERS if (model_dir / name).is_dir())
     card = render_card(entry, repo_id, root, report, exports)
+    module_folders = _sentence_transformers_folders(model_dir)  # checked before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     for item in sorted(model_dir.iterdir()):
         if item.is_file() and item.suffix in _PUBLISHED_SUFFIXES and item.name not in _NEVER and item.name != "README.md":
             shutil.copy2(item, out_dir / item.name)
-    for name in exports + _sentence_transformers_folders(model_dir):
+    for name in exports + module_folders:
         shutil.copytree(model_dir / name, out_dir / name, dirs_exist_ok=True)
     if entry.recipe and not (out_dir / "recipe.yaml").exists():
         shutil.copy2(root / entry.recipe, out_dir / "recipe.yaml")

@@ -42,6 +42,28 @@ def _sentence_transformers():
     return sentence_transformers
 
 
+def sentence_transformers_modules(folder: str | Path) -> list[dict]:
+    """The modules a sentence-transformers folder lists in `modules.json`, checked: each `type` lies in the
+    `sentence_transformers` namespace (sentence-transformers imports what a type names, and hf-sparse never
+    imports code a file names) and each `path` is a folder inside `folder` (or empty: the folder itself).
+    Returns `[]` when there is no `modules.json`. Raises `ValueError` naming the file and the entry."""
+    modules_file = Path(folder) / "modules.json"
+    if not modules_file.is_file():
+        return []
+    try:
+        modules = json.loads(modules_file.read_text())
+        entries = [(str(module["type"]), str(module.get("path", ""))) for module in modules]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{modules_file}: not a sentence-transformers modules list ({err!r})") from None
+    foreign = [t for t, _ in entries if not t.startswith("sentence_transformers.")]
+    if foreign:
+        raise ValueError(f"{modules_file}: modules outside sentence_transformers {foreign}; hf-sparse does not import code a model folder names")
+    for _, path in entries:
+        if path and (Path(path).is_absolute() or ".." in Path(path).parts or not (Path(folder) / path).is_dir()):
+            raise ValueError(f"{modules_file}: module path {path!r} is not a folder inside {folder}")
+    return modules
+
+
 def build_bi_encoder(model_path: str, max_length: int, num_layers: int | None = None):
     """A `SentenceTransformer`: the checkpoint's encoder (sparse or plain BERT) + mean pooling.
 
@@ -175,17 +197,10 @@ def load_bi_encoder_teacher(path: str, student):
     """A fine-tuned bi-encoder (a `finetune --head bi-encoder` output folder) to distil from; it must
     tokenize as the student does, since both read the student's batches."""
     st = _sentence_transformers()
-    modules_file = Path(path) / "modules.json"
-    if not modules_file.is_file():
+    if not (Path(path) / "modules.json").is_file():
         raise ValueError(f"{path}: not a sentence-transformers folder (no modules.json); the bi-encoder's teacher is the "
                          "`model` folder of a `finetune --head bi-encoder` run")
-    try:
-        types = [module["type"] for module in json.loads(modules_file.read_text())]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{modules_file}: not a sentence-transformers modules list ({err})") from None
-    foreign = [t for t in types if not str(t).startswith("sentence_transformers.")]
-    if foreign:  # sentence-transformers would import these: code named by a file
-        raise ValueError(f"{modules_file}: modules outside sentence_transformers {foreign}; hf-sparse does not import code a model folder names")
+    sentence_transformers_modules(path)  # refuses modules that would import code from outside sentence_transformers
     teacher = st.SentenceTransformer(path, device="cpu", trust_remote_code=False)
     if teacher[0].tokenizer.get_vocab() != student[0].tokenizer.get_vocab():
         raise ValueError(f"{path}: the teacher's tokenizer vocabulary differs from the student's {student[0].tokenizer.name_or_path}")
