@@ -206,7 +206,40 @@ def write_table() -> str:
     from readme_block import update_readme_block
 
     update_readme_block("transfer-table", text + "\n\n![score vs sparsity](benchmarks/results/transfer.png)")
+    heads = stsb_heads_table(runs)
+    if heads:
+        update_readme_block("stsb-heads-table", heads)
     return text
+
+
+def stsb_heads_table(runs) -> str | None:
+    """STS-B Spearman ×100 of each checkpoint with no training (benchmarks/representation.py), as a
+    cross-encoder + KD, and as a bi-encoder without and with KD; None before any bi-encoder run."""
+    representation = RESULTS / "representation.json"
+    zero_shot = json.loads(representation.read_text())["results"] if representation.is_file() else {}
+    rows = sorted({label.split(" ")[0] for (label, task) in runs if task == "stsb" and BI_ENCODER_LABEL in label},
+                  key=lambda r: (_row_sparsity(r), r))
+    if not rows:
+        return None
+
+    def spearman(label: str) -> str:
+        entries = runs.get((label, "stsb"), [])
+        values = [100 * e["metrics"]["spearmanr"] for e in entries]
+        if not values:
+            return "–"
+        return f"{values[0]:.1f}" if len(values) == 1 else f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} ({len(values)})"
+
+    lines = ["| checkpoint | no training (zero-shot cosine) | cross-encoder + KD | bi-encoder | bi-encoder + KD |", "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        shot = zero_shot.get(row, {}).get("stsb_zero_shot_spearman")
+        lines.append(
+            f"| {row} | {'–' if shot is None else f'{shot:.1f}'} | {spearman(row + ' + KD') if row != 'dense' else spearman(row)} | "
+            f"{spearman(row + BI_ENCODER_LABEL)} | {spearman(row + ' + KD' + BI_ENCODER_LABEL)} |"
+        )
+    return (
+        "STS-B dev Spearman ×100 (mean ± std (seeds) where more than one seed ran; the dense row's cross-encoder "
+        "column is without KD: it is the teacher):\n\n" + "\n".join(lines)
+    )
 
 
 def runs_metric(runs, task) -> str:
