@@ -229,11 +229,15 @@ def stsb_heads_table(runs) -> str | None:
             return "–"
         return f"{values[0]:.1f}" if len(values) == 1 else f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} ({len(values)})"
 
+    def cross(row: str) -> str:  # + KD where it ran (the dense row is the teacher: never KD)
+        with_kd = spearman(row + " + KD")
+        return with_kd if with_kd != "–" else (spearman(row) + (" (no KD)" if row != "dense" and (row, "stsb") in runs else ""))
+
     lines = ["| checkpoint | no training (zero-shot cosine) | cross-encoder + KD | bi-encoder | bi-encoder + KD |", "|---|---:|---:|---:|---:|"]
     for row in rows:
         shot = zero_shot.get(row, {}).get("stsb_zero_shot_spearman")
         lines.append(
-            f"| {row} | {'–' if shot is None else f'{shot:.1f}'} | {spearman(row + ' + KD') if row != 'dense' else spearman(row)} | "
+            f"| {row} | {'–' if shot is None else f'{shot:.1f}'} | {cross(row)} | "
             f"{spearman(row + BI_ENCODER_LABEL)} | {spearman(row + ' + KD' + BI_ENCODER_LABEL)} |"
         )
     return (
