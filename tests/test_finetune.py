@@ -181,6 +181,8 @@ def test_bi_encoder_sparse_transfer_on_stsb(checkpoints, data_dir, tmp_path):
 
     # the saved folder is a sentence-transformers model whose encoder kept the upstream pattern,
     # and it scores the dev set exactly as reported
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".model-")) == []  # the staging folder is gone
+    assert (out / "model").stat().st_mode & 0o755 == 0o755  # not mkdtemp's private mode
     saved = SentenceTransformer(str(out / "model"), device="cpu")
     encoder = bi.unwrap_model(saved)
     assert type(encoder).__name__ == "SparseBertModel"

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import torch
 import transformers
 from transformers import AutoConfig, TrainingArguments
 
+from ..models.sparse_bert.modeling_sparse_bert import _publish_directory
 from ..tasks.glue import get_glue_task, load_glue
 from ..tasks.metrics import glue_metrics
 from .callback import MaskDriftError, SparsityCallback, mask_drift, reference_masks, unwrap_model
@@ -160,7 +163,13 @@ def run_bi_encoder_finetune(args, training_args: TrainingArguments) -> dict:
     results["versions"]["sentence_transformers"] = st.__version__
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
-        model.save(str(output_dir / "model"))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".model-", dir=output_dir))  # never a half-written model folder
+        try:
+            model.save(str(staging))
+            _publish_directory(staging, output_dir / "model")  # as SparseBert's save_pretrained moves its files in
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         write_results(output_dir, results)
     return results
 
