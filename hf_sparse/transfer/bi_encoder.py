@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig, TrainingArguments
+from transformers import TrainingArguments
 
 from ..models.sparse_bert.modeling_sparse_bert import _publish_directory
 from ..tasks.glue import get_glue_task, load_glue
@@ -72,17 +72,11 @@ def build_bi_encoder(model_path: str, max_length: int, num_layers: int | None = 
 
     Returns `(model, sparse)`; `sparse` tells whether the encoder carries masks.
     """
+    from .finetune import checked_config
+
     st = _sentence_transformers()
-    config = AutoConfig.from_pretrained(model_path)
-    if config.model_type not in ("bert", "sparse_bert"):
-        raise ValueError(f"{model_path}: model_type {config.model_type!r}; hf-sparse fine-tunes bert and sparse_bert checkpoints")
-    config_kwargs = {}
-    if num_layers:
-        if config.model_type == "sparse_bert":
-            raise ValueError(f"{model_path} is already sparse: num_layers applies to dense checkpoints")
-        if not 1 <= num_layers <= config.num_hidden_layers:
-            raise ValueError(f"num_layers must be in 1..{config.num_hidden_layers}, got {num_layers}")
-        config_kwargs["num_hidden_layers"] = num_layers
+    config = checked_config(model_path, num_layers)
+    config_kwargs = {"num_hidden_layers": num_layers} if num_layers else {}
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     encoder = Transformer(model_path, max_seq_length=max_length, config_kwargs=config_kwargs or None)

@@ -108,22 +108,29 @@ class FinetuneArguments:
 
 
 # ---- model loading ---------------------------------------------------------------------------------
+def checked_config(model: str, num_layers: Optional[int] = None, prune_method: Optional[str] = None):
+    """The checkpoint's config, checked: bert or sparse_bert, and `num_layers` / `prune_method` only on a dense one."""
+    config = AutoConfig.from_pretrained(model)
+    if config.model_type == "sparse_bert":
+        if prune_method or num_layers:
+            raise ValueError(f"{model} is already sparse: prune_method / num_layers apply to dense checkpoints")
+    elif config.model_type != "bert":
+        raise ValueError(f"{model}: model_type {config.model_type!r}; hf-sparse fine-tunes bert and sparse_bert checkpoints")
+    elif num_layers and not 1 <= num_layers <= config.num_hidden_layers:
+        raise ValueError(f"num_layers must be in 1..{config.num_hidden_layers}, got {num_layers}")
+    return config
+
+
 def load_model(args: FinetuneArguments, num_labels: int):
     """The model to fine-tune, whether it carries masks, and whether the checkpoint was sparse."""
-    config = AutoConfig.from_pretrained(args.model)
+    config = checked_config(args.model, args.num_layers, args.prune_method)
     squad = args.task == "squad"
     sparse_class = SparseBertForQuestionAnswering if squad else SparseBertForSequenceClassification
     dense_class = AutoModelForQuestionAnswering if squad else AutoModelForSequenceClassification
     head_kwargs = {"num_labels": 2 if squad else num_labels}  # QA heads need 2 (start, end)
     if config.model_type == "sparse_bert":
-        if args.prune_method or args.num_layers:
-            raise ValueError(f"{args.model} is already sparse: prune_method / num_layers apply to dense checkpoints")
         return sparse_class.from_pretrained(args.model, **head_kwargs), True, True
-    if config.model_type != "bert":
-        raise ValueError(f"{args.model}: model_type {config.model_type!r}; hf-sparse fine-tunes bert and sparse_bert checkpoints")
     if args.num_layers:
-        if not 1 <= args.num_layers <= config.num_hidden_layers:
-            raise ValueError(f"num_layers must be in 1..{config.num_hidden_layers}, got {args.num_layers}")
         head_kwargs["num_hidden_layers"] = args.num_layers
     if args.prune_method or args.qat:  # masks needed: start dense (all-ones masks)
         dense = dense_class.from_pretrained(args.model, **head_kwargs)
