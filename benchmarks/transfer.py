@@ -14,8 +14,8 @@ same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware tra
 fine-tunes a sentence-transformers bi-encoder instead of a cross-encoder (each sentence encoded alone, cosine of the
 mean-pooled vectors). Every row of a task uses the same budget (TASK_BUDGETS:
 epochs, examples, max length, learning rate), bf16 autocast on CPU, dynamic padding; `--learning-rate` overrides the
-task's rate, and the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
+task's rate and `--epochs` the task's epochs (a longer-budget row), and the row's label says so. Each run writes
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-ep<n>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def upstream_row(recipe: str) -> str:
 
 
 def _row_arguments(
-    row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False
+    row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
+    epochs: float | None = None,
 ) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
@@ -88,7 +89,7 @@ def _row_arguments(
         args += ["--head", "bi-encoder"]
     budget = TASK_BUDGETS[task]
     lr = budget["learning_rate"] if learning_rate is None else learning_rate
-    args += ["--task", task, "--num_train_epochs", str(budget["epochs"]), "--learning_rate", str(lr)]
+    args += ["--task", task, "--num_train_epochs", str(budget["epochs"] if epochs is None else epochs), "--learning_rate", str(lr)]
     if budget.get("max_train_samples"):
         args += ["--max_train_samples", str(budget["max_train_samples"])]
     if budget.get("max_length"):
@@ -110,20 +111,25 @@ def _warmup(fraction: float) -> list[str]:
     return ["--warmup_ratio", str(fraction)] if "warmup_ratio" in names else ["--warmup_steps", str(fraction)]
 
 
-def run(row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False) -> dict:
+def run(
+    row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
+    epochs: float | None = None,
+) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
     from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
 
     lr_tag = f"-lr{learning_rate:g}" if learning_rate is not None else ""
-    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}{'-bi' if bi_encoder else ''}{lr_tag}_{task}_s{seed}"
-    argv = _row_arguments(row, task, seed, kd, qat, learning_rate, bi_encoder) + ["--output_dir", str(MODELS / name)]
+    epochs_tag = f"-ep{epochs:g}" if epochs is not None else ""
+    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}{'-bi' if bi_encoder else ''}{lr_tag}{epochs_tag}_{task}_s{seed}"
+    argv = _row_arguments(row, task, seed, kd, qat, learning_rate, bi_encoder, epochs) + ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
     results = run_finetune(finetune_args, training_args)
     results.update(
-        row=row, kd=kd, qat=qat, learning_rate_override=learning_rate,
+        row=row, kd=kd, qat=qat, learning_rate_override=learning_rate, epochs_override=epochs,
         command=f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else "") + (" --qat" if qat else "")
-        + (" --bi-encoder" if bi_encoder else "") + (f" --learning-rate {learning_rate:g}" if learning_rate is not None else ""),
+        + (" --bi-encoder" if bi_encoder else "") + (f" --learning-rate {learning_rate:g}" if learning_rate is not None else "")
+        + (f" --epochs {epochs:g}" if epochs is not None else ""),
     )
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -148,6 +154,8 @@ def write_table() -> str:
             label += BI_ENCODER_LABEL
         if data.get("learning_rate_override") is not None:
             label += f" (lr {data['learning_rate_override']:g})"
+        if data.get("epochs_override") is not None:
+            label += f" ({data['epochs_override']:g} epochs)"
         runs.setdefault((label, data["task"]), []).append(data)
     labels = sorted({label for label, _ in runs}, key=lambda l: (_row_sparsity(l.split(" ")[0]), l))
     tasks = [t for t in TASK_ORDER if any(task == t for _, task in runs)]
@@ -181,8 +189,8 @@ def write_table() -> str:
         lines.append(f"| {label} | {nonzeros:,} | " + " | ".join(cells) + f" | {ratio} |")
     budget_lines = []
     for t in tasks:
-        example = next(r for (label, task), rs in runs.items() if task == t for r in rs[:1])
-        seconds = [r["train_seconds"] + r["eval_seconds"] for (label, task), rs in runs.items() if task == t for r in rs]
+        example = next(r for (label, task), rs in runs.items() if task == t and "epochs" not in label for r in rs[:1])
+        seconds = [r["train_seconds"] + r["eval_seconds"] for (label, task), rs in runs.items() if task == t and "epochs" not in label for r in rs]
         budget_lines.append(
             f"| {t} | {example['train_examples']:,} | {example['epochs']:g} | {example['max_length']} | {TASK_BUDGETS[t]['learning_rate']:g} | "
             f"{min(seconds) / 60:.1f}–{max(seconds) / 60:.1f} min |"
@@ -288,6 +296,7 @@ def main() -> int:
         "--bi-encoder", action="store_true", help="bi-encoder head (stsb): sentences encoded alone, cosine score (sentence-transformers)"
     )
     parser.add_argument("--learning-rate", type=float, help="override the task's learning rate (the row's label shows it)")
+    parser.add_argument("--epochs", type=float, help="override the task's epochs: a longer-budget row (the row's label shows it)")
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
     if args.row:
@@ -295,7 +304,7 @@ def main() -> int:
             parser.error("--row needs --task")
         if args.bi_encoder and args.qat:
             parser.error("--bi-encoder runs without --qat (not supported by the bi-encoder head yet)")
-        results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder)
+        results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")
