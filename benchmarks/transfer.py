@@ -14,8 +14,9 @@ same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware tra
 fine-tunes a sentence-transformers bi-encoder instead of a cross-encoder (each sentence encoded alone, cosine of the
 mean-pooled vectors). Every row of a task uses the same budget (TASK_BUDGETS:
 epochs, examples, max length, learning rate), bf16 autocast on CPU, dynamic padding; `--learning-rate` overrides the
-task's rate and `--epochs` the task's epochs (a longer-budget row), and the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-ep<n>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
+task's rate, `--head-learning-rate` sets the task head's own rate (pooler and classifier) and `--epochs` overrides the
+task's epochs (a longer-budget row); the row's label says so. Each run writes
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def upstream_row(recipe: str) -> str:
 
 def _row_arguments(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
-    epochs: float | None = None,
+    epochs: float | None = None, head_learning_rate: float | None = None,
 ) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
@@ -87,6 +88,8 @@ def _row_arguments(
         args += ["--qat", "true"]
     if bi_encoder:
         args += ["--head", "bi-encoder"]
+    if head_learning_rate is not None:
+        args += ["--head_learning_rate", str(head_learning_rate)]
     budget = TASK_BUDGETS[task]
     lr = budget["learning_rate"] if learning_rate is None else learning_rate
     args += ["--task", task, "--num_train_epochs", str(budget["epochs"] if epochs is None else epochs), "--learning_rate", str(lr)]
@@ -113,7 +116,7 @@ def _warmup(fraction: float) -> list[str]:
 
 def run(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
-    epochs: float | None = None,
+    epochs: float | None = None, head_learning_rate: float | None = None,
 ) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
@@ -121,14 +124,17 @@ def run(
 
     lr_tag = f"-lr{learning_rate:g}" if learning_rate is not None else ""
     epochs_tag = f"-ep{epochs:g}" if epochs is not None else ""
-    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}{'-bi' if bi_encoder else ''}{lr_tag}{epochs_tag}_{task}_s{seed}"
-    argv = _row_arguments(row, task, seed, kd, qat, learning_rate, bi_encoder, epochs) + ["--output_dir", str(MODELS / name)]
+    head_tag = f"-hlr{head_learning_rate:g}" if head_learning_rate is not None else ""
+    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}{'-bi' if bi_encoder else ''}{lr_tag}{head_tag}{epochs_tag}_{task}_s{seed}"
+    argv = _row_arguments(row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate) + ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
     results = run_finetune(finetune_args, training_args)
     results.update(
         row=row, kd=kd, qat=qat, learning_rate_override=learning_rate, epochs_override=epochs,
+        head_learning_rate_override=head_learning_rate,
         command=f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else "") + (" --qat" if qat else "")
         + (" --bi-encoder" if bi_encoder else "") + (f" --learning-rate {learning_rate:g}" if learning_rate is not None else "")
+        + (f" --head-learning-rate {head_learning_rate:g}" if head_learning_rate is not None else "")
         + (f" --epochs {epochs:g}" if epochs is not None else ""),
     )
     RUNS.mkdir(parents=True, exist_ok=True)
@@ -154,6 +160,8 @@ def write_table() -> str:
             label += BI_ENCODER_LABEL
         if data.get("learning_rate_override") is not None:
             label += f" (lr {data['learning_rate_override']:g})"
+        if data.get("head_learning_rate_override") is not None:
+            label += f" (head lr {data['head_learning_rate_override']:g})"
         if data.get("epochs_override") is not None:
             label += f" ({data['epochs_override']:g} epochs)"
         runs.setdefault((label, data["task"]), []).append(data)
@@ -296,6 +304,7 @@ def main() -> int:
         "--bi-encoder", action="store_true", help="bi-encoder head (stsb): sentences encoded alone, cosine score (sentence-transformers)"
     )
     parser.add_argument("--learning-rate", type=float, help="override the task's learning rate (the row's label shows it)")
+    parser.add_argument("--head-learning-rate", type=float, help="the task head's own learning rate (the row's label shows it)")
     parser.add_argument("--epochs", type=float, help="override the task's epochs: a longer-budget row (the row's label shows it)")
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
@@ -304,7 +313,7 @@ def main() -> int:
             parser.error("--row needs --task")
         if args.bi_encoder and args.qat:
             parser.error("--bi-encoder runs without --qat (not supported by the bi-encoder head yet)")
-        results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs)
+        results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs, args.head_learning_rate)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")

@@ -130,6 +130,51 @@ def test_qat_run_writes_ranges_and_keeps_pattern(checkpoints, data_dir, tmp_path
         assert torch.allclose(levels, levels.round(), atol=1e-3)
 
 
+def test_head_learning_rate_applies_to_the_head_only(checkpoints, data_dir, tmp_path):
+    from transformers import AutoConfig
+
+    def run(name, head_lr):
+        return finetune(
+            checkpoints, data_dir, tmp_path / name, "--model", str(checkpoints / "upstream"), "--task", "mrpc",
+            "--learning_rate", "0", "--head_learning_rate", head_lr, "--weight_decay", "0.1",
+        )
+
+    fast, slow = run("fast", "1e-2"), run("slow", "1e-9")
+    assert fast["pattern_verified"] and fast["arguments"]["head_learning_rate"] == 1e-2
+    upstream = SparseBertForSequenceClassification.from_pretrained(
+        checkpoints / "upstream", config=AutoConfig.from_pretrained(checkpoints / "upstream", num_labels=2)
+    ).state_dict()
+    fast_model = SparseBertForSequenceClassification.from_pretrained(tmp_path / "fast" / "model").state_dict()
+    slow_model = SparseBertForSequenceClassification.from_pretrained(tmp_path / "slow" / "model").state_dict()
+    body = [k for k in upstream if k.startswith(("bert.embeddings.", "bert.encoder."))]
+    assert body and all(torch.equal(fast_model[k], upstream[k]) for k in body)  # body rate 0: untouched, weight decay included
+    head = [k for k in fast_model if k.startswith(("bert.pooler.", "classifier."))]
+    assert len(head) == 4
+    # same seed, same initial head: only the head rate differs between the two runs
+    assert all((fast_model[k] - slow_model[k]).abs().max() > 1e-4 for k in head)
+    assert all((slow_model[k] - fast_model[k]).abs().max() < 1 for k in head)
+
+
+def test_head_optimizer_groups(checkpoints, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from hf_sparse.transfer.finetune import head_optimizer, is_head_parameter
+
+    model = SparseBertForSequenceClassification.from_pretrained(checkpoints / "upstream", num_labels=3)
+    args = TrainingArguments(str(tmp_path / "t"), learning_rate=1e-4, weight_decay=0.01, use_cpu=True, report_to=[])
+    optimizer = head_optimizer(Trainer(model=model, args=args), head_learning_rate=5e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(seen) == sorted(names.values())  # every trainable parameter exactly once
+    for group in optimizer.param_groups:
+        heads = {is_head_parameter(model, names[id(p)]) for p in group["params"]}
+        assert len(heads) == 1
+        assert group["lr"] == (5e-3 if heads.pop() else 1e-4)
+        assert group["weight_decay"] in (0.0, 0.01)
+        if group["weight_decay"]:
+            assert not any(names[id(p)].endswith("bias") or "LayerNorm" in names[id(p)] for p in group["params"])
+
+
 def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
     results = finetune(
         checkpoints, data_dir, tmp_path / "s", "--model", str(checkpoints / "upstream"), "--task", "squad",
@@ -151,6 +196,7 @@ def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
         (["--task", "mrpc", "--prune_method", "random"], "unknown prune_method"),
         (["--task", "mrpc", "--contrastive_pooling", "max"], "contrastive_pooling='max'"),
         (["--task", "mrpc", "--head", "siamese"], "unknown head 'siamese'"),
+        (["--task", "mrpc", "--head_learning_rate", "0"], "head_learning_rate must be > 0"),
     ],
 )
 def test_finetune_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):
@@ -262,6 +308,7 @@ def test_lock_finds_the_sparse_encoder_inside_a_sentence_transformer(checkpoints
         (["--task", "mrpc"], "supports stsb"),
         (["--task", "stsb", "--teacher", "x"], "not a sentence-transformers folder"),
         (["--task", "stsb", "--qat", "true"], "does not support qat"),
+        (["--task", "stsb", "--head_learning_rate", "1e-3"], "does not support head_learning_rate"),
     ],
 )
 def test_bi_encoder_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):

@@ -72,6 +72,8 @@ class FinetuneArguments:
     contrastive_pooling: str = field(default="cls", metadata={"help": "FiC's sentence vector: cls (CAP) or mean"})
     head: str = field(default="cross-encoder", metadata={"help": f"{' | '.join(HEADS)}: one vector for the joined input, or "
                       "each sentence encoded alone and pairs scored by cosine (sentence-transformers; stsb)"})
+    head_learning_rate: Optional[float] = field(default=None, metadata={"help": "learning rate of the task head (the pooler and "
+                                                 "classifier: every parameter outside the embeddings and encoder); default: --learning_rate"})
     qat: bool = field(default=False, metadata={"help": "8-bit quantization-aware training of the encoder linears"})
     prune_method: Optional[str] = field(default=None, metadata={"help": f"prune at fine-tune time: {', '.join(PRUNE_METHODS)}"})
     target_sparsity: float = field(default=0.9, metadata={"help": "final sparsity with --prune_method"})
@@ -100,9 +102,11 @@ class FinetuneArguments:
 
             if self.task not in BI_ENCODER_TASKS:
                 raise ValueError(f"the bi-encoder head supports {', '.join(BI_ENCODER_TASKS)} (a score between two sentences), not {self.task!r}")
-            unsupported = [name for name, on in (("prune_method", self.prune_method), ("qat", self.qat)) if on]
+            unsupported = [name for name, on in (("prune_method", self.prune_method), ("qat", self.qat), ("head_learning_rate", self.head_learning_rate)) if on]
             if unsupported:
                 raise ValueError(f"the bi-encoder head does not support {', '.join(unsupported)} yet")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(f"head_learning_rate must be > 0, got {self.head_learning_rate}")
         if self.fic_weight and self.task in ("stsb", "squad"):
             raise ValueError("FiC uses same-label positives: it needs a classification task, not stsb / squad")
 
@@ -223,6 +227,32 @@ def _total_steps(args: TrainingArguments, n_examples: int) -> int:
     return max(1, math.ceil(math.ceil(n_examples / per_step) * args.num_train_epochs))
 
 
+def is_head_parameter(model, name: str) -> bool:
+    """True for the task head's parameters: those outside the base model's embeddings and encoder (pooler, classifier)."""
+    prefix = model.base_model_prefix
+    return not name.startswith((f"{prefix}.embeddings.", f"{prefix}.encoder."))
+
+
+def head_optimizer(trainer: Trainer, head_learning_rate: float) -> torch.optim.Optimizer:
+    """The optimizer the trainer would build (`args.optim`, weight decay groups), with the task head's parameters
+    at `head_learning_rate`; the trainer's scheduler scales every group alike."""
+    model = trainer.model
+    decay = set(trainer.get_decay_parameter_names(model))
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((is_head_parameter(model, name), name in decay), []).append(param)
+    if not any(head for head, _ in groups):
+        raise ValueError(f"{type(model).__name__} has no trainable parameters outside its embeddings and encoder: no head to set a learning rate for")
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
+    param_groups = [
+        {"params": params, "weight_decay": trainer.args.weight_decay if decayed else 0.0,
+         "lr": head_learning_rate if head else trainer.args.learning_rate}
+        for (head, decayed), params in sorted(groups.items())
+    ]
+    return optimizer_cls(param_groups, **kwargs)
+
+
 def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> dict:
     """Fine-tunes, evaluates on the full dev set (or `max_eval_samples`), saves the model and `results.json`.
 
@@ -272,6 +302,8 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
         trainer = DistillationTrainer(teacher=teacher, distillation=distillation, **common)
     else:
         trainer = Trainer(**common)
+    if args.head_learning_rate is not None:
+        trainer.optimizer = head_optimizer(trainer, args.head_learning_rate)
 
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_seconds = time.time() - started
