@@ -90,9 +90,14 @@ def evict_from_page_cache(folder: Path) -> None:
             os.close(fd)
 
 
-def _load_once(folder: Path, kind: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _LOAD_SNIPPET, str(folder), kind], capture_output=True, text=True, check=True)
+def _run_fresh(snippet: str, *argv: str) -> dict:
+    """Runs `snippet` in a fresh Python process and returns the JSON it prints last."""
+    out = subprocess.run([sys.executable, "-c", snippet, *argv], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _load_once(folder: Path, kind: str) -> dict:
+    return _run_fresh(_LOAD_SNIPPET, str(folder), kind)
 
 
 def median_load_seconds(folder: Path, kind: str, repeats: int, cold: bool) -> dict:
@@ -111,11 +116,7 @@ def median_load_seconds(folder: Path, kind: str, repeats: int, cold: bool) -> di
 
 def median_floor_seconds(shapes: list[list[int]], repeats: int) -> float:
     """Median time for a fresh process to allocate and fill an fp32 weight and a bool mask per shape."""
-    runs = []
-    for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", _FLOOR_SNIPPET, json.dumps(shapes)], capture_output=True, text=True, check=True)
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1])["floor"])
-    return statistics.median(runs)
+    return statistics.median(_run_fresh(_FLOOR_SNIPPET, json.dumps(shapes))["floor"] for _ in range(repeats))
 
 
 def prunable_bytes(folder: Path) -> int:

@@ -44,6 +44,13 @@ TASK_BUDGETS = {
 }
 TASK_ORDER = ["sst2", "mrpc", "stsb", "rte", "cola", "squad"]
 BI_ENCODER_LABEL = " (bi-encoder)"
+# a row's optional overrides of the task budget, in file-name / command / label order:
+# (argument, results key, file-name tag, command flag, label)
+OVERRIDES = (
+    ("learning_rate", "learning_rate_override", "-lr{:g}", "--learning-rate {:g}", " (lr {:g})"),
+    ("head_learning_rate", "head_learning_rate_override", "-hlr{:g}", "--head-learning-rate {:g}", " (head lr {:g})"),
+    ("epochs", "epochs_override", "-ep{:g}", "--epochs {:g}", " ({:g} epochs)"),
+)
 
 
 def upstream_row(recipe: str) -> str:
@@ -122,20 +129,17 @@ def run(
 
     from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
 
-    lr_tag = f"-lr{learning_rate:g}" if learning_rate is not None else ""
-    epochs_tag = f"-ep{epochs:g}" if epochs is not None else ""
-    head_tag = f"-hlr{head_learning_rate:g}" if head_learning_rate is not None else ""
-    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}{'-bi' if bi_encoder else ''}{lr_tag}{head_tag}{epochs_tag}_{task}_s{seed}"
+    overrides = {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "epochs": epochs}
+    set_overrides = [(spec, overrides[spec[0]]) for spec in OVERRIDES if overrides[spec[0]] is not None]
+    tags = "".join(tag.format(value) for (_, _, tag, _, _), value in set_overrides)
+    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}{'-bi' if bi_encoder else ''}{tags}_{task}_s{seed}"
     argv = _row_arguments(row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate) + ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
     results = run_finetune(finetune_args, training_args)
     results.update(
-        row=row, kd=kd, qat=qat, learning_rate_override=learning_rate, epochs_override=epochs,
-        head_learning_rate_override=head_learning_rate,
+        row=row, kd=kd, qat=qat, **{key: overrides[argument] for argument, key, _, _, _ in OVERRIDES},
         command=f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else "") + (" --qat" if qat else "")
-        + (" --bi-encoder" if bi_encoder else "") + (f" --learning-rate {learning_rate:g}" if learning_rate is not None else "")
-        + (f" --head-learning-rate {head_learning_rate:g}" if head_learning_rate is not None else "")
-        + (f" --epochs {epochs:g}" if epochs is not None else ""),
+        + (" --bi-encoder" if bi_encoder else "") + "".join(" " + flag.format(value) for (_, _, _, flag, _), value in set_overrides),
     )
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -158,12 +162,7 @@ def write_table() -> str:
         label = data["row"] + (" + KD" if data["kd"] else "") + (" + QAT" if data.get("qat") else "")
         if data.get("head", "cross-encoder") == "bi-encoder":
             label += BI_ENCODER_LABEL
-        if data.get("learning_rate_override") is not None:
-            label += f" (lr {data['learning_rate_override']:g})"
-        if data.get("head_learning_rate_override") is not None:
-            label += f" (head lr {data['head_learning_rate_override']:g})"
-        if data.get("epochs_override") is not None:
-            label += f" ({data['epochs_override']:g} epochs)"
+        label += "".join(text.format(data[key]) for _, key, _, _, text in OVERRIDES if data.get(key) is not None)
         runs.setdefault((label, data["task"]), []).append(data)
     labels = sorted({label for label, _ in runs}, key=lambda l: (_row_sparsity(l.split(" ")[0]), l))
     tasks = [t for t in TASK_ORDER if any(task == t for _, task in runs)]
@@ -197,8 +196,9 @@ def write_table() -> str:
         lines.append(f"| {label} | {nonzeros:,} | " + " | ".join(cells) + f" | {ratio} |")
     budget_lines = []
     for t in tasks:
-        example = next(r for (label, task), rs in runs.items() if task == t and "epochs" not in label for r in rs[:1])
-        seconds = [r["train_seconds"] + r["eval_seconds"] for (label, task), rs in runs.items() if task == t and "epochs" not in label for r in rs]
+        budget = [r for (_, task), rs in runs.items() if task == t for r in rs if r.get("epochs_override") is None]  # the task's own budget
+        example = budget[0]
+        seconds = [r["train_seconds"] + r["eval_seconds"] for r in budget]
         budget_lines.append(
             f"| {t} | {example['train_examples']:,} | {example['epochs']:g} | {example['max_length']} | {TASK_BUDGETS[t]['learning_rate']:g} | "
             f"{min(seconds) / 60:.1f}–{max(seconds) / 60:.1f} min |"
