@@ -4,7 +4,9 @@
     python benchmarks/structured_deploy.py --row prune-ft-structured-50-kd --task sst2
 
 Takes the structured (heads + FFN neurons) model fine-tuned by benchmarks/transfer.py and the
-dense model of the same task (its KD teacher, `dense_<task>_s1`), compacts the structured model,
+dense model of the same task and training budget (its KD teacher: `dense_<task>_s1`, or for a row trained
+with `--epochs E --max-train-samples N`, e.g. `--row prune-ft-structured-60-kd-ep2-n67349`, the dense row
+trained the same way, `dense-ep2-n67349_<task>_s1`), compacts the structured model,
 exports it (ONNX Runtime INT8 dynamic, OpenVINO NNCF INT8 calibrated on the task's training text),
 and in ONE run measures every artifact's full-dev-set score and batch-1 (and batch-16) latency at
 seq 128. Speed-ups divide the dense model's torch-fp32 median by the artifact's. Writes
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +25,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "out" / "transfer"
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+def row_commands(row: str, task: str, seed: int) -> tuple[str, str, str]:
+    """(dense row name, transfer.py arguments that train `row`, transfer.py arguments that train its dense row)."""
+    match = re.fullmatch(r"(?P<base>.+?)(?P<kd>-kd)?(?P<epochs>-ep[0-9.]+)?(?P<samples>-n[0-9]+)?", row)
+    epochs = f" --epochs {match['epochs'][3:]}" if match["epochs"] else ""
+    samples = f" --max-train-samples {match['samples'][2:]}" if match["samples"] else ""
+    train = f"--row {match['base']} --task {task} --seed {seed}" + (" --kd" if match["kd"] else "") + epochs + samples
+    # as transfer.py picks the KD teacher: a row trained on more examples compares with the dense row of the same budget
+    same_budget = match["samples"] is not None
+    dense = "dense" + ((match["epochs"] or "") + match["samples"] if same_budget else "")
+    return dense, train, f"--row dense --task {task} --seed 1" + (epochs + samples if same_budget else "")
 
 
 def main() -> None:
@@ -45,10 +60,10 @@ def main() -> None:
     from hf_sparse.deploy.onnx import export_onnx
     from hf_sparse.deploy.openvino import export_openvino
 
+    dense_row, train_command, dense_command = row_commands(args.row, args.task, args.seed)
     structured = MODELS / f"{args.row}_{args.task}_s{args.seed}" / "model"
-    dense = MODELS / f"dense_{args.task}_s1" / "model"
-    for path, command in ((structured, f"--row {args.row.removesuffix('-kd')} --task {args.task} --seed {args.seed}" + (" --kd" if args.row.endswith("-kd") else "")),
-                          (dense, f"--row dense --task {args.task} --seed 1")):
+    dense = MODELS / f"{dense_row}_{args.task}_s1" / "model"
+    for path, command in ((structured, train_command), (dense, dense_command)):
         if not path.is_dir():
             raise SystemExit(f"{path} is missing: run `python benchmarks/transfer.py {command}` first")
     tokenizer = AutoTokenizer.from_pretrained(structured)

@@ -14,9 +14,11 @@ same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware tra
 fine-tunes a sentence-transformers bi-encoder instead of a cross-encoder (each sentence encoded alone, cosine of the
 mean-pooled vectors). Every row of a task uses the same budget (TASK_BUDGETS:
 epochs, examples, max length, learning rate), bf16 autocast on CPU, dynamic padding; `--learning-rate` overrides the
-task's rate, `--head-learning-rate` sets the task head's own rate (pooler and classifier) and `--epochs` overrides the
-task's epochs (a longer-budget row); the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
+task's rate, `--head-learning-rate` sets the task head's own rate (pooler and classifier), `--epochs` and
+`--max-train-samples` override the task's epochs and training examples (a longer-budget row; with `--kd` a row given
+`--max-train-samples` distils from the dense row trained with the same `--epochs` / `--max-train-samples`); the row's
+label says so. Each run writes
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ OVERRIDES = (
     ("learning_rate", "learning_rate_override", "-lr{:g}", "--learning-rate {:g}", " (lr {:g})"),
     ("head_learning_rate", "head_learning_rate_override", "-hlr{:g}", "--head-learning-rate {:g}", " (head lr {:g})"),
     ("epochs", "epochs_override", "-ep{:g}", "--epochs {:g}", " ({:g} epochs)"),
+    ("max_train_samples", "max_train_samples_override", "-n{:d}", "--max-train-samples {:d}", " ({:,} examples)"),
 )
 
 
@@ -60,7 +63,7 @@ def upstream_row(recipe: str) -> str:
 
 def _row_arguments(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
-    epochs: float | None = None, head_learning_rate: float | None = None,
+    epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
 ) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
@@ -86,10 +89,13 @@ def _row_arguments(
     else:
         raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft-<s>, prune-ft-structured-<s>, dense-layers-<n>")
     if kd:
-        teacher = MODELS / f"dense{'-bi' if bi_encoder else ''}_{task}_s1" / "model"
+        # the task-budget dense row; a row trained on more examples distils from the dense row of that same data budget
+        budget = {"epochs": epochs, "max_train_samples": max_train_samples} if max_train_samples is not None else {}
+        tags, flags = _override_tags(budget)
+        teacher = MODELS / f"dense{'-bi' if bi_encoder else ''}{tags}_{task}_s1" / "model"
         if not teacher.is_dir():
             bi = " --bi-encoder" if bi_encoder else ""
-            raise SystemExit(f"{teacher} is missing: run `python benchmarks/transfer.py --row dense --task {task} --seed 1{bi}` first")
+            raise SystemExit(f"{teacher} is missing: run `python benchmarks/transfer.py --row dense --task {task} --seed 1{bi}{flags}` first")
         args += ["--teacher", str(teacher)]
     if qat:
         args += ["--qat", "true"]
@@ -100,8 +106,9 @@ def _row_arguments(
     budget = TASK_BUDGETS[task]
     lr = budget["learning_rate"] if learning_rate is None else learning_rate
     args += ["--task", task, "--num_train_epochs", str(budget["epochs"] if epochs is None else epochs), "--learning_rate", str(lr)]
-    if budget.get("max_train_samples"):
-        args += ["--max_train_samples", str(budget["max_train_samples"])]
+    samples = budget.get("max_train_samples") if max_train_samples is None else max_train_samples
+    if samples:
+        args += ["--max_train_samples", str(samples)]
     if budget.get("max_length"):
         args += ["--max_length", str(budget["max_length"])]
     return args + [
@@ -110,6 +117,14 @@ def _row_arguments(
         "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "50",
         "--dataloader_num_workers", "0",
     ]
+
+
+def _override_tags(values: dict) -> tuple[str, str]:
+    """The file-name tags and command flags of the overrides set in `values` (argument -> value), in OVERRIDES order."""
+    set_overrides = [(spec, values[spec[0]]) for spec in OVERRIDES if values.get(spec[0]) is not None]
+    tags = "".join(tag.format(value) for (_, _, tag, _, _), value in set_overrides)
+    flags = "".join(" " + flag.format(value) for (_, _, _, flag, _), value in set_overrides)
+    return tags, flags
 
 
 def _warmup(fraction: float) -> list[str]:
@@ -123,27 +138,34 @@ def _warmup(fraction: float) -> list[str]:
 
 def run(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
-    epochs: float | None = None, head_learning_rate: float | None = None,
+    epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
 ) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
     from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
 
-    overrides = {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "epochs": epochs}
-    set_overrides = [(spec, overrides[spec[0]]) for spec in OVERRIDES if overrides[spec[0]] is not None]
-    tags = "".join(tag.format(value) for (_, _, tag, _, _), value in set_overrides)
-    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}{'-bi' if bi_encoder else ''}{tags}_{task}_s{seed}"
-    argv = _row_arguments(row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate) + ["--output_dir", str(MODELS / name)]
+    overrides = {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "epochs": epochs, "max_train_samples": max_train_samples}
+    name, command = run_name(row, task, seed, kd, qat, bi_encoder, overrides)
+    argv = _row_arguments(row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples)
+    argv += ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
     results = run_finetune(finetune_args, training_args)
     results.update(
         row=row, kd=kd, qat=qat, **{key: overrides[argument] for argument, key, _, _, _ in OVERRIDES},
-        command=f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else "") + (" --qat" if qat else "")
-        + (" --bi-encoder" if bi_encoder else "") + "".join(" " + flag.format(value) for (_, _, _, flag, _), value in set_overrides),
+        command=command,
     )
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def run_name(row: str, task: str, seed: int, kd: bool, qat: bool, bi_encoder: bool, overrides: dict) -> tuple[str, str]:
+    """The results / model name of a run and the command that makes it; `overrides` maps OVERRIDES arguments to values."""
+    tags, flags = _override_tags(overrides)
+    name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}{'-bi' if bi_encoder else ''}{tags}_{task}_s{seed}"
+    command = (f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else "")
+               + (" --qat" if qat else "") + (" --bi-encoder" if bi_encoder else "") + flags)
+    return name, command
 
 
 def _percent(score: float, task: str) -> float:
@@ -196,7 +218,7 @@ def write_table() -> str:
         lines.append(f"| {label} | {nonzeros:,} | " + " | ".join(cells) + f" | {ratio} |")
     budget_lines = []
     for t in tasks:
-        budget = [r for (_, task), rs in runs.items() if task == t for r in rs if r.get("epochs_override") is None]  # the task's own budget
+        budget = [r for (_, task), rs in runs.items() if task == t for r in rs if r.get("epochs_override") is None and r.get("max_train_samples_override") is None]  # the task's own budget
         example = budget[0]
         seconds = [r["train_seconds"] + r["eval_seconds"] for r in budget]
         budget_lines.append(
@@ -306,6 +328,10 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, help="override the task's learning rate (the row's label shows it)")
     parser.add_argument("--head-learning-rate", type=float, help="the task head's own learning rate (the row's label shows it)")
     parser.add_argument("--epochs", type=float, help="override the task's epochs: a longer-budget row (the row's label shows it)")
+    parser.add_argument(
+        "--max-train-samples", type=int,
+        help="override the task's training examples (a longer-budget row; with --kd it distils from the dense row of the same budget)",
+    )
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
     if args.row:
@@ -313,7 +339,8 @@ def main() -> int:
             parser.error("--row needs --task")
         if args.bi_encoder and args.qat:
             parser.error("--bi-encoder runs without --qat (not supported by the bi-encoder head yet)")
-        results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs, args.head_learning_rate)
+        results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs, args.head_learning_rate,
+                      args.max_train_samples)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")

@@ -1,0 +1,50 @@
+"""The benchmark scripts agree on run names: what transfer.py writes is what structured_deploy.py reads back."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import structured_deploy  # noqa: E402
+import transfer  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "kd, overrides",
+    [
+        (True, {}),
+        (False, {}),
+        (True, {"epochs": 3}),
+        (True, {"epochs": 2, "max_train_samples": 67349}),
+        (False, {"max_train_samples": 5000}),
+    ],
+)
+def test_structured_deploy_reads_the_names_transfer_writes(kd, overrides):
+    name, command = transfer.run_name("prune-ft-structured-60", "sst2", 1, kd, False, False, overrides)
+    row = name.removesuffix("_sst2_s1")
+    dense_row, train_args, dense_args = structured_deploy.row_commands(row, "sst2", 1)
+    assert "python benchmarks/transfer.py " + train_args == command  # the hint it prints retrains exactly that model
+    # the baseline is the KD teacher transfer.py uses: the same data budget when examples were overridden
+    expected_dense = {k: v for k, v in overrides.items() if k in ("epochs", "max_train_samples")} if "max_train_samples" in overrides else {}
+    dense_name, dense_command = transfer.run_name("dense", "sst2", 1, False, False, False, expected_dense)
+    assert f"{dense_row}_sst2_s1" == dense_name
+    assert "python benchmarks/transfer.py " + dense_args == dense_command
+
+
+def test_kd_teacher_follows_the_data_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    budget = {"epochs": 2, "max_train_samples": 67349}
+    with pytest.raises(SystemExit, match=r"dense-ep2-n67349_sst2_s1/model is missing: run `python benchmarks/transfer.py "
+                                         r"--row dense --task sst2 --seed 1 --epochs 2 --max-train-samples 67349` first"):
+        transfer._row_arguments("prune-ft-structured-60", "sst2", 1, True, **budget)
+    (tmp_path / "dense-ep2-n67349_sst2_s1" / "model").mkdir(parents=True)
+    (tmp_path / "dense_sst2_s1" / "model").mkdir(parents=True)
+    argv = transfer._row_arguments("prune-ft-structured-60", "sst2", 1, True, **budget)
+    assert argv[argv.index("--teacher") + 1] == str(tmp_path / "dense-ep2-n67349_sst2_s1" / "model")
+    assert argv[argv.index("--max_train_samples") + 1] == "67349" and argv[argv.index("--num_train_epochs") + 1] == "2"
+    # an epochs-only override keeps the task-budget teacher (the rows already published rely on it)
+    argv = transfer._row_arguments("prune-ft-structured-60", "sst2", 1, True, epochs=3)
+    assert argv[argv.index("--teacher") + 1] == str(tmp_path / "dense_sst2_s1" / "model")
+    assert argv[argv.index("--max_train_samples") + 1] == "20000"
