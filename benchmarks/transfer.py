@@ -8,7 +8,8 @@ Rows: `dense` (MiniLM-L6 as released), `upstream-<s>` (out/prune_ofa_<s>/model f
 benchmarks/upstream.py, pattern locked), `upstream-<recipe>-<s>` (the same from another upstream
 recipe, e.g. `upstream-sparsebert-90` = out/sparsebert_90/model), `prune-ft-<s>` (magnitude pruning to s% during
 fine-tuning, from dense: the downstream-pruning baseline), `prune-ft-structured-<s>` (s% of
-attention heads and FFN neurons removed during fine-tuning: compactable), `dense-layers-<n>` (the first n dense
+attention heads and FFN neurons removed during fine-tuning, ranked by L1 norm: compactable),
+`prune-ft-structured-movement-<s>` (the same, ranked by accumulated movement), `dense-layers-<n>` (the first n dense
 layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model (same head) of the
 same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware training; `--bi-encoder` (stsb)
 fine-tunes a sentence-transformers bi-encoder instead of a cross-encoder (each sentence encoded alone, cosine of the
@@ -80,14 +81,15 @@ def _row_arguments(
         if not model.is_dir():
             raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --recipe {recipes[row]}` first")
         args += ["--model", str(model)]
-    elif match := re.fullmatch(r"prune-ft-structured-(\d+)", row):
-        args += ["--model", str(minilm_folder()), "--prune_method", "structured", "--target_sparsity", str(int(match[1]) / 100)]
+    elif match := re.fullmatch(r"prune-ft-(structured|structured-movement)-(\d+)", row):
+        method = match[1].replace("-", "_")
+        args += ["--model", str(minilm_folder()), "--prune_method", method, "--target_sparsity", str(int(match[2]) / 100)]
     elif match := re.fullmatch(r"prune-ft-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--prune_method", "magnitude", "--target_sparsity", str(int(match[1]) / 100)]
     elif match := re.fullmatch(r"dense-layers-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
     else:
-        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft-<s>, prune-ft-structured-<s>, dense-layers-<n>")
+        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft-<s>, prune-ft-structured[-movement]-<s>, dense-layers-<n>")
     if kd:
         # the task-budget dense row; a row trained on more examples distils from the dense row of that same data budget
         budget = {"epochs": epochs, "max_train_samples": max_train_samples} if max_train_samples is not None else {}
@@ -173,7 +175,7 @@ def _percent(score: float, task: str) -> float:
 
 
 def _row_sparsity(row: str) -> float:
-    match = re.fullmatch(r"(?:upstream(?:-[a-z][a-z0-9-]*)?|prune-ft|prune-ft-structured)-(\d+)", row)
+    match = re.fullmatch(r"(?:upstream(?:-[a-z][a-z0-9-]*)?|prune-ft|prune-ft-structured|prune-ft-structured-movement)-(\d+)", row)
     return int(match[1]) / 100 if match else 0.0
 
 
@@ -317,7 +319,7 @@ def _plot(runs, tasks) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | prune-ft-<s> | prune-ft-structured-<s> | dense-layers-<n>")
+    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | prune-ft-<s> | prune-ft-structured[-movement]-<s> | dense-layers-<n>")
     parser.add_argument("--task", choices=list(TASK_BUDGETS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")

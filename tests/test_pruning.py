@@ -15,6 +15,7 @@ from hf_sparse.pruning import (
     NMPruning,
     OneShotSchedule,
     PruningCallback,
+    StructuredMovementPruning,
     StructuredPruning,
 )
 
@@ -121,6 +122,51 @@ def trainer_for(model, callback, out, **args):
     return transformers.Trainer(
         model=model, args=transformers.TrainingArguments(**defaults), train_dataset=RandomTokens(32), callbacks=[callback]
     )
+
+
+def test_structured_movement_ranks_heads_and_neurons_by_summed_movement():
+    model = fresh().train()
+    method = StructuredMovementPruning()
+    inputs = dummy_inputs("SparseBertForSequenceClassification")
+    for labels in ([0, 1], [1, 1]):  # scores accumulate over steps
+        model.zero_grad()
+        model(**inputs, labels=torch.tensor(labels)).loss.backward()
+        method.observe(model)
+    movement = {name: -(m.weight * m.weight.grad) for name, m in model.masked_linears().items()}  # the last step
+    masks = method.masks(model, 0.5)
+    assert pattern_violations(method.pattern, masks, model.config.num_attention_heads) == []
+    heads, prefix = model.config.num_attention_heads, "bert.encoder.layer.0."
+    scores = method.scores(model)
+    assert not torch.allclose(scores[prefix + "intermediate.dense"], movement[prefix + "intermediate.dense"])  # two steps summed
+    head_score = sum(scores[prefix + f"attention.self.{m}"].reshape(heads, -1).sum(1) for m in ("query", "key", "value"))
+    head_score = head_score + scores[prefix + "attention.output.dense"].reshape(48, heads, -1).sum(dim=(0, 2))
+    kept_heads = masks[prefix + "attention.output.dense"].reshape(48, heads, -1).any(dim=(0, 2))
+    assert int(kept_heads.sum()) == heads - round(0.5 * heads)
+    assert head_score[kept_heads].min() > head_score[~kept_heads].max()
+    neuron_score = scores[prefix + "intermediate.dense"].sum(1) + scores[prefix + "output.dense"].sum(0)
+    kept_neurons = masks[prefix + "intermediate.dense"].any(dim=1)
+    assert int(kept_neurons.sum()) == 32 and neuron_score[kept_neurons].min() > neuron_score[~kept_neurons].max()
+    # not the magnitude ranking: the same model pruned by L1 norm keeps other neurons
+    assert not torch.equal(StructuredPruning().masks(model, 0.5)[prefix + "intermediate.dense"], masks[prefix + "intermediate.dense"])
+    restored = StructuredMovementPruning()
+    restored.load_state_dict(method.state_dict())
+    assert all(torch.equal(m, restored.masks(model, 0.5)[name]) for name, m in masks.items())
+    with pytest.raises(RuntimeError, match="call observe"):
+        StructuredMovementPruning().masks(fresh(), 0.5)
+
+
+def test_structured_movement_in_the_trainer(tmp_path):
+    model = fresh()
+    # the schedule starts at step 0 as `hf-sparse finetune --prune_method` does: no scores exist yet
+    callback = PruningCallback(StructuredMovementPruning(), CubicSchedule(0.0, 0.5, 0, 8, 2), model)
+    trainer_for(model, callback, tmp_path).train()
+    assert [h["step"] for h in callback.history] == [0, 2, 4, 6, 8] and callback.history[0]["sparsity"] == 0
+    assert pattern_violations("structured:heads+neurons", model.get_masks(), model.config.num_attention_heads) == []
+    for name, mask in model.get_masks().items():
+        if name.endswith("intermediate.dense"):
+            assert int((~mask.any(dim=1)).sum()) == 32, name
+    for module in model.masked_linears().values():
+        assert torch.all(module.weight[~module.weight_mask] == 0)
 
 
 def test_callback_prunes_on_the_cubic_schedule(tmp_path):

@@ -52,7 +52,8 @@ class PruningCallback(TrainerCallback):
         sparsity = self.schedule.sparsity_at(step)
         if sparsity is None:
             return
-        masks = _broadcast_masks(self.method.masks(self.model, sparsity))
+        # nothing to prune at 0: keep the masks (movement methods have no scores before the first step)
+        masks = self.model.get_masks() if sparsity == 0 else _broadcast_masks(self.method.masks(self.model, sparsity))
         for listener in self.before_update:
             listener(self.model)
         self.model.set_masks(masks)

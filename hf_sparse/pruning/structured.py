@@ -1,8 +1,11 @@
-"""Structured pruning: whole attention heads and FFN neurons, ranked by the L1 norm of their weights.
+"""Structured pruning: whole attention heads and FFN neurons.
 
 A head is its rows in Q, K, V and its columns in the attention output; a neuron is its row in the
 intermediate layer and its column in the output layer. Pruning both sides makes the head's or
-neuron's contribution exactly zero, so compaction can later remove it physically.
+neuron's contribution exactly zero, so compaction can later remove it physically. A unit's score is
+the sum of its weights' scores: their magnitudes (`StructuredPruning`: the L1 norm of the unit), or
+their accumulated movement `-W * dL/dW` (`StructuredMovementPruning`: a first-order estimate of how
+much the loss would rise without the unit, summed over training steps).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 
 from ..analysis import split_module_name
 from .base import PruningMethod, mask_from_scores
+from .movement import MovementPruning
 
 _QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
 
@@ -34,6 +38,7 @@ class StructuredPruning(PruningMethod):
     def masks(self, model, sparsity: float) -> dict[str, torch.Tensor]:
         head_size = model.config.hidden_size // model.config.num_attention_heads
         modules = model.masked_linears()
+        weight_scores = self.scores(model)  # per weight; summed over each unit's weights below
         layers: dict[tuple, dict[str, str]] = defaultdict(dict)
         for name in modules:
             layer, module = split_module_name(name)
@@ -45,15 +50,15 @@ class StructuredPruning(PruningMethod):
                 needed = (*_QKV, "attention.output.dense")
                 self._require(names, needed, "heads")
                 heads = modules[names["attention.output.dense"]].weight.shape[1] // head_size  # fewer if compacted
-                score = sum(modules[names[m]].weight.abs().reshape(heads, -1).sum(1) for m in _QKV)
+                score = sum(weight_scores[names[m]].reshape(heads, -1).sum(1) for m in _QKV)
                 out = modules[names["attention.output.dense"]]
-                score = score + out.weight.abs().reshape(out.weight.shape[0], heads, -1).sum(dim=(0, 2))
+                score = score + weight_scores[names["attention.output.dense"]].reshape(out.weight.shape[0], heads, -1).sum(dim=(0, 2))
                 alive = modules[names["attention.output.dense"]].weight_mask.reshape(out.weight.shape[0], heads, -1).any(dim=(0, 2))
                 groups.append(("heads", key, torch.where(alive, score, torch.full_like(score, float("-inf")))))
             if "neurons" in self.structures:
                 self._require(names, ("intermediate.dense", "output.dense"), "neurons")
                 inter, out = modules[names["intermediate.dense"]], modules[names["output.dense"]]
-                score = inter.weight.abs().sum(1) + out.weight.abs().sum(0)
+                score = weight_scores[names["intermediate.dense"]].sum(1) + weight_scores[names["output.dense"]].sum(0)
                 alive = out.weight_mask.any(dim=0)
                 groups.append(("neurons", key, torch.where(alive, score, torch.full_like(score, float("-inf")))))
         for kind in self.structures:
@@ -84,3 +89,30 @@ class StructuredPruning(PruningMethod):
         missing = [m for m in needed if m not in names]
         if missing:
             raise ValueError(f"pruning {kind} needs {missing} in the config's prunable_modules")
+
+
+class StructuredMovementPruning(StructuredPruning):
+    """Heads and FFN neurons ranked by their accumulated movement scores (see `MovementPruning`).
+
+    Call `observe(model)` after each backward pass (the `PruningCallback` does); `masks` then sums
+    the scores of each unit's weights. The scores survive a Trainer resume (`state_dict`).
+    """
+
+    name = "structured_movement"
+    stateful = True
+
+    def __init__(self, structures=("heads", "neurons"), scope: str = "layer"):
+        super().__init__(structures, scope)
+        self._movement = MovementPruning()
+
+    def observe(self, model) -> None:
+        self._movement.observe(model)
+
+    def scores(self, model) -> dict[str, torch.Tensor]:
+        return self._movement.scores(model)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._movement.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._movement.load_state_dict(state)

@@ -39,7 +39,7 @@ from ..models.sparse_bert.modeling_sparse_bert import (
     SparseBertForQuestionAnswering,
     SparseBertForSequenceClassification,
 )
-from ..pruning import CubicSchedule, MagnitudePruning, MovementPruning, PruningCallback, StructuredPruning
+from ..pruning import CubicSchedule, MagnitudePruning, MovementPruning, PruningCallback, StructuredMovementPruning, StructuredPruning
 from ..tasks.glue import get_glue_task, load_glue
 from ..tasks.metrics import glue_metrics, squad_metrics
 from .callback import MaskDriftError, SparsityCallback, mask_drift, reference_masks
@@ -52,6 +52,7 @@ PRUNE_METHODS = {
     "movement": lambda: MovementPruning(),
     "soft_movement": lambda: MovementPruning(soft=True),
     "structured": lambda: StructuredPruning(("heads", "neurons")),  # target = fraction of heads and neurons
+    "structured_movement": lambda: StructuredMovementPruning(("heads", "neurons")),  # ranked by movement, not L1 norm
 }
 RESULTS_FILE = "results.json"
 HEADS = ("cross-encoder", "bi-encoder")
