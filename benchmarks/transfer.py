@@ -181,19 +181,19 @@ def _row_sparsity(row: str) -> float:
 
 def write_table() -> str:
     runs: dict[tuple[str, str], list[dict]] = {}
+    baseline: dict[str, list[str]] = {}  # label -> its dense rows, preferred first
     for file in sorted(RUNS.glob("*.json")):
         data = json.loads(file.read_text())
         label = data["row"] + (" + KD" if data["kd"] else "") + (" + QAT" if data.get("qat") else "")
-        if data.get("head", "cross-encoder") == "bi-encoder":
-            label += BI_ENCODER_LABEL
-        label += "".join(text.format(data[key]) for _, key, _, _, text in OVERRIDES if data.get(key) is not None)
+        head = BI_ENCODER_LABEL if data.get("head", "cross-encoder") == "bi-encoder" else ""
+        budget = "".join(text.format(data[key]) for _, key, _, _, text in OVERRIDES if data.get(key) is not None)
+        label += head + budget
         runs.setdefault((label, data["task"]), []).append(data)
+        baseline[label] = ["dense" + head + budget, "dense" + head]
     labels = sorted({label for label, _ in runs}, key=lambda l: (_row_sparsity(l.split(" ")[0]), l))
     tasks = [t for t in TASK_ORDER if any(task == t for _, task in runs)]
-    dense = {  # each row is compared with the dense row of the same head
-        (head, t): statistics.mean(r["score"] for r in runs[("dense" + head, t)])
-        for head in ("", BI_ENCODER_LABEL) for t in tasks if ("dense" + head, t) in runs
-    }
+    # each row is compared with the dense row of the same head and budget overrides, or else of the task budget
+    dense_score = {key: statistics.mean(r["score"] for r in rs) for key, rs in runs.items() if key[0].startswith("dense")}
 
     def cell(values: list[float], task: str) -> str:
         scale = [_percent(v, task) for v in values]
@@ -213,7 +213,7 @@ def write_table() -> str:
             nonzeros = entries[0]["encoder_nonzeros"]
             scores = [e["score"] for e in entries]
             cells.append(cell(scores, t))
-            reference = dense.get((BI_ENCODER_LABEL if BI_ENCODER_LABEL in label else "", t))
+            reference = next((dense_score[(d, t)] for d in baseline[label] if (d, t) in dense_score), None)
             if reference:
                 ratios.append(statistics.mean(scores) / reference)
         ratio = f"{100 * statistics.mean(ratios):.1f}% ({len(ratios)})" if ratios else "–"
@@ -232,7 +232,8 @@ def write_table() -> str:
             "Scores ×100 on the full dev sets (main metric in the header). MiniLM-L6, same budget for every row of a task. "
             "Rows are cross-encoders (`BertForSequenceClassification`-style head on the joined pair) unless marked "
             f"`{BI_ENCODER_LABEL.strip()}` (each sentence encoded alone, cosine of the mean-pooled vectors, sentence-transformers); "
-            "the last column compares each row with the dense row of the same head:",
+            "the last column compares each row with the dense row of the same head (and of the same budget overrides, where "
+            "that dense row ran; otherwise the task budget's):",
             "",
             *lines,
             "",
