@@ -186,10 +186,10 @@ def write_table() -> str:
         data = json.loads(file.read_text())
         label = data["row"] + (" + KD" if data["kd"] else "") + (" + QAT" if data.get("qat") else "")
         head = BI_ENCODER_LABEL if data.get("head", "cross-encoder") == "bi-encoder" else ""
-        budget = "".join(text.format(data[key]) for _, key, _, _, text in OVERRIDES if data.get(key) is not None)
-        label += head + budget
+        overridden = "".join(text.format(data[key]) for _, key, _, _, text in OVERRIDES if data.get(key) is not None)
+        label += head + overridden
         runs.setdefault((label, data["task"]), []).append(data)
-        baseline[label] = ["dense" + head + budget, "dense" + head]
+        baseline[label] = ["dense" + head + overridden, "dense" + head]
     labels = sorted({label for label, _ in runs}, key=lambda l: (_row_sparsity(l.split(" ")[0]), l))
     tasks = [t for t in TASK_ORDER if any(task == t for _, task in runs)]
     # each row is compared with the dense row of the same head and budget overrides, or else of the task budget
