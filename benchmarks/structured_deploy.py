@@ -28,15 +28,17 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def row_commands(row: str, task: str, seed: int) -> tuple[str, str, str]:
-    """(dense row name, transfer.py arguments that train `row`, transfer.py arguments that train its dense row)."""
+    """(dense run name, transfer.py command that trains `row`, transfer.py command that trains its dense run)."""
+    from transfer import run_name, teacher_overrides
+
     match = re.fullmatch(r"(?P<base>.+?)(?P<kd>-kd)?(?P<epochs>-ep[0-9.]+)?(?P<samples>-n[0-9]+)?", row)
-    epochs = f" --epochs {match['epochs'][3:]}" if match["epochs"] else ""
-    samples = f" --max-train-samples {match['samples'][2:]}" if match["samples"] else ""
-    train = f"--row {match['base']} --task {task} --seed {seed}" + (" --kd" if match["kd"] else "") + epochs + samples
-    # as transfer.py picks the KD teacher: a row trained on more examples compares with the dense row of the same budget
-    same_budget = match["samples"] is not None
-    dense = "dense" + ((match["epochs"] or "") + match["samples"] if same_budget else "")
-    return dense, train, f"--row dense --task {task} --seed 1" + (epochs + samples if same_budget else "")
+    overrides = {
+        "epochs": float(match["epochs"][3:]) if match["epochs"] else None,
+        "max_train_samples": int(match["samples"][2:]) if match["samples"] else None,
+    }
+    _, train = run_name(match["base"], task, seed, bool(match["kd"]), False, False, overrides)
+    dense, dense_train = run_name("dense", task, 1, False, False, False, teacher_overrides(overrides))
+    return dense, train, dense_train
 
 
 def main() -> None:
@@ -60,12 +62,12 @@ def main() -> None:
     from hf_sparse.deploy.onnx import export_onnx
     from hf_sparse.deploy.openvino import export_openvino
 
-    dense_row, train_command, dense_command = row_commands(args.row, args.task, args.seed)
+    dense_name, train_command, dense_command = row_commands(args.row, args.task, args.seed)
     structured = MODELS / f"{args.row}_{args.task}_s{args.seed}" / "model"
-    dense = MODELS / f"{dense_row}_{args.task}_s1" / "model"
+    dense = MODELS / dense_name / "model"
     for path, command in ((structured, train_command), (dense, dense_command)):
         if not path.is_dir():
-            raise SystemExit(f"{path} is missing: run `python benchmarks/transfer.py {command}` first")
+            raise SystemExit(f"{path} is missing: run `{command}` first")
     tokenizer = AutoTokenizer.from_pretrained(structured)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -91,9 +91,7 @@ def _row_arguments(
     else:
         raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft-<s>, prune-ft-structured[-movement]-<s>, dense-layers-<n>")
     if kd:
-        # the task-budget dense row; a row trained on more examples distils from the dense row of that same data budget
-        budget = {"epochs": epochs, "max_train_samples": max_train_samples} if max_train_samples is not None else {}
-        tags, flags = _override_tags(budget)
+        tags, flags = _override_tags(teacher_overrides({"epochs": epochs, "max_train_samples": max_train_samples}))
         teacher = MODELS / f"dense{'-bi' if bi_encoder else ''}{tags}_{task}_s1" / "model"
         if not teacher.is_dir():
             bi = " --bi-encoder" if bi_encoder else ""
@@ -121,12 +119,24 @@ def _row_arguments(
     ]
 
 
+def teacher_overrides(overrides: dict) -> dict:
+    """The overrides of the dense row a run distils from and is compared with: the run's epochs and examples when
+    it overrides the examples, else none (the task budget, which the published epochs-only rows used)."""
+    if overrides.get("max_train_samples") is None:
+        return {}
+    return {"epochs": overrides.get("epochs"), "max_train_samples": overrides["max_train_samples"]}
+
+
 def _override_tags(values: dict) -> tuple[str, str]:
     """The file-name tags and command flags of the overrides set in `values` (argument -> value), in OVERRIDES order."""
     set_overrides = [(spec, values[spec[0]]) for spec in OVERRIDES if values.get(spec[0]) is not None]
     tags = "".join(tag.format(value) for (_, _, tag, _, _), value in set_overrides)
     flags = "".join(" " + flag.format(value) for (_, _, _, flag, _), value in set_overrides)
     return tags, flags
+
+
+def _override_label(values: dict) -> str:
+    return "".join(text.format(values[argument]) for argument, _, _, _, text in OVERRIDES if values.get(argument) is not None)
 
 
 def _warmup(fraction: float) -> list[str]:
@@ -186,13 +196,13 @@ def write_table() -> str:
         data = json.loads(file.read_text())
         label = data["row"] + (" + KD" if data["kd"] else "") + (" + QAT" if data.get("qat") else "")
         head = BI_ENCODER_LABEL if data.get("head", "cross-encoder") == "bi-encoder" else ""
-        overridden = "".join(text.format(data[key]) for _, key, _, _, text in OVERRIDES if data.get(key) is not None)
-        label += head + overridden
+        overrides = {argument: data.get(key) for argument, key, _, _, _ in OVERRIDES}
+        label += head + _override_label(overrides)
         runs.setdefault((label, data["task"]), []).append(data)
-        baseline[label] = ["dense" + head + overridden, "dense" + head]
+        baseline[label] = ["dense" + head + _override_label(teacher_overrides(overrides)), "dense" + head]
     labels = sorted({label for label, _ in runs}, key=lambda l: (_row_sparsity(l.split(" ")[0]), l))
     tasks = [t for t in TASK_ORDER if any(task == t for _, task in runs)]
-    # each row is compared with the dense row of the same head and budget overrides, or else of the task budget
+    # each row is compared with the dense row of the same head and of its KD teacher's budget, or else of the task budget
     dense_score = {key: statistics.mean(r["score"] for r in rs) for key, rs in runs.items() if key[0].startswith("dense")}
 
     def cell(values: list[float], task: str) -> str:
@@ -232,8 +242,8 @@ def write_table() -> str:
             "Scores ×100 on the full dev sets (main metric in the header). MiniLM-L6, same budget for every row of a task. "
             "Rows are cross-encoders (`BertForSequenceClassification`-style head on the joined pair) unless marked "
             f"`{BI_ENCODER_LABEL.strip()}` (each sentence encoded alone, cosine of the mean-pooled vectors, sentence-transformers); "
-            "the last column compares each row with the dense row of the same head (and of the same budget overrides, where "
-            "that dense row ran; otherwise the task budget's):",
+            "the last column compares each row with the dense row of the same head (for a row with more training examples, "
+            "the dense row trained on the same examples and epochs, where it ran; otherwise the task budget's):",
             "",
             *lines,
             "",
