@@ -29,14 +29,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def row_commands(row: str, task: str, seed: int) -> tuple[str, str, str]:
     """(dense run name, transfer.py command that trains `row`, transfer.py command that trains its dense run)."""
-    from transfer import run_name, teacher_overrides
+    from transfer import parse_run_name, run_name, teacher_overrides
 
-    match = re.fullmatch(r"(?P<base>.+?)(?P<kd>-kd)?(?P<epochs>-ep[0-9.]+)?(?P<samples>-n[0-9]+)?", row)
-    overrides = {
-        "epochs": float(match["epochs"][3:]) if match["epochs"] else None,
-        "max_train_samples": int(match["samples"][2:]) if match["samples"] else None,
-    }
-    _, train = run_name(match["base"], task, seed, bool(match["kd"]), False, False, overrides)
+    base, kd, qat, bi_encoder, overrides = parse_run_name(row)
+    _, train = run_name(base, task, seed, kd, qat, bi_encoder, overrides)
     dense, dense_train = run_name("dense", task, 1, False, False, False, teacher_overrides(overrides))
     return dense, train, dense_train
 

@@ -54,7 +54,9 @@ OVERRIDES = (
     ("head_learning_rate", "head_learning_rate_override", "-hlr{:g}", "--head-learning-rate {:g}", " (head lr {:g})"),
     ("epochs", "epochs_override", "-ep{:g}", "--epochs {:g}", " ({:g} epochs)"),
     ("max_train_samples", "max_train_samples_override", "-n{:d}", "--max-train-samples {:d}", " ({:,} examples)"),
+    ("hidden_weight", "hidden_weight_override", "-hid{:g}", "--hidden-weight {:g}", " (hidden-state KD {:g})"),
 )
+_NUMBER = {"g": r"\d+(?:\.\d+)?(?:e[+-]\d+)?", "d": r"\d+"}
 
 
 def upstream_row(recipe: str) -> str:
@@ -65,6 +67,7 @@ def upstream_row(recipe: str) -> str:
 def _row_arguments(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
+    hidden_weight: float | None = None,
 ) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
@@ -103,6 +106,10 @@ def _row_arguments(
         args += ["--head", "bi-encoder"]
     if head_learning_rate is not None:
         args += ["--head_learning_rate", str(head_learning_rate)]
+    if hidden_weight is not None:
+        if not kd:
+            raise SystemExit("--hidden-weight distils the dense row's hidden states: it needs --kd")
+        args += ["--hidden_weight", str(hidden_weight)]
     budget = TASK_BUDGETS[task]
     lr = budget["learning_rate"] if learning_rate is None else learning_rate
     args += ["--task", task, "--num_train_epochs", str(budget["epochs"] if epochs is None else epochs), "--learning_rate", str(lr)]
@@ -151,14 +158,16 @@ def _warmup(fraction: float) -> list[str]:
 def run(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
+    hidden_weight: float | None = None,
 ) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
     from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
 
-    overrides = {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "epochs": epochs, "max_train_samples": max_train_samples}
+    overrides = {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "epochs": epochs, "max_train_samples": max_train_samples,
+                 "hidden_weight": hidden_weight}
     name, command = run_name(row, task, seed, kd, qat, bi_encoder, overrides)
-    argv = _row_arguments(row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples)
+    argv = _row_arguments(row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples, hidden_weight)
     argv += ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
     results = run_finetune(finetune_args, training_args)
@@ -178,6 +187,19 @@ def run_name(row: str, task: str, seed: int, kd: bool, qat: bool, bi_encoder: bo
     command = (f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else "")
                + (" --qat" if qat else "") + (" --bi-encoder" if bi_encoder else "") + flags)
     return name, command
+
+
+def parse_run_name(name: str) -> tuple[str, bool, bool, bool, dict]:
+    """The inverse of `run_name` for the part before `_<task>_s<seed>`: (row, kd, qat, bi_encoder, overrides)."""
+    tags = "".join(
+        f"(?:{re.escape(tag.split('{')[0])}(?P<{argument}>{_NUMBER[tag[-2]]}))?" for argument, _, tag, _, _ in OVERRIDES
+    )
+    match = re.fullmatch(f"(?P<row>.+?)(?P<kd>-kd)?(?P<qat>-qat)?(?P<bi>-bi)?{tags}", name)
+    overrides = {}
+    for argument, _, tag, _, _ in OVERRIDES:
+        value = match[argument]
+        overrides[argument] = None if value is None else (int(value) if tag[-2] == "d" else float(value))
+    return match["row"], bool(match["kd"]), bool(match["qat"]), bool(match["bi"]), overrides
 
 
 def _percent(score: float, task: str) -> float:
@@ -345,6 +367,9 @@ def main() -> int:
         "--max-train-samples", type=int,
         help="override the task's training examples (a longer-budget row; with --kd it distils from the dense row of the same budget)",
     )
+    parser.add_argument(
+        "--hidden-weight", type=float, help="with --kd, also distil the dense row's hidden states, layer by layer, with this weight (MSE)",
+    )
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
     if args.row:
@@ -352,8 +377,10 @@ def main() -> int:
             parser.error("--row needs --task")
         if args.bi_encoder and args.qat:
             parser.error("--bi-encoder runs without --qat (not supported by the bi-encoder head yet)")
+        if args.hidden_weight is not None and not args.kd:
+            parser.error("--hidden-weight distils the dense row's hidden states: it needs --kd")
         results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs, args.head_learning_rate,
-                      args.max_train_samples)
+                      args.max_train_samples, args.hidden_weight)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")

@@ -18,6 +18,8 @@ import transfer  # noqa: E402
         (True, {"epochs": 3}),
         (True, {"epochs": 2, "max_train_samples": 67349}),
         (False, {"max_train_samples": 5000}),
+        (True, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1}),
+        (True, {"learning_rate": 5e-5, "hidden_weight": 0.5}),
     ],
 )
 def test_structured_deploy_reads_the_names_transfer_writes(kd, overrides):
@@ -48,3 +50,26 @@ def test_kd_teacher_follows_the_data_budget(tmp_path, monkeypatch):
     argv = transfer._row_arguments("prune-ft-structured-60", "sst2", 1, True, epochs=3)
     assert argv[argv.index("--teacher") + 1] == str(tmp_path / "dense_sst2_s1" / "model")
     assert argv[argv.index("--max_train_samples") + 1] == "20000"
+
+
+@pytest.mark.parametrize("row", ["dense", "upstream-90", "upstream-cap-prc-90", "prune-ft-structured-movement-90", "dense-layers-1"])
+@pytest.mark.parametrize("kd, qat, bi_encoder", [(False, False, False), (True, False, False), (True, True, False), (True, False, True)])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"learning_rate": 1e-05}, {"head_learning_rate": 0.001, "epochs": 10}, {"epochs": 2.5, "max_train_samples": 67349, "hidden_weight": 1}],
+)
+def test_parse_run_name_inverts_run_name(row, kd, qat, bi_encoder, overrides):
+    name, _ = transfer.run_name(row, "sst2", 1, kd, qat, bi_encoder, overrides)
+    parsed = transfer.parse_run_name(name.removesuffix("_sst2_s1"))
+    expected = {argument: overrides.get(argument) for argument, *_ in transfer.OVERRIDES}
+    assert parsed == (row, kd, qat, bi_encoder, expected)
+
+
+def test_hidden_weight_needs_kd(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    with pytest.raises(SystemExit, match="needs --kd"):
+        transfer._row_arguments("prune-ft-structured-60", "sst2", 1, False, hidden_weight=1.0)
+    (tmp_path / "dense_sst2_s1" / "model").mkdir(parents=True)
+    argv = transfer._row_arguments("prune-ft-structured-60", "sst2", 1, True, hidden_weight=1.0)
+    assert argv[argv.index("--hidden_weight") + 1] == "1.0"

@@ -92,6 +92,29 @@ def test_dense_teacher_then_kd_and_fic(checkpoints, data_dir, tmp_path):
     assert kd["encoder_nonzeros"] < dense["encoder_nonzeros"] * 0.3
 
 
+def test_hidden_state_distillation_is_wired(checkpoints, data_dir, tmp_path, monkeypatch):
+    import hf_sparse.distillation.trainer as distillation_trainer
+
+    calls = []
+    real = distillation_trainer.hidden_state_loss
+
+    def counting(student_hidden, teacher_hidden, attention_mask=None, layer_map=None):
+        calls.append((len(student_hidden), len(teacher_hidden)))
+        return real(student_hidden, teacher_hidden, attention_mask, layer_map)
+
+    monkeypatch.setattr(distillation_trainer, "hidden_state_loss", counting)
+    finetune(checkpoints, data_dir, tmp_path / "dense", "--model", str(checkpoints / "dense"), "--task", "mrpc")
+    teacher = str(tmp_path / "dense" / "model")
+    plain = finetune(checkpoints, data_dir, tmp_path / "kd", "--model", str(checkpoints / "dense"), "--task", "mrpc", "--teacher", teacher,
+                     "--prune_method", "structured", "--target_sparsity", "0.5")
+    assert calls == [] and plain["mode"] == "prune-at-finetune:structured+kd"
+    hidden = finetune(checkpoints, data_dir, tmp_path / "hid", "--model", str(checkpoints / "dense"), "--task", "mrpc", "--teacher", teacher,
+                      "--prune_method", "structured", "--target_sparsity", "0.5", "--hidden_weight", "0.5")
+    assert hidden["mode"] == "prune-at-finetune:structured+kd+hidden" and hidden["arguments"]["hidden_weight"] == 0.5
+    assert len(calls) == hidden["steps"]  # once per training step (24 examples / batch 4), never in evaluation
+    assert set(calls) == {(3, 3)}  # embeddings + both layers of student and teacher
+
+
 def test_prune_at_finetune_from_dense(checkpoints, data_dir, tmp_path):
     results = finetune(
         checkpoints, data_dir, tmp_path / "p", "--model", str(checkpoints / "dense"), "--task", "mrpc",
@@ -197,6 +220,8 @@ def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
         (["--task", "mrpc", "--contrastive_pooling", "max"], "contrastive_pooling='max'"),
         (["--task", "mrpc", "--head", "siamese"], "unknown head 'siamese'"),
         (["--task", "mrpc", "--head_learning_rate", "0"], "head_learning_rate must be > 0"),
+        (["--task", "mrpc", "--hidden_weight", "1"], "hidden_weight needs --teacher"),
+        (["--task", "mrpc", "--hidden_weight", "-1", "--teacher", "x"], "hidden_weight must be >= 0"),
     ],
 )
 def test_finetune_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):
@@ -309,6 +334,7 @@ def test_lock_finds_the_sparse_encoder_inside_a_sentence_transformer(checkpoints
         (["--task", "stsb", "--teacher", "x"], "not a sentence-transformers folder"),
         (["--task", "stsb", "--qat", "true"], "does not support qat"),
         (["--task", "stsb", "--head_learning_rate", "1e-3"], "does not support head_learning_rate"),
+        (["--task", "stsb", "--hidden_weight", "1", "--teacher", "x"], "does not support hidden_weight"),
     ],
 )
 def test_bi_encoder_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):

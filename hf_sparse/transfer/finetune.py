@@ -69,6 +69,8 @@ class FinetuneArguments:
     kd_weight: float = field(default=1.0, metadata={"help": "weight of the KD term (with --teacher)"})
     task_weight: float = field(default=1.0, metadata={"help": "weight of the task loss"})
     temperature: float = field(default=2.0, metadata={"help": "KD temperature"})
+    hidden_weight: float = field(default=0.0, metadata={"help": "weight of the hidden-state MSE to the teacher, layer by layer "
+                                 "(needs --teacher with as many layers, or a multiple; cross-encoder head)"})
     fic_weight: float = field(default=0.0, metadata={"help": "CAP FiC contrastive weight (needs --teacher; classification tasks)"})
     contrastive_pooling: str = field(default="cls", metadata={"help": "FiC's sentence vector: cls (CAP) or mean"})
     head: str = field(default="cross-encoder", metadata={"help": f"{' | '.join(HEADS)}: one vector for the joined input, or "
@@ -93,6 +95,10 @@ class FinetuneArguments:
             raise ValueError(f"unknown prune_method {self.prune_method!r}; known: {', '.join(PRUNE_METHODS)}")
         if not 0 < self.target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
+        if self.hidden_weight < 0:
+            raise ValueError(f"hidden_weight must be >= 0, got {self.hidden_weight}")
+        if self.hidden_weight and self.teacher is None:
+            raise ValueError("hidden_weight needs --teacher (the fine-tuned model whose hidden states are distilled)")
         if self.fic_weight and self.teacher is None:
             raise ValueError("fic_weight needs --teacher (the fine-tuned model FiC contrasts with)")
         check_contrastive_pooling(self.contrastive_pooling)
@@ -103,7 +109,8 @@ class FinetuneArguments:
 
             if self.task not in BI_ENCODER_TASKS:
                 raise ValueError(f"the bi-encoder head supports {', '.join(BI_ENCODER_TASKS)} (a score between two sentences), not {self.task!r}")
-            unsupported = [name for name, on in (("prune_method", self.prune_method), ("qat", self.qat), ("head_learning_rate", self.head_learning_rate)) if on]
+            unsupported = [name for name, on in (("prune_method", self.prune_method), ("qat", self.qat), ("head_learning_rate", self.head_learning_rate),
+                                                     ("hidden_weight", self.hidden_weight)) if on]
             if unsupported:
                 raise ValueError(f"the bi-encoder head does not support {', '.join(unsupported)} yet")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:
@@ -298,6 +305,7 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
         teacher = teacher_class.from_pretrained(args.teacher)
         distillation = DistillationConfig(
             task_weight=args.task_weight, kd_weight=args.kd_weight, temperature=args.temperature, fic_weight=args.fic_weight,
+            hidden_weight=args.hidden_weight,
             contrastive_pooling=args.contrastive_pooling,
         )
         trainer = DistillationTrainer(teacher=teacher, distillation=distillation, **common)
@@ -382,6 +390,8 @@ def _mode(args: FinetuneArguments, sparse_source: bool) -> str:
         parts.append("bi-encoder")
     if args.teacher:
         parts.append("kd")
+    if args.hidden_weight:
+        parts.append("hidden")
     if args.fic_weight:
         parts.append("fic")
     if args.qat:
