@@ -377,8 +377,6 @@ def main() -> int:
             parser.error("--row needs --task")
         if args.bi_encoder and args.qat:
             parser.error("--bi-encoder runs without --qat (not supported by the bi-encoder head yet)")
-        if args.hidden_weight is not None and not args.kd:
-            parser.error("--hidden-weight distils the dense row's hidden states: it needs --kd")
         results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs, args.head_learning_rate,
                       args.max_train_samples, args.hidden_weight)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
