@@ -9,17 +9,19 @@ benchmarks/upstream.py, pattern locked), `upstream-<recipe>-<s>` (the same from 
 recipe, e.g. `upstream-sparsebert-90` = out/sparsebert_90/model), `prune-ft-<s>` (magnitude pruning to s% during
 fine-tuning, from dense: the downstream-pruning baseline), `prune-ft-structured-<s>` (s% of
 attention heads and FFN neurons removed during fine-tuning, ranked by L1 norm: compactable),
-`prune-ft-structured-movement-<s>` (the same, ranked by accumulated movement), `dense-layers-<n>` (the first n dense
-layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model (same head) of the
+`prune-ft-structured-movement-<s>` (the same, ranked by accumulated movement), `prune-tuned-*` (the same three
+methods, started from the dense row's fine-tuned model instead of the pre-trained one: prune a fine-tuned model),
+`dense-layers-<n>` (the first n dense layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model (same head) of the
 same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware training; `--bi-encoder` (stsb)
 fine-tunes a sentence-transformers bi-encoder instead of a cross-encoder (each sentence encoded alone, cosine of the
 mean-pooled vectors). Every row of a task uses the same budget (TASK_BUDGETS:
 epochs, examples, max length, learning rate), bf16 autocast on CPU, dynamic padding; `--learning-rate` overrides the
 task's rate, `--head-learning-rate` sets the task head's own rate (pooler and classifier), `--epochs` and
 `--max-train-samples` override the task's epochs and training examples (a longer-budget row; with `--kd` a row given
-`--max-train-samples` distils from the dense row trained with the same `--epochs` / `--max-train-samples`); the row's
-label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
+`--max-train-samples` distils from the dense row trained with the same `--epochs` / `--max-train-samples`, which is also
+the model a `prune-tuned-*` row starts from); `--hidden-weight` (with `--kd`) also distils the teacher's hidden states;
+the row's label says so. Each run writes
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
 """
 
 from __future__ import annotations
@@ -84,22 +86,16 @@ def _row_arguments(
         if not model.is_dir():
             raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --recipe {recipes[row]}` first")
         args += ["--model", str(model)]
-    elif match := re.fullmatch(r"prune-ft-(structured|structured-movement)-(\d+)", row):
-        method = match[1].replace("-", "_")
-        args += ["--model", str(minilm_folder()), "--prune_method", method, "--target_sparsity", str(int(match[2]) / 100)]
-    elif match := re.fullmatch(r"prune-ft-(\d+)", row):
-        args += ["--model", str(minilm_folder()), "--prune_method", "magnitude", "--target_sparsity", str(int(match[1]) / 100)]
+    elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement)-)?(\d+)", row):
+        start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, epochs, max_train_samples)
+        method = match[2].replace("-", "_") if match[2] else "magnitude"
+        args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(match[3]) / 100)]
     elif match := re.fullmatch(r"dense-layers-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
     else:
-        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft-<s>, prune-ft-structured[-movement]-<s>, dense-layers-<n>")
+        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft|tuned-[structured[-movement]-]<s>, dense-layers-<n>")
     if kd:
-        tags, flags = _override_tags(teacher_overrides({"epochs": epochs, "max_train_samples": max_train_samples}))
-        teacher = MODELS / f"dense{'-bi' if bi_encoder else ''}{tags}_{task}_s1" / "model"
-        if not teacher.is_dir():
-            bi = " --bi-encoder" if bi_encoder else ""
-            raise SystemExit(f"{teacher} is missing: run `python benchmarks/transfer.py --row dense --task {task} --seed 1{bi}{flags}` first")
-        args += ["--teacher", str(teacher)]
+        args += ["--teacher", str(_dense_model(task, bi_encoder, epochs, max_train_samples))]
     if qat:
         args += ["--qat", "true"]
     if bi_encoder:
@@ -124,6 +120,15 @@ def _row_arguments(
         "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "50",
         "--dataloader_num_workers", "0",
     ]
+
+
+def _dense_model(task: str, bi_encoder: bool, epochs: float | None, max_train_samples: int | None) -> Path:
+    """The fine-tuned dense model a run distils from (and a `prune-tuned-*` row starts from); exits naming its command if missing."""
+    name, command = run_name("dense", task, 1, False, False, bi_encoder, teacher_overrides({"epochs": epochs, "max_train_samples": max_train_samples}))
+    model = MODELS / name / "model"
+    if not model.is_dir():
+        raise SystemExit(f"{model} is missing: run `{command}` first")
+    return model
 
 
 def teacher_overrides(overrides: dict) -> dict:
@@ -207,7 +212,7 @@ def _percent(score: float, task: str) -> float:
 
 
 def _row_sparsity(row: str) -> float:
-    match = re.fullmatch(r"(?:upstream(?:-[a-z][a-z0-9-]*)?|prune-ft|prune-ft-structured|prune-ft-structured-movement)-(\d+)", row)
+    match = re.fullmatch(r"(?:upstream(?:-[a-z][a-z0-9-]*)?|prune-(?:ft|tuned)(?:-structured(?:-movement)?)?)-(\d+)", row)
     return int(match[1]) / 100 if match else 0.0
 
 
@@ -352,7 +357,7 @@ def _plot(runs, tasks) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | prune-ft-<s> | prune-ft-structured[-movement]-<s> | dense-layers-<n>")
+    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | prune-ft|tuned-[structured[-movement]-]<s> | dense-layers-<n>")
     parser.add_argument("--task", choices=list(TASK_BUDGETS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")

@@ -73,3 +73,24 @@ def test_hidden_weight_needs_kd(tmp_path, monkeypatch):
     (tmp_path / "dense_sst2_s1" / "model").mkdir(parents=True)
     argv = transfer._row_arguments("prune-ft-structured-60", "sst2", 1, True, hidden_weight=1.0)
     assert argv[argv.index("--hidden_weight") + 1] == "1.0"
+
+
+@pytest.mark.parametrize(
+    "row, method, sparsity",
+    [("prune-tuned-90", "magnitude", "0.9"), ("prune-tuned-structured-80", "structured", "0.8"),
+     ("prune-tuned-structured-movement-90", "structured_movement", "0.9"), ("prune-ft-structured-movement-90", "structured_movement", "0.9")],
+)
+def test_prune_tuned_rows_start_from_the_dense_fine_tuned_model(tmp_path, monkeypatch, row, method, sparsity):
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    budget = {"epochs": 2, "max_train_samples": 67349}
+    tuned = row.startswith("prune-tuned")
+    if tuned:
+        with pytest.raises(SystemExit, match=r"dense-ep2-n67349_sst2_s1/model is missing: run `python benchmarks/transfer.py --row dense"):
+            transfer._row_arguments(row, "sst2", 1, False, **budget)
+    (tmp_path / "dense-ep2-n67349_sst2_s1" / "model").mkdir(parents=True)
+    argv = transfer._row_arguments(row, "sst2", 1, False, **budget)
+    start = tmp_path / ("dense-ep2-n67349_sst2_s1/model" if tuned else "minilm")
+    assert argv[argv.index("--model") + 1] == str(start)
+    assert argv[argv.index("--prune_method") + 1] == method and argv[argv.index("--target_sparsity") + 1] == sparsity
+    assert transfer._row_sparsity(row) == float(sparsity)

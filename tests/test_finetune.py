@@ -108,7 +108,8 @@ def test_hidden_state_distillation_is_wired(checkpoints, data_dir, tmp_path, mon
     plain = finetune(checkpoints, data_dir, tmp_path / "kd", "--model", str(checkpoints / "dense"), "--task", "mrpc", "--teacher", teacher,
                      "--prune_method", "structured", "--target_sparsity", "0.5")
     assert calls == [] and plain["mode"] == "prune-at-finetune:structured+kd"
-    hidden = finetune(checkpoints, data_dir, tmp_path / "hid", "--model", str(checkpoints / "dense"), "--task", "mrpc", "--teacher", teacher,
+    # pruning the fine-tuned teacher itself (benchmarks/transfer.py's prune-tuned rows) with its hidden states distilled
+    hidden = finetune(checkpoints, data_dir, tmp_path / "hid", "--model", teacher, "--task", "mrpc", "--teacher", teacher,
                       "--prune_method", "structured", "--target_sparsity", "0.5", "--hidden_weight", "0.5")
     assert hidden["mode"] == "prune-at-finetune:structured+kd+hidden" and hidden["arguments"]["hidden_weight"] == 0.5
     assert len(calls) == hidden["steps"]  # once per training step (24 examples / batch 4), never in evaluation
