@@ -10,7 +10,8 @@ trained the same way, `dense-ep2-n67349_<task>_s1`), compacts the structured mod
 exports it (ONNX Runtime INT8 dynamic, OpenVINO NNCF INT8 calibrated on the task's training text),
 and in ONE run measures every artifact's full-dev-set score and batch-1 (and batch-16) latency at
 seq 128. Speed-ups divide the dense model's torch-fp32 median by the artifact's. Writes
-benchmarks/results/structured_deploy_<row>_<task>.json and the README block.
+benchmarks/results/structured_deploy_<row>_<task>[_s<seed>].json and the README block `structured-<row>-<task>[-s<seed>]`
+(the seed suffix only for seeds other than 1: seed 1's names are the ones published).
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def row_commands(row: str, task: str, seed: int) -> tuple[str, str, str]:
     return dense, train, dense_train
 
 
+def output_names(row: str, task: str, seed: int) -> tuple[str, str, str]:
+    """(results file name, README block name, command) of a deployment run; seed 1 keeps the published unsuffixed names."""
+    suffix = "" if seed == 1 else f"_s{seed}"
+    command = f"python benchmarks/structured_deploy.py --row {row} --task {task}" + (f" --seed {seed}" if seed != 1 else "")
+    return f"structured_deploy_{row}_{task}{suffix}.json", f"structured-{row}-{task}{suffix.replace('_', '-')}", command
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--row", required=True, help="transfer row name with -kd if used, e.g. prune-ft-structured-50-kd")
@@ -59,11 +67,12 @@ def main() -> None:
     from hf_sparse.deploy.openvino import export_openvino
 
     dense_name, train_command, dense_command = row_commands(args.row, args.task, args.seed)
+    file_name, block_name, command = output_names(args.row, args.task, args.seed)
     structured = MODELS / f"{args.row}_{args.task}_s{args.seed}" / "model"
     dense = MODELS / dense_name / "model"
-    for path, command in ((structured, train_command), (dense, dense_command)):
+    for path, missing_command in ((structured, train_command), (dense, dense_command)):
         if not path.is_dir():
-            raise SystemExit(f"{path} is missing: run `{command}` first")
+            raise SystemExit(f"{path} is missing: run `{missing_command}` first")
     tokenizer = AutoTokenizer.from_pretrained(structured)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -107,11 +116,12 @@ def main() -> None:
         "compaction": report.to_dict(), "cpu": cpu_description(), "seq": 128, "runs": args.runs, "rows": rows,
         "target": ">=10x dense fp32 torch at batch 1 with <=1 point task loss", "target_met_by": met,
         "deployment_within_1_point_of_structured_fp32_and_10x": deployment_met,
-        "command": f"python benchmarks/structured_deploy.py --row {args.row} --task {args.task}",
+        "seed": args.seed,
+        "command": command,
         "date": time.strftime("%Y-%m-%d"),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"structured_deploy_{args.row}_{args.task}.json"
+    path = RESULTS / file_name
     path.write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"| artifact | {rows[0]['main_metric']} | vs dense (points) | vs structured fp32 (points) | "
              + " | ".join(f"speed-up b{b}" for b in args.batch) + " |",
@@ -125,7 +135,7 @@ def main() -> None:
     print(f"target met by: {met or 'none'}; deployment within 1 point of the structured fp32 model at >=10x: {deployment_met or 'none'}; wrote {path}")
     from readme_block import update_readme_block
 
-    update_readme_block(f"structured-{args.row}-{args.task}", table)
+    update_readme_block(block_name, table)
 
 
 if __name__ == "__main__":

@@ -94,3 +94,13 @@ def test_prune_tuned_rows_start_from_the_dense_fine_tuned_model(tmp_path, monkey
     assert argv[argv.index("--model") + 1] == str(start)
     assert argv[argv.index("--prune_method") + 1] == method and argv[argv.index("--target_sparsity") + 1] == sparsity
     assert transfer._row_sparsity(row) == float(sparsity)
+
+
+def test_structured_deploy_output_names_keep_seeds_apart():
+    row = "prune-tuned-structured-movement-90-kd-ep2-n67349-hid1"
+    assert structured_deploy.output_names(row, "sst2", 1) == (
+        f"structured_deploy_{row}_sst2.json", f"structured-{row}-sst2", f"python benchmarks/structured_deploy.py --row {row} --task sst2"
+    )
+    assert structured_deploy.output_names(row, "sst2", 2) == (
+        f"structured_deploy_{row}_sst2_s2.json", f"structured-{row}-sst2-s2", f"python benchmarks/structured_deploy.py --row {row} --task sst2 --seed 2"
+    )
