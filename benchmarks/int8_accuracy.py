@@ -4,7 +4,9 @@
 
 Exports the model (ONNX fp32 + dynamic INT8, ONNX static INT8 and OpenVINO NNCF INT8, both
 calibrated on the task's training text), scores every artifact on the full dev set and writes
-`benchmarks/results/int8_accuracy_<task>.json` with each score's difference to PyTorch fp32.
+`benchmarks/results/int8_accuracy_<task>[_<name>].json` with each score's difference to PyTorch fp32
+(`--name` keeps results of several models apart). Static ONNX Runtime INT8 runs twice: with the
+MatMul nodes only (`export_onnx`'s default) and with Optimum's full operator list (`static_operators=None`).
 
 A model fine-tuned with `--qat` (its folder holds `qat_ranges.json`) also gets the ONNX Runtime
 static INT8 export that uses the QAT input ranges (`calibration="qat"`), and the results go to
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +32,10 @@ def main() -> None:
     parser.add_argument("--calibration_samples", type=int, default=300)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--name", default="", help="suffix of the results file and README block (several models)")
     args = parser.parse_args()
+    if args.name and not re.fullmatch(r"[A-Za-z0-9.-]+", args.name):
+        parser.error(f"--name {args.name!r}: use letters, digits, '.' and '-' only (it becomes part of a file name)")
 
     from transformers import AutoTokenizer
 
@@ -45,6 +51,10 @@ def main() -> None:
         t = time.time()
         export_onnx(model_dir, tmp / "dynamic")
         export_onnx(model_dir, tmp / "static", static=True, calibration=args.task, num_calibration_samples=args.calibration_samples)
+        export_onnx(
+            model_dir, tmp / "static-all", static=True, calibration=args.task,
+            num_calibration_samples=args.calibration_samples, static_operators=None,
+        )
         export_openvino(model_dir, tmp / "ov", calibration=args.task, num_calibration_samples=args.calibration_samples)
         qat = (model_dir / "qat_ranges.json").is_file()
         if qat:
@@ -54,7 +64,8 @@ def main() -> None:
             ("torch fp32", lambda: torch_predictor(model_dir)),
             ("onnxruntime fp32", lambda: onnx_predictor(tmp / "dynamic" / "model.onnx")),
             ("onnxruntime int8 dynamic", lambda: onnx_predictor(tmp / "dynamic" / "model_quantized.onnx")),
-            ("onnxruntime int8 static", lambda: onnx_predictor(tmp / "static" / "model_quantized.onnx")),
+            ("onnxruntime int8 static (MatMul)", lambda: onnx_predictor(tmp / "static" / "model_quantized.onnx")),
+            ("onnxruntime int8 static (all operators)", lambda: onnx_predictor(tmp / "static-all" / "model_quantized.onnx")),
             ("openvino fp32", lambda: openvino_predictor(tmp / "ov" / "openvino_model.xml")),
             ("openvino int8 (nncf)", lambda: openvino_predictor(tmp / "ov" / "openvino_model_int8.xml")),
         ]
@@ -77,14 +88,15 @@ def main() -> None:
         "rows": rows,
         "target": "INT8 within 1 point of fp32",
         "target_met": {r["artifact"]: abs(r["delta_points"]) <= 1.0 for r in int8},
-        "command": f"python benchmarks/int8_accuracy.py --model {args.model} --task {args.task}",
+        "command": f"python benchmarks/int8_accuracy.py --model {args.model} --task {args.task}"
+        + (f" --name {args.name}" if args.name else ""),
     }
     finetune_results = model_dir.parent / "results.json"
     if qat and finetune_results.is_file():
         report["qat_simulated_score"] = json.loads(finetune_results.read_text())["score"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "_qat" if qat else ""
+    suffix = (f"_{args.name}" if args.name else "") + ("_qat" if qat else "")
     path = out / f"int8_accuracy_{args.task}{suffix}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {path}")

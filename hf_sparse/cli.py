@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="sparse_bert checkpoint folder")
     export.add_argument("--to", choices=("onnx", "openvino"), default="onnx")
     export.add_argument("--quantize", choices=("int8", "none"), default="int8")
-    export.add_argument("--static", action="store_true", help="ONNX: static INT8 with calibrated activation ranges (default dynamic)")
+    export.add_argument("--static", action="store_true", help="ONNX: static INT8 of the MatMul nodes with calibrated activation ranges (default dynamic)")
     export.add_argument(
         "--calibration", default="wikitext",
         help="calibration text: wikitext, squad or a GLUE task (default wikitext); with --to onnx --static, `qat` uses the "

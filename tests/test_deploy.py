@@ -104,6 +104,16 @@ def test_optimum_model_classes_load_the_exports(tmp_path, tiny_tokenizer):
     assert got.shape == expected.shape and torch.isfinite(got).all()
 
 
+def _quantized_op_types(path) -> set:
+    """The op types whose weights are stored in int8 in a QDQ ONNX model: what static INT8 quantized."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    stored = {t.name for t in graph.initializer}
+    dequantized = {o for node in graph.node if node.op_type == "DequantizeLinear" and node.input[0] in stored for o in node.output}
+    return {node.op_type for node in graph.node if dequantized & set(node.input)}
+
+
 @needs_exporters
 @pytest.mark.parametrize("head", ["SparseBertForSequenceClassification", "SparseBertForQuestionAnswering"])
 def test_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
@@ -129,8 +139,14 @@ def test_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
         assert got.shape == expected.shape and np.isfinite(got).all()
     info = json.loads((static / "export_info.json").read_text())
     assert info["int8"] == {
-        "mode": "static", "weights": "int8 per-channel symmetric (pruned weights stay 0)", "calibration": "user texts", "calibration_samples": 32,
+        "mode": "static", "weights": "int8 per-channel symmetric (pruned weights stay 0)", "operators": ["MatMul"],
+        "calibration": "user texts", "calibration_samples": 32,
     }
+    # static INT8 quantizes the MatMuls only: every int8 weight feeds a MatMul (the encoder linears);
+    # Optimum's full list (static_operators=None) also quantizes e.g. the embeddings (Gather)
+    assert _quantized_op_types(static / "model_quantized.onnx") == {"MatMul"}
+    everything = export_onnx(folder, tmp_path / "static-all", static=True, calibration=_tiny_texts(), static_operators=None)
+    assert {"MatMul", "Gather"} < _quantized_op_types(everything / "model_quantized.onnx")
     # pruned weights are exact zeros in the INT8 ONNX initializers (symmetric quantization, zero point 0)
     for folder in (dynamic, static):
         graph = onnx.load(str(folder / "model_quantized.onnx")).graph
