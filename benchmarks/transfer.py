@@ -11,6 +11,7 @@ fine-tuning, from dense: the downstream-pruning baseline), `prune-ft-structured-
 attention heads and FFN neurons removed during fine-tuning, ranked by L1 norm: compactable),
 `prune-ft-structured-movement-<s>` (the same, ranked by accumulated movement), `prune-tuned-*` (the same three
 methods, started from the dense row's fine-tuned model instead of the pre-trained one: prune a fine-tuned model),
+`prune-*-global-<s>` (any of those ranked over all layers at once, so layers end with uneven widths),
 `dense-layers-<n>` (the first n dense layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model (same head) of the
 same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware training; `--bi-encoder` (stsb)
 fine-tunes a sentence-transformers bi-encoder instead of a cross-encoder (each sentence encoded alone, cosine of the
@@ -86,14 +87,16 @@ def _row_arguments(
         if not model.is_dir():
             raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --recipe {recipes[row]}` first")
         args += ["--model", str(model)]
-    elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement)-)?(\d+)", row):
+    elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement)-)?(global-)?(\d+)", row):
         start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, epochs, max_train_samples)
         method = match[2].replace("-", "_") if match[2] else "magnitude"
-        args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(match[3]) / 100)]
+        args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(match[4]) / 100)]
+        if match[3]:
+            args += ["--prune_scope", "global"]
     elif match := re.fullmatch(r"dense-layers-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
     else:
-        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft|tuned-[structured[-movement]-]<s>, dense-layers-<n>")
+        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft|tuned-[structured[-movement]-][global-]<s>, dense-layers-<n>")
     if kd:
         args += ["--teacher", str(_dense_model(task, bi_encoder, epochs, max_train_samples))]
     if qat:
@@ -212,7 +215,7 @@ def _percent(score: float, task: str) -> float:
 
 
 def _row_sparsity(row: str) -> float:
-    match = re.fullmatch(r"(?:upstream(?:-[a-z][a-z0-9-]*)?|prune-(?:ft|tuned)(?:-structured(?:-movement)?)?)-(\d+)", row)
+    match = re.fullmatch(r"(?:upstream(?:-[a-z][a-z0-9-]*)?|prune-(?:ft|tuned)(?:-structured(?:-movement)?)?(?:-global)?)-(\d+)", row)
     return int(match[1]) / 100 if match else 0.0
 
 
@@ -357,7 +360,7 @@ def _plot(runs, tasks) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | prune-ft|tuned-[structured[-movement]-]<s> | dense-layers-<n>")
+    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | prune-ft|tuned-[structured[-movement]-][global-]<s> | dense-layers-<n>")
     parser.add_argument("--task", choices=list(TASK_BUDGETS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")

@@ -78,7 +78,8 @@ def test_hidden_weight_needs_kd(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "row, method, sparsity",
     [("prune-tuned-90", "magnitude", "0.9"), ("prune-tuned-structured-80", "structured", "0.8"),
-     ("prune-tuned-structured-movement-90", "structured_movement", "0.9"), ("prune-ft-structured-movement-90", "structured_movement", "0.9")],
+     ("prune-tuned-structured-movement-90", "structured_movement", "0.9"), ("prune-ft-structured-movement-90", "structured_movement", "0.9"),
+     ("prune-tuned-structured-movement-global-90", "structured_movement", "0.9"), ("prune-ft-global-80", "magnitude", "0.8")],
 )
 def test_prune_tuned_rows_start_from_the_dense_fine_tuned_model(tmp_path, monkeypatch, row, method, sparsity):
     monkeypatch.setattr(transfer, "MODELS", tmp_path)
@@ -93,6 +94,9 @@ def test_prune_tuned_rows_start_from_the_dense_fine_tuned_model(tmp_path, monkey
     start = tmp_path / ("dense-ep2-n67349_sst2_s1/model" if tuned else "minilm")
     assert argv[argv.index("--model") + 1] == str(start)
     assert argv[argv.index("--prune_method") + 1] == method and argv[argv.index("--target_sparsity") + 1] == sparsity
+    assert ("--prune_scope" in argv) == ("-global-" in row)
+    if "-global-" in row:
+        assert argv[argv.index("--prune_scope") + 1] == "global"
     assert transfer._row_sparsity(row) == float(sparsity)
 
 

@@ -141,6 +141,28 @@ def test_structured_prune_at_finetune_then_compact(checkpoints, data_dir, tmp_pa
     assert report.heads_after == 2 * 2 and report.max_abs_diff <= 1e-5  # half of 4 heads in each of 2 layers
 
 
+def test_global_structured_prune_at_finetune(checkpoints, data_dir, tmp_path, monkeypatch):
+    from hf_sparse.analysis import pattern_violations
+    from hf_sparse.transfer import finetune as finetune_module
+
+    made = []  # the pruning method the run builds: it must rank over all layers
+    build_method = finetune_module.PRUNE_METHODS["structured_movement"]
+    monkeypatch.setitem(finetune_module.PRUNE_METHODS, "structured_movement", lambda scope: made.append(build_method(scope)) or made[-1])
+    results = finetune(
+        checkpoints, data_dir, tmp_path / "g", "--model", str(checkpoints / "dense"), "--task", "mrpc",
+        "--prune_method", "structured_movement", "--prune_scope", "global", "--target_sparsity", "0.5", "--num_train_epochs", "2",
+    )
+    assert results["mode"] == "prune-at-finetune:structured_movement+global"
+    assert [m.scope for m in made] == ["global"]
+    model = SparseBertForSequenceClassification.from_pretrained(tmp_path / "g" / "model")
+    masks = {name: m.weight_mask for name, m in model.masked_linears().items()}
+    assert pattern_violations("structured:heads+neurons", masks, model.config.num_attention_heads) == []
+    # half of all heads and of all neurons, counted over both layers together (a layer may keep more than half)
+    heads = [int(m.reshape(-1, 36 // 4, 36).any(dim=(1, 2)).sum()) for n, m in masks.items() if n.endswith("attention.self.value")]
+    neurons = [int(m.any(dim=1).sum()) for n, m in masks.items() if n.endswith("intermediate.dense")]
+    assert sum(heads) == 4 and sum(neurons) == masks[next(n for n in masks if n.endswith("intermediate.dense"))].shape[0]
+
+
 def test_qat_run_writes_ranges_and_keeps_pattern(checkpoints, data_dir, tmp_path):
     results = finetune(checkpoints, data_dir, tmp_path / "q", "--model", str(checkpoints / "upstream"), "--task", "stsb", "--qat")
     assert results["mode"] == "sparse-transfer+qat" and set(results["metrics"]) >= {"pearson", "spearmanr", "combined"}
@@ -223,6 +245,8 @@ def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
         (["--task", "mrpc", "--head_learning_rate", "0"], "head_learning_rate must be > 0"),
         (["--task", "mrpc", "--hidden_weight", "1"], "hidden_weight needs --teacher"),
         (["--task", "mrpc", "--hidden_weight", "-1", "--teacher", "x"], "hidden_weight must be >= 0"),
+        (["--task", "mrpc", "--prune_scope", "model"], "prune_scope must be 'layer' or 'global'"),
+        (["--task", "mrpc", "--prune_method", "movement", "--prune_scope", "global"], "prune_scope='global' applies to prune_method"),
     ],
 )
 def test_finetune_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):

@@ -47,13 +47,14 @@ from .qat import QAT_RANGES_FILE, QATConfig, convert_qat, prepare_qat
 
 DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[3] / "shared" / "data")
 TASKS = ("sst2", "cola", "mrpc", "rte", "stsb", "squad")
-PRUNE_METHODS = {
-    "magnitude": lambda: MagnitudePruning(),
-    "movement": lambda: MovementPruning(),
-    "soft_movement": lambda: MovementPruning(soft=True),
-    "structured": lambda: StructuredPruning(("heads", "neurons")),  # target = fraction of heads and neurons
-    "structured_movement": lambda: StructuredMovementPruning(("heads", "neurons")),  # ranked by movement, not L1 norm
+PRUNE_METHODS = {  # name -> method for a scope ("layer": each layer to the target; "global": one ranking)
+    "magnitude": lambda scope: MagnitudePruning(scope),
+    "movement": lambda scope: MovementPruning(),
+    "soft_movement": lambda scope: MovementPruning(soft=True),
+    "structured": lambda scope: StructuredPruning(("heads", "neurons"), scope),  # target = fraction of heads and neurons
+    "structured_movement": lambda scope: StructuredMovementPruning(("heads", "neurons"), scope),  # ranked by movement
 }
+GLOBAL_SCOPE_METHODS = ("magnitude", "structured", "structured_movement")  # movement is per layer, soft_movement global
 RESULTS_FILE = "results.json"
 HEADS = ("cross-encoder", "bi-encoder")
 
@@ -81,6 +82,8 @@ class FinetuneArguments:
     prune_method: Optional[str] = field(default=None, metadata={"help": f"prune at fine-tune time: {', '.join(PRUNE_METHODS)}"})
     target_sparsity: float = field(default=0.9, metadata={"help": "final sparsity with --prune_method"})
     pruning_end: float = field(default=0.7, metadata={"help": "fraction of training at which pruning reaches its target"})
+    prune_scope: str = field(default="layer", metadata={"help": "layer: every layer pruned to the target; global: one ranking "
+                             f"over all layers, so layers end with uneven widths ({', '.join(GLOBAL_SCOPE_METHODS)})"})
     num_layers: Optional[int] = field(default=None, metadata={"help": "keep only the first N encoder layers (dense models)"})
     max_length: Optional[int] = field(default=None, metadata={"help": "max tokens per example (default: the task's)"})
     doc_stride: int = field(default=64, metadata={"help": "SQuAD: overlap between context windows"})
@@ -93,6 +96,10 @@ class FinetuneArguments:
             raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
         if self.prune_method is not None and self.prune_method not in PRUNE_METHODS:
             raise ValueError(f"unknown prune_method {self.prune_method!r}; known: {', '.join(PRUNE_METHODS)}")
+        if self.prune_scope not in ("layer", "global"):
+            raise ValueError(f"prune_scope must be 'layer' or 'global', got {self.prune_scope!r}")
+        if self.prune_scope == "global" and self.prune_method not in GLOBAL_SCOPE_METHODS:
+            raise ValueError(f"prune_scope='global' applies to prune_method {', '.join(GLOBAL_SCOPE_METHODS)}, not {self.prune_method!r}")
         if not 0 < self.target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
         if self.hidden_weight < 0:
@@ -290,7 +297,7 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
         total = _total_steps(training_args, len(train))
         end = max(1, int(args.pruning_end * total))
         schedule = CubicSchedule(0.0, args.target_sparsity, start_step=0, end_step=end, frequency=max(1, end // 30))
-        callbacks.append(PruningCallback(PRUNE_METHODS[args.prune_method](), schedule, model))
+        callbacks.append(PruningCallback(PRUNE_METHODS[args.prune_method](args.prune_scope), schedule, model))
     elif sparse:
         callbacks.append(SparsityCallback(reference=upstream))
     if args.qat:
@@ -384,6 +391,8 @@ def write_results(output_dir: Path, results: dict) -> None:
 
 def _mode(args: FinetuneArguments, sparse_source: bool) -> str:
     parts = [f"prune-at-finetune:{args.prune_method}" if args.prune_method else ("sparse-transfer" if sparse_source else "dense")]
+    if args.prune_method and args.prune_scope == "global":
+        parts.append("global")
     if args.num_layers:
         parts.append(f"layers={args.num_layers}")
     if args.head == "bi-encoder":
