@@ -77,6 +77,36 @@ def test_int8_exports_stay_within_one_point_on_sst2(finetuned_sparse_sst2, tmp_p
     assert layout["int8_weights"] >= 36 and layout["behind_transpose"] == 0
 
 
+@pytest.mark.skipif(not HAVE_EXPORTERS, reason="needs optimum-intel (default environment)")
+def test_openvino_runs_its_sparse_int8_kernel_where_the_cpu_has_amx(tmp_path):
+    """The kernel OpenVINO executes for 90%-sparse int8 weights, not just the flag that asks for it.
+
+    Its sparse INT8 kernel exists for AMX CPUs only: there every encoder linear must run it once sparse
+    decompression is on (and none without it); on a CPU without AMX it must never appear.
+    """
+    from hf_sparse.deploy.bench import cpu_description
+    from hf_sparse.deploy.openvino import compile_model, executed_kernels, export_openvino
+
+    model = SparseBertModel.from_dense(minilm_dir()).eval()
+    model.set_masks(magnitude_masks(model, 0.9))
+    model.save_pretrained(tmp_path / "m")
+    transformers.AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(tmp_path / "m")
+    export_openvino(tmp_path / "m", tmp_path / "ov", calibration="sst2", num_calibration_samples=32, data_dir=DATA_DIR)
+    ids = np.random.default_rng(0).integers(1000, 20000, (1, 128))
+    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    xml = tmp_path / "ov" / "openvino_model_int8.xml"
+
+    def sparse_runs(kernels: dict) -> int:
+        return sum(n for kernel, n in kernels.items() if "sparse" in kernel.lower())
+
+    off, on = executed_kernels(compile_model(xml), inputs), executed_kernels(compile_model(xml, sparse_rate=0.5), inputs)
+    assert sum(on.values()) >= 36 and sparse_runs(off) == 0, (off, on)
+    if "amx_int8" in cpu_description().get("flags", []):
+        assert sparse_runs(on) >= 36, on  # 6 layers x (Q, K, V, attention output, FFN in, FFN out)
+    else:
+        assert sparse_runs(on) == 0, on
+
+
 def test_compacted_real_model_matches(tmp_path):
     """Structured pruning of real MiniLM-L6, compaction, and the same hidden states on real sentences."""
     import torch
