@@ -35,3 +35,5 @@ rank = dist.get_rank()
 if rank == 0:
     save_file(initial, str(out / "initial.safetensors"))
 save_file(tensors(model), str(out / f"rank{rank}.safetensors"))
+# a gloo group still alive at interpreter exit can abort a rank ("terminate called without an active exception")
+dist.destroy_process_group()
