@@ -17,6 +17,10 @@ unmeasured run that warms the page cache.
   shapes (fp32 weight + bool mask each), timed alone. Added to the dense model's forward pass on
   weights already in memory (its second forward), it is a lower bound on the sparse first output.
 
+Sparse rows load with the C decoder built at install time (`hf_sparse._bitmask`); rows marked
+`numpy/torch` (by default the 90% one) repeat the load with it disabled (`HF_SPARSE_NATIVE_DECODE=0`),
+the path used where hf-sparse was installed without a C compiler or through `trust_remote_code`.
+
     python benchmarks/format.py                      # writes benchmarks/results/format.{json,md}
     python benchmarks/format.py --layers 2 --repeats 3   # a quick smoke run
 """
@@ -90,26 +94,27 @@ def evict_from_page_cache(folder: Path) -> None:
             os.close(fd)
 
 
-def _run_fresh(snippet: str, *argv: str) -> dict:
-    """Runs `snippet` in a fresh Python process and returns the JSON it prints last."""
-    out = subprocess.run([sys.executable, "-c", snippet, *argv], capture_output=True, text=True, check=True)
+def _run_fresh(snippet: str, *argv: str, env: dict | None = None) -> dict:
+    """Runs `snippet` in a fresh Python process (with `env` added to the environment) and returns the JSON it prints last."""
+    env = {**os.environ, **(env or {})}
+    out = subprocess.run([sys.executable, "-c", snippet, *argv], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _load_once(folder: Path, kind: str) -> dict:
-    return _run_fresh(_LOAD_SNIPPET, str(folder), kind)
+def _load_once(folder: Path, kind: str, env: dict | None = None) -> dict:
+    return _run_fresh(_LOAD_SNIPPET, str(folder), kind, env=env)
 
 
-def median_load_seconds(folder: Path, kind: str, repeats: int, cold: bool) -> dict:
+def median_load_seconds(folder: Path, kind: str, repeats: int, cold: bool, env: dict | None = None) -> dict:
     """Median warm-cache `load` and `first_output`, and cold-cache `first_output_cold`, in seconds."""
-    _load_once(folder, kind)  # warms the page cache
-    warm = [_load_once(folder, kind) for _ in range(repeats)]
+    _load_once(folder, kind, env)  # warms the page cache
+    warm = [_load_once(folder, kind, env) for _ in range(repeats)]
     times = {key: statistics.median(r[key] for r in warm) for key in ("load", "first_output", "forward_resident")}
     if cold:
         runs = []
         for _ in range(repeats):
             evict_from_page_cache(folder)
-            runs.append(_load_once(folder, kind)["first_output"])
+            runs.append(_load_once(folder, kind, env)["first_output"])
         times["first_output_cold"] = statistics.median(runs)
     return times
 
@@ -135,12 +140,19 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.8, 0.9, 0.97])
+    parser.add_argument("--fallback-sparsities", type=float, nargs="*", default=[0.9],
+                        help="sparsities also loaded with the numpy/torch decoder (HF_SPARSE_NATIVE_DECODE=0)")
     parser.add_argument("--out", type=Path, default=RESULTS / "format")
     parser.add_argument("--no-cold", dest="cold", action="store_false", help="skip the cold page-cache timings")
     args = parser.parse_args()
     torch.manual_seed(0)
     transformers.logging.set_verbosity_error()
+    from hf_sparse.models.sparse_bert import sparse_format
 
+    native = sparse_format._native_bitmask is not None and os.environ.get("HF_SPARSE_NATIVE_DECODE", "1") != "0"
+    decoders = {"native" if native else "numpy/torch": {}}
+    if native:
+        decoders["numpy/torch"] = {"HF_SPARSE_NATIVE_DECODE": "0"}
     config = transformers.BertConfig(num_hidden_layers=args.layers)
     dense = transformers.BertModel(config).eval()
     rows = []
@@ -163,35 +175,41 @@ def main() -> int:
             sparse.save_pretrained(folder)
             file_bytes = (folder / "model.safetensors").stat().st_size
             p_bytes = prunable_bytes(folder)
-            times = median_load_seconds(folder, "sparse", args.repeats, cold)
-            load, first = times["load"], times["first_output"]
-            rows.append(
-                {
-                    "sparsity": sparsity,
-                    "measured_sparsity": round(sparse.sparsity(), 6),
-                    "file_bytes": file_bytes,
-                    "file_ratio_to_dense": round(file_bytes / dense_file, 4),
-                    "prunable_bytes": p_bytes,
-                    "prunable_ratio_to_dense_fp32": round(p_bytes / dense_prunable_bytes, 4),
-                    "load_ms": round(load * 1000, 1),
-                    "load_ratio_to_dense": round(load / dense_load, 3),
-                    "first_output_ms": round(first * 1000, 1),
-                    "first_output_ratio_to_dense": round(first / dense_first, 3),
-                    "first_output_cold_ms": round(times["first_output_cold"] * 1000, 1) if cold else None,
-                    "first_output_cold_ratio_to_dense": round(times["first_output_cold"] / dense_times["first_output_cold"], 3) if cold else None,
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+            for decoder, env in decoders.items():
+                if env and sparsity not in args.fallback_sparsities:
+                    continue
+                times = median_load_seconds(folder, "sparse", args.repeats, cold, env)
+                load, first = times["load"], times["first_output"]
+                rows.append(
+                    {
+                        "sparsity": sparsity,
+                        "decoder": decoder,
+                        "measured_sparsity": round(sparse.sparsity(), 6),
+                        "file_bytes": file_bytes,
+                        "file_ratio_to_dense": round(file_bytes / dense_file, 4),
+                        "prunable_bytes": p_bytes,
+                        "prunable_ratio_to_dense_fp32": round(p_bytes / dense_prunable_bytes, 4),
+                        "load_ms": round(load * 1000, 1),
+                        "load_ratio_to_dense": round(load / dense_load, 3),
+                        "first_output_ms": round(first * 1000, 1),
+                        "first_output_ratio_to_dense": round(first / dense_first, 3),
+                        "first_output_cold_ms": round(times["first_output_cold"] * 1000, 1) if cold else None,
+                        "first_output_cold_ratio_to_dense": round(times["first_output_cold"] / dense_times["first_output_cold"], 3) if cold else None,
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
         # the round trip the numbers rely on is exact
         reloaded = SparseBertModel.from_pretrained(folder)
         assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in sparse.state_dict().items())
 
+    default = next(iter(decoders))
     at_90 = next((r for r in rows if r["sparsity"] == 0.9), None)
+    rows_default = [r for r in rows if r["decoder"] == default]  # the targets apply to the installed decoder
     targets = {
         "prunable_bytes_at_90_le_13.5pct": None if at_90 is None else at_90["prunable_ratio_to_dense_fp32"] <= TARGET_BYTES_AT_90,
-        "first_output_ratio_le_1.5_all_rows": all(r["first_output_ratio_to_dense"] <= TARGET_LOAD_RATIO for r in rows),
-        "first_output_cold_ratio_le_1.5_all_rows": None if not cold else all(r["first_output_cold_ratio_to_dense"] <= TARGET_LOAD_RATIO for r in rows),
-        "load_ratio_le_1.5_all_rows": all(r["load_ratio_to_dense"] <= TARGET_LOAD_RATIO for r in rows),
+        "first_output_ratio_le_1.5_all_rows": all(r["first_output_ratio_to_dense"] <= TARGET_LOAD_RATIO for r in rows_default),
+        "first_output_cold_ratio_le_1.5_all_rows": None if not cold else all(r["first_output_cold_ratio_to_dense"] <= TARGET_LOAD_RATIO for r in rows_default),
+        "load_ratio_le_1.5_all_rows": all(r["load_ratio_to_dense"] <= TARGET_LOAD_RATIO for r in rows_default),
     }
     result = {
         "benchmark": "format",
@@ -199,6 +217,7 @@ def main() -> int:
         "shape": {"layers": args.layers, "hidden": config.hidden_size, "intermediate": config.intermediate_size},
         "dtype": "float32",
         "repeats": args.repeats,
+        "decoder": default,
         "dense_file_bytes": dense_file,
         "dense_prunable_fp32_bytes": dense_prunable_bytes,
         "dense_load_ms": round(dense_load * 1000, 1),
@@ -228,12 +247,12 @@ def main() -> int:
         + (f", {dense_times['first_output_cold'] * 1000:.0f} ms cold" if cold else "")
         + f" (medians of {args.repeats} fresh processes).",
         "",
-        "| sparsity | file MB | file / dense | prunable bytes / dense fp32 | load ms | load / dense | first output ms | first output / dense | cold first output / dense |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| sparsity | decoder | file MB | file / dense | prunable bytes / dense fp32 | load ms | load / dense | first output ms | first output / dense | cold first output / dense |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['sparsity']:.0%} | {r['file_bytes'] / 1e6:.1f} | {r['file_ratio_to_dense']:.3f} | "
+            f"| {r['sparsity']:.0%} | {r['decoder']} | {r['file_bytes'] / 1e6:.1f} | {r['file_ratio_to_dense']:.3f} | "
             f"{r['prunable_ratio_to_dense_fp32']:.2%} | {r['load_ms']:.0f} | {r['load_ratio_to_dense']:.2f}x | "
             f"{r['first_output_ms']:.0f} | {r['first_output_ratio_to_dense']:.2f}x | "
             + (f"{r['first_output_cold_ratio_to_dense']:.2f}x |" if cold else "- |")
@@ -245,7 +264,7 @@ def main() -> int:
         f"is {floor_first * 1000:.0f} ms = {floor_first / dense_first:.2f}x the dense first output, the least any loader that "
         "rebuilds dense weights and masks can reach here.",
         "",
-        f"Targets: {json.dumps(targets)}",
+        f"Targets (rows of the {default} decoder): {json.dumps(targets)}",
     ]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from hf_sparse import SparseBertForMaskedLM, SparseBertModel, SparseFormatError
 from hf_sparse.models.sparse_bert import modeling_sparse_bert
-from hf_sparse.models.sparse_bert.sparse_format import pack_mask, unpack_mask
+from hf_sparse.models.sparse_bert import sparse_format
+from hf_sparse.models.sparse_bert.sparse_format import decode_state_dict, encode_state_dict, pack_mask, unpack_mask
 
 from conftest import build
 
@@ -116,14 +117,43 @@ def test_shape_mismatch_with_config(ckpt):
         SparseBertForMaskedLM.from_pretrained(ckpt)
 
 
+def test_native_decoder_is_built():
+    # optional for users (installs without a C compiler), required here: the tests below must exercise it
+    assert sparse_format._native_bitmask is not None, "hf_sparse._bitmask was not built by `pip install`"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (64, 96), (0,)])
+@pytest.mark.parametrize("pruned", [0.0, 0.5, 0.9, 1.0])
+def test_native_decoder_matches_the_torch_decoder(monkeypatch, dtype, shape, pruned):
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(shape, generator=gen) >= pruned
+    mask.view(-1)[:1] = pruned < 1.0  # a kept or pruned first entry (bit 0 of byte 0) either way
+    weight = (torch.randn(shape, generator=gen).to(dtype) + 1e-3) * mask
+    tensors, meta = encode_state_dict({"w": weight, "w_mask": mask}, ["w"])
+    decoded = {}
+    for native in ("1", "0"):
+        monkeypatch.setenv("HF_SPARSE_NATIVE_DECODE", native)
+        decoded[native] = decode_state_dict(tensors, meta, "file")
+    for out in decoded.values():
+        assert out["w"].dtype == dtype and out["w_mask"].dtype == torch.bool
+        assert torch.equal(out["w"], weight) and torch.equal(out["w_mask"], mask)
+        assert not torch.signbit(out["w"][~mask]).any()  # pruned entries are +0.0
+    assert torch.equal(decoded["1"]["w"].view(-1).view(torch.uint8), decoded["0"]["w"].view(-1).view(torch.uint8))
+
+
 def test_bitmask_of_wrong_size(ckpt):
     rewrite(ckpt, lambda t, m: t.__setitem__(Q + ".bitmask", t[Q + ".bitmask"][:-1].clone()))
     with pytest.raises(SparseFormatError, match=r"tensor '.*query\.weight\.bitmask' has dtype torch.uint8 and shape \[\d+\]; expected uint8 of shape"):
         SparseBertForMaskedLM.from_pretrained(ckpt)
 
 
-def test_values_count_disagrees_with_bitmask(ckpt):
-    rewrite(ckpt, lambda t, m: t.__setitem__(Q + ".values", t[Q + ".values"][:-3].clone()))
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("change", [-3, 2])
+def test_values_count_disagrees_with_bitmask(ckpt, monkeypatch, native, change):
+    monkeypatch.setenv("HF_SPARSE_NATIVE_DECODE", native)
+    values = lambda v: v[:change].clone() if change < 0 else torch.cat([v, torch.ones(change)])  # noqa: E731
+    rewrite(ckpt, lambda t, m: t.__setitem__(Q + ".values", values(t[Q + ".values"])))
     with pytest.raises(SparseFormatError, match=r"'.*query\.weight\.values' has \d+ torch.float32 entries .* but its bitmask keeps \d+; the file is corrupted"):
         SparseBertForMaskedLM.from_pretrained(ckpt)
 

@@ -27,6 +27,11 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
+try:  # the optional C decoder, built when hf-sparse is installed; absent in `trust_remote_code` copies of this file
+    from hf_sparse import _bitmask as _native_bitmask
+except ImportError:
+    _native_bitmask = None
+
 FORMAT_NAME = "bitmask"
 FORMAT_VERSION = 1
 META_FORMAT = "hf_sparse_format"
@@ -138,13 +143,25 @@ def decode_state_dict(
                 f"{source}: tensor {name + BITMASK_SUFFIX!r} has dtype {packed.dtype} and shape "
                 f"{list(packed.shape)}; expected uint8 of shape [{(count + 7) // 8}] for a weight of shape {shape}"
             )
-        mask = unpack_mask(packed, shape)
-        kept = int(np.count_nonzero(mask.numpy()))
+        dense = None
+        if (native := _native_decoder(values)) is not None:
+            # one pass: unpack, count and scatter into uninitialised memory (every byte is written)
+            mask = torch.empty(shape, dtype=torch.bool)
+            if values.numel() == count:  # nothing pruned if the file is sound: the values are the weight
+                kept = native.unpack(packed.numpy(), mask.numpy())
+            else:
+                dense = torch.empty(shape, dtype=values.dtype)
+                kept = native.decode(packed.numpy(), _raw(values), _raw(dense), mask.numpy(), values.element_size())
+        else:
+            mask = unpack_mask(packed, shape)
+            kept = int(np.count_nonzero(mask.numpy()))
         if values.dim() != 1 or values.numel() != kept or not values.is_floating_point():
             raise SparseFormatError(
                 f"{source}: tensor {name + VALUES_SUFFIX!r} has {values.numel()} {values.dtype} entries "
                 f"(shape {list(values.shape)}) but its bitmask keeps {kept}; the file is corrupted"
             )
+        if dense is not None:  # decoded natively
+            return dense, mask
         if kept == count:  # nothing pruned: the values are the dense weight (copied if misaligned in the file)
             dense = values.reshape(shape) if values.data_ptr() % ALIGNMENT == 0 else values.reshape(shape).clone()
         else:
@@ -177,6 +194,23 @@ def decode_state_dict(
         _check_mask(name, tensors[name], tensors[key], where=source)
     out.update(tensors)
     return out
+
+
+def _native_decoder(values: torch.Tensor):
+    """The C decoder when it is built, enabled (`HF_SPARSE_NATIVE_DECODE` is not `0`) and `values` suits it."""
+    if _native_bitmask is None or os.environ.get("HF_SPARSE_NATIVE_DECODE", "1") == "0":
+        return None
+    if values.dim() != 1 or not values.is_floating_point() or values.element_size() not in (2, 4, 8):
+        return None
+    return _native_bitmask
+
+
+_RAW_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _raw(tensor: torch.Tensor) -> np.ndarray:
+    """A contiguous tensor's memory as an integer numpy array of the same item size (bf16 has no numpy dtype)."""
+    return tensor.contiguous().view(_RAW_DTYPES[tensor.element_size()]).numpy()
 
 
 def _check_mask(name: str, weight: torch.Tensor, mask: torch.Tensor, where: str) -> None:
