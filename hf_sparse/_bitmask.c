@@ -4,8 +4,8 @@
  *
  * One pass over a compressed weight: unpacks the bitmask (8 entries per byte, least significant
  * bit first) into `mask` (one 0/1 byte per entry) and scatters `values` (row-major, `itemsize`
- * bytes each) into `weight`, writing zeros elsewhere. Every output byte is written exactly once,
- * so the outputs may be uninitialised memory. Returns the number of set bits; when it differs
+ * bytes each, possibly unaligned) into `weight`, writing zeros elsewhere. Every output byte is
+ * written, so the outputs may be uninitialised memory. Returns the number of set bits; when it differs
  * from the number of values, the outputs are incomplete and the caller must discard them (no
  * value is read past the end of `values`). The GIL is released while decoding.
  *
@@ -22,7 +22,7 @@ static uint8_t MASK_BYTES[256][8]; /* byte b -> its 8 bits as 8 bytes of 0/1, le
 
 #define DECODE_LOOP(TYPE)                                                               \
     do {                                                                                \
-        const TYPE *v = (const TYPE *)values;                                           \
+        const char *v = (const char *)values; /* may be unaligned: read with memcpy */  \
         TYPE *w = (TYPE *)weight;                                                       \
         for (Py_ssize_t byte = 0; byte < full_bytes; byte++) {                          \
             unsigned bits = packed[byte];                                               \
@@ -33,7 +33,7 @@ static uint8_t MASK_BYTES[256][8]; /* byte b -> its 8 bits as 8 bytes of 0/1, le
                 Py_ssize_t n = __builtin_popcount(bits);                                \
                 if (kept + n > n_values) { kept += n; continue; }         \
                 while (bits) {                                                          \
-                    out[__builtin_ctz(bits)] = v[kept++];                               \
+                    memcpy(out + __builtin_ctz(bits), v + sizeof(TYPE) * kept++, sizeof(TYPE)); \
                     bits &= bits - 1;                                                   \
                 }                                                                       \
             }                                                                           \
@@ -44,7 +44,7 @@ static uint8_t MASK_BYTES[256][8]; /* byte b -> its 8 bits as 8 bytes of 0/1, le
             w[i] = 0;                                                                   \
             if (bit) {                                                                  \
                 if (kept + 1 > n_values) { kept++; continue; }            \
-                w[i] = v[kept++];                                                       \
+                memcpy(w + i, v + sizeof(TYPE) * kept++, sizeof(TYPE));                \
             }                                                                           \
         }                                                                               \
     } while (0)

@@ -1,5 +1,6 @@
 """Bad checkpoints give specific errors naming file and tensor; failed saves leave nothing behind."""
 
+import importlib.util
 import json
 from unittest import mock
 
@@ -140,6 +141,37 @@ def test_native_decoder_matches_the_torch_decoder(monkeypatch, dtype, shape, pru
         assert torch.equal(out["w"], weight) and torch.equal(out["w_mask"], mask)
         assert not torch.signbit(out["w"][~mask]).any()  # pruned entries are +0.0
     assert torch.equal(decoded["1"]["w"].view(-1).view(torch.uint8), decoded["0"]["w"].view(-1).view(torch.uint8))
+
+
+def test_native_decoder_reads_unaligned_values_from_a_file(tmp_path):
+    # an odd-length bitmask before the values leaves them unaligned in the memory-mapped file
+    gen = torch.Generator().manual_seed(1)
+    state, names = {}, []
+    for i, (shape, dtype) in enumerate([((7,), torch.float64), ((9, 9), torch.float32), ((3, 5), torch.bfloat16)]):
+        mask = torch.rand(shape, generator=gen) > 0.4
+        state[f"w{i}"], state[f"w{i}_mask"] = torch.randn(shape, generator=gen).to(dtype) * mask, mask
+        names.append(f"w{i}")
+    tensors, meta = encode_state_dict(state, names)
+    sparse_format.write_safetensors(tensors, tmp_path / "m.safetensors", meta)
+    read, read_meta = sparse_format.read_safetensors(tmp_path / "m.safetensors")
+    assert any(read[n + ".values"].data_ptr() % read[n + ".values"].element_size() for n in names)
+    decoded = decode_state_dict(read, read_meta, "m.safetensors")
+    assert all(torch.equal(decoded[k], v) for k, v in state.items())
+
+
+def test_native_decoder_takes_a_strided_bitmask():
+    mask = torch.rand(64, 8) > 0.5
+    tensors, meta = encode_state_dict({"w": torch.randn(64, 8) * mask, "w_mask": mask}, ["w"])
+    tensors["w.bitmask"] = torch.stack([tensors["w.bitmask"], tensors["w.bitmask"]], 1)[:, 0]  # same bytes, stride 2
+    assert not tensors["w.bitmask"].is_contiguous()
+    assert torch.equal(decode_state_dict(tensors, meta, "file")["w_mask"], mask)
+
+
+def test_remote_code_copy_does_not_import_hf_sparse():
+    spec = importlib.util.spec_from_file_location("transformers_modules.repo.sparse_format", sparse_format.__file__)
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    assert copy._native_bitmask is None  # the numpy/torch decoder, whatever is installed
 
 
 def test_bitmask_of_wrong_size(ckpt):

@@ -27,10 +27,12 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-try:  # the optional C decoder, built when hf-sparse is installed; absent in `trust_remote_code` copies of this file
-    from hf_sparse import _bitmask as _native_bitmask
-except ImportError:
-    _native_bitmask = None
+_native_bitmask = None
+if __name__.startswith("hf_sparse."):  # the optional C decoder; `trust_remote_code` copies of this file never import hf_sparse
+    try:
+        from hf_sparse import _bitmask as _native_bitmask
+    except ImportError:  # built without a C compiler
+        pass
 
 FORMAT_NAME = "bitmask"
 FORMAT_VERSION = 1
@@ -148,10 +150,10 @@ def decode_state_dict(
             # one pass: unpack, count and scatter into uninitialised memory (every byte is written)
             mask = torch.empty(shape, dtype=torch.bool)
             if values.numel() == count:  # nothing pruned if the file is sound: the values are the weight
-                kept = native.unpack(packed.numpy(), mask.numpy())
+                kept = native.unpack(packed.contiguous().numpy(), mask.numpy())
             else:
                 dense = torch.empty(shape, dtype=values.dtype)
-                kept = native.decode(packed.numpy(), _raw(values), _raw(dense), mask.numpy(), values.element_size())
+                kept = native.decode(packed.contiguous().numpy(), _raw(values), _raw(dense), mask.numpy(), values.element_size())
         else:
             mask = unpack_mask(packed, shape)
             kept = int(np.count_nonzero(mask.numpy()))
