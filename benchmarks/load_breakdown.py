@@ -19,10 +19,11 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from format import _run_fresh as _fresh  # benchmarks/format.py: a snippet in a fresh process, its JSON back
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,14 +70,6 @@ ms = (time.perf_counter() - start) * 1000
 huge = next(int(line.split()[1]) for line in open("/proc/self/smaps_rollup") if line.startswith("AnonHugePages"))
 print(json.dumps({"ms": ms, "anon_huge_kb": huge}))
 """
-
-
-def _fresh(snippet: str, *argv: str, env: dict | None = None) -> dict:
-    import os
-
-    out = subprocess.run([sys.executable, "-c", snippet, *argv], capture_output=True, text=True, check=True,
-                         env={**os.environ, **(env or {})})
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _median(runs: list[dict], key: str) -> float:
