@@ -85,7 +85,7 @@ class MaskedLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
+        self.register_buffer("weight_mask", _all_ones_mask(self.weight))
         self._register_load_state_dict_pre_hook(self._decode_compressed_weight)
 
     def _decode_compressed_weight(self, state_dict, prefix, *args) -> None:
@@ -108,10 +108,15 @@ class MaskedLinear(nn.Linear):
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "MaskedLinear":
         """Wraps `linear`'s own parameters (no copy) with an all-ones mask."""
-        masked = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        masked.weight = linear.weight
-        masked.bias = linear.bias
-        masked.weight_mask = torch.ones_like(linear.weight, dtype=torch.bool)
+        # nn.Linear.__init__ would create and initialise parameters only to drop them (a third of a
+        # BERT-base model's construction time): build the module around `linear`'s parameters instead
+        masked = cls.__new__(cls)
+        nn.Module.__init__(masked)
+        masked.in_features, masked.out_features = linear.in_features, linear.out_features
+        masked.register_parameter("weight", linear.weight)
+        masked.register_parameter("bias", linear.bias)
+        masked.register_buffer("weight_mask", _all_ones_mask(linear.weight))
+        masked._register_load_state_dict_pre_hook(masked._decode_compressed_weight)
         return masked
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -130,6 +135,13 @@ class MaskedLinear(nn.Linear):
             return super().extra_repr()
         sparsity = 1.0 - self.weight_mask.float().mean().item()
         return f"{super().extra_repr()}, sparsity={sparsity:.3f}"
+
+
+def _all_ones_mask(weight: torch.Tensor) -> torch.Tensor:
+    """A keep-everything mask for `weight` (its shape and device; no data on the meta device)."""
+    if weight.device.type == "meta":  # torch.ones_like on meta goes through slow Python decompositions
+        return torch.empty(weight.shape, dtype=torch.bool, device="meta")
+    return torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
 
 
 def _fill_ones(tensor: torch.Tensor) -> None:
