@@ -21,8 +21,8 @@ task's rate, `--head-learning-rate` sets the task head's own rate (pooler and cl
 `--max-train-samples` override the task's epochs and training examples (a longer-budget row; with `--kd` a row given
 `--max-train-samples` distils from the dense row trained with the same `--epochs` / `--max-train-samples`, which is also
 the model a `prune-tuned-*` row starts from); `--hidden-weight` (with `--kd`) also distils the teacher's hidden states;
-the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
+`--min-heads-per-layer` (global structured rows) keeps that many heads in every layer; the row's label says so. Each run writes
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-mh<n>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ OVERRIDES = (
     ("epochs", "epochs_override", "-ep{:g}", "--epochs {:g}", " ({:g} epochs)"),
     ("max_train_samples", "max_train_samples_override", "-n{:d}", "--max-train-samples {:d}", " ({:,} examples)"),
     ("hidden_weight", "hidden_weight_override", "-hid{:g}", "--hidden-weight {:g}", " (hidden-state KD {:g})"),
+    ("min_heads_per_layer", "min_heads_per_layer_override", "-mh{:d}", "--min-heads-per-layer {:d}", " (>= {:d} heads per layer)"),
 )
 _NUMBER = {"g": r"\d+(?:\.\d+)?(?:e[+-]\d+)?", "d": r"\d+"}
 
@@ -70,10 +71,12 @@ def upstream_row(recipe: str) -> str:
 def _row_arguments(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
-    hidden_weight: float | None = None,
+    hidden_weight: float | None = None, min_heads_per_layer: int | None = None,
 ) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
+    if min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement)?-global-\d+", row):
+        raise SystemExit("--min-heads-per-layer applies to prune-*-structured[-movement]-global-<s> rows")
     args: list[str] = []
     if row == "dense":
         args += ["--model", str(minilm_folder())]
@@ -93,6 +96,8 @@ def _row_arguments(
         args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(match[4]) / 100)]
         if match[3]:
             args += ["--prune_scope", "global"]
+        if min_heads_per_layer is not None:
+            args += ["--prune_min_heads_per_layer", str(min_heads_per_layer)]
     elif match := re.fullmatch(r"dense-layers-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
     else:
@@ -166,16 +171,18 @@ def _warmup(fraction: float) -> list[str]:
 def run(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
-    hidden_weight: float | None = None,
+    hidden_weight: float | None = None, min_heads_per_layer: int | None = None,
 ) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
     from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
 
     overrides = {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "epochs": epochs, "max_train_samples": max_train_samples,
-                 "hidden_weight": hidden_weight}
+                 "hidden_weight": hidden_weight, "min_heads_per_layer": min_heads_per_layer}
     name, command = run_name(row, task, seed, kd, qat, bi_encoder, overrides)
-    argv = _row_arguments(row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples, hidden_weight)
+    argv = _row_arguments(
+        row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples, hidden_weight, min_heads_per_layer
+    )
     argv += ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
     results = run_finetune(finetune_args, training_args)
@@ -378,6 +385,10 @@ def main() -> int:
     parser.add_argument(
         "--hidden-weight", type=float, help="with --kd, also distil the dense row's hidden states, layer by layer, with this weight (MSE)",
     )
+    parser.add_argument(
+        "--min-heads-per-layer", type=int,
+        help="prune-*-structured[-movement]-global-<s> rows: every layer keeps at least this many attention heads",
+    )
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
     if args.row:
@@ -386,7 +397,7 @@ def main() -> int:
         if args.bi_encoder and args.qat:
             parser.error("--bi-encoder runs without --qat (not supported by the bi-encoder head yet)")
         results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs, args.head_learning_rate,
-                      args.max_train_samples, args.hidden_weight)
+                      args.max_train_samples, args.hidden_weight, args.min_heads_per_layer)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")

@@ -56,7 +56,8 @@ def test_kd_teacher_follows_the_data_budget(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kd, qat, bi_encoder", [(False, False, False), (True, False, False), (True, True, False), (True, False, True)])
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"learning_rate": 1e-05}, {"head_learning_rate": 0.001, "epochs": 10}, {"epochs": 2.5, "max_train_samples": 67349, "hidden_weight": 1}],
+    [{}, {"learning_rate": 1e-05}, {"head_learning_rate": 0.001, "epochs": 10}, {"epochs": 2.5, "max_train_samples": 67349, "hidden_weight": 1},
+     {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "min_heads_per_layer": 1}],
 )
 def test_parse_run_name_inverts_run_name(row, kd, qat, bi_encoder, overrides):
     name, _ = transfer.run_name(row, "sst2", 1, kd, qat, bi_encoder, overrides)
@@ -108,3 +109,16 @@ def test_structured_deploy_output_names_keep_seeds_apart():
     assert structured_deploy.output_names(row, "sst2", 2) == (
         f"structured_deploy_{row}_sst2_s2.json", f"structured-{row}-sst2-s2", f"python benchmarks/structured_deploy.py --row {row} --task sst2 --seed 2"
     )
+
+
+def test_min_heads_per_layer_only_on_global_structured_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    (tmp_path / "dense_sst2_s1" / "model").mkdir(parents=True)
+    argv = transfer._row_arguments("prune-tuned-structured-movement-global-90", "sst2", 1, True, min_heads_per_layer=1)
+    assert argv[argv.index("--prune_min_heads_per_layer") + 1] == "1"
+    name, command = transfer.run_name("prune-tuned-structured-movement-global-90", "sst2", 1, True, False, False, {"min_heads_per_layer": 1})
+    assert name == "prune-tuned-structured-movement-global-90-kd-mh1_sst2_s1" and command.endswith("--kd --min-heads-per-layer 1")
+    for row in ("prune-tuned-structured-movement-90", "prune-ft-global-90", "upstream-90", "dense"):  # refused before any file is looked for
+        with pytest.raises(SystemExit, match="--min-heads-per-layer applies to"):
+            transfer._row_arguments(row, "sst2", 1, False, min_heads_per_layer=1)

@@ -147,7 +147,7 @@ def test_global_structured_prune_at_finetune(checkpoints, data_dir, tmp_path, mo
 
     made = []  # the pruning method the run builds: it must rank over all layers
     build_method = finetune_module.PRUNE_METHODS["structured_movement"]
-    monkeypatch.setitem(finetune_module.PRUNE_METHODS, "structured_movement", lambda scope: made.append(build_method(scope)) or made[-1])
+    monkeypatch.setitem(finetune_module.PRUNE_METHODS, "structured_movement", lambda scope, **floors: made.append(build_method(scope, **floors)) or made[-1])
     results = finetune(
         checkpoints, data_dir, tmp_path / "g", "--model", str(checkpoints / "dense"), "--task", "mrpc",
         "--prune_method", "structured_movement", "--prune_scope", "global", "--target_sparsity", "0.5", "--num_train_epochs", "2",
@@ -161,6 +161,19 @@ def test_global_structured_prune_at_finetune(checkpoints, data_dir, tmp_path, mo
     heads = [int(m.reshape(-1, 36 // 4, 36).any(dim=(1, 2)).sum()) for n, m in masks.items() if n.endswith("attention.self.value")]
     neurons = [int(m.any(dim=1).sum()) for n, m in masks.items() if n.endswith("intermediate.dense")]
     assert sum(heads) == 4 and sum(neurons) == masks[next(n for n in masks if n.endswith("intermediate.dense"))].shape[0]
+
+
+def test_global_structured_floor_keeps_heads_in_every_layer(checkpoints, data_dir, tmp_path):
+    # 2 layers x 4 heads at 75%: 2 heads stay; the floor puts one in each layer
+    results = finetune(
+        checkpoints, data_dir, tmp_path / "f", "--model", str(checkpoints / "dense"), "--task", "mrpc",
+        "--prune_method", "structured_movement", "--prune_scope", "global", "--target_sparsity", "0.75",
+        "--prune_min_heads_per_layer", "1",
+    )
+    assert results["mode"] == "prune-at-finetune:structured_movement+global+min-heads=1"
+    model = SparseBertForSequenceClassification.from_pretrained(tmp_path / "f" / "model")
+    values = [m.weight_mask for n, m in model.masked_linears().items() if n.endswith("attention.self.value")]
+    assert [int(m.reshape(4, -1).any(dim=1).sum()) for m in values] == [1, 1]
 
 
 def test_qat_run_writes_ranges_and_keeps_pattern(checkpoints, data_dir, tmp_path):
@@ -247,6 +260,10 @@ def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
         (["--task", "mrpc", "--hidden_weight", "-1", "--teacher", "x"], "hidden_weight must be >= 0"),
         (["--task", "mrpc", "--prune_scope", "model"], "prune_scope must be 'layer' or 'global'"),
         (["--task", "mrpc", "--prune_method", "movement", "--prune_scope", "global"], "prune_scope='global' applies to prune_method"),
+        (["--task", "mrpc", "--prune_method", "structured", "--prune_min_heads_per_layer", "1"], "need --prune_scope global"),
+        (["--task", "mrpc", "--prune_method", "magnitude", "--prune_scope", "global", "--prune_min_neurons_per_layer", "2"],
+         "need --prune_scope global and --prune_method structured or structured_movement"),
+        (["--task", "mrpc", "--prune_min_heads_per_layer", "-1"], "must be >= 0"),
     ],
 )
 def test_finetune_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):

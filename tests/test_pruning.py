@@ -208,3 +208,54 @@ def test_kill_and_resume_gives_the_same_masks(tmp_path):
         assert torch.equal(mask, resumed.get_masks()[name]), name
     for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def _heads_per_layer(model, masks):
+    heads = model.config.num_attention_heads
+    return [int(m.reshape(heads, -1).any(dim=1).sum()) for n, m in masks.items() if n.endswith("attention.self.value")]
+
+
+def test_global_structured_floor_keeps_each_layers_best_heads():
+    model = fresh(num_hidden_layers=3)  # 3 layers x 4 heads
+    heads = model.config.num_attention_heads
+    with torch.no_grad():  # layer 0's heads score far above the others: a plain global ranking keeps only them
+        for name, module in model.masked_linears().items():
+            if ".layer.0." in name:
+                module.weight.mul_(100)
+    plain = StructuredPruning(("heads",), scope="global").masks(model, 0.75)  # 3 of 12 heads stay
+    assert _heads_per_layer(model, plain) == [3, 0, 0]
+    floored = StructuredPruning(("heads",), scope="global", min_heads_per_layer=1).masks(model, 0.75)
+    assert _heads_per_layer(model, floored) == [1, 1, 1]
+    # each layer keeps its own best head: the highest summed |W| of Q, K, V rows and output columns
+    for layer in (1, 2):
+        prefix = f"bert.encoder.layer.{layer}.attention."
+        modules = model.masked_linears()
+        score = sum(modules[prefix + f"self.{m}"].weight.abs().reshape(heads, -1).sum(1) for m in ("query", "key", "value"))
+        score = score + modules[prefix + "output.dense"].weight.abs().reshape(-1, heads, 48 // heads).sum(dim=(0, 2))
+        kept = floored[prefix + "self.value"].reshape(heads, -1).any(dim=1)
+        assert int(score.argmax()) == int(kept.nonzero()[0, 0])
+    floored2 = StructuredPruning(("heads",), scope="global", min_heads_per_layer=1).masks(model, 0.5)  # 6 heads: 3 by the floor, 3 free
+    assert sum(_heads_per_layer(model, floored2)) == 6 and min(_heads_per_layer(model, floored2)) >= 1
+    assert _heads_per_layer(model, floored2)[0] == 4
+
+
+def test_structured_floor_errors_and_never_revives_pruned_heads():
+    with pytest.raises(ValueError, match="apply to scope='global'"):
+        StructuredPruning(("heads",), scope="layer", min_heads_per_layer=1)
+    with pytest.raises(ValueError, match=">= 0"):
+        StructuredPruning(("heads",), scope="global", min_neurons_per_layer=-1)
+    model = fresh(num_hidden_layers=3)
+    method = StructuredPruning(("heads", "neurons"), scope="global", min_heads_per_layer=2)
+    with pytest.raises(ValueError, match=r"min_heads_per_layer=2 reserves 6 heads over 3 layers, but sparsity 0.75 keeps only 3 of 12"):
+        method.check_floors(model, 0.75)
+    with pytest.raises(ValueError, match="reserves 6 heads"):
+        method.masks(model, 0.75)
+    method.check_floors(model, 0.5)  # 6 of 12 kept: fits
+    # a layer whose heads are all pruned already stays so: masks only shrink
+    layer_scope = StructuredPruning(("heads",)).masks(model, 0.0)
+    for name in layer_scope:
+        if ".layer.2." in name:
+            layer_scope[name] = torch.zeros_like(layer_scope[name])
+    model.set_masks(layer_scope)
+    masks = StructuredPruning(("heads",), scope="global", min_heads_per_layer=1).masks(model, 0.5)
+    assert _heads_per_layer(model, masks)[2] == 0 and sum(_heads_per_layer(model, masks)) == 6

@@ -28,6 +28,10 @@ def test_recipe_yaml_round_trip_and_errors(tmp_path):
         UpstreamRecipe.from_yaml(tmp_path / "pool.yaml")
     with pytest.raises(ValueError, match="unknown pruning method 'random'"):
         UpstreamRecipe(method="random").pruning_method()
+    with pytest.raises(ValueError, match="apply to the structured methods, not 'magnitude'"):
+        UpstreamRecipe(min_heads_per_layer=1).pruning_method()
+    floored = UpstreamRecipe(method="structured_movement", scope="global", min_heads_per_layer=1).pruning_method()
+    assert floored.floors == {"heads": 1, "neurons": 0} and floored.scope == "global"
 
 
 @pytest.mark.parametrize("name", ["prune_ofa_80", "prune_ofa_90", "prune_ofa_95", "prune_ofa_97", "sparsebert_90", "cap_97", "cap_prc_90"])

@@ -22,16 +22,49 @@ _QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
 
 
 class StructuredPruning(PruningMethod):
-    """`structures` is ("heads",), ("neurons",) or both; `sparsity` is the fraction of heads/neurons removed."""
+    """`structures` is ("heads",), ("neurons",) or both; `sparsity` is the fraction of heads/neurons removed.
+
+    With `scope="global"` one ranking over all layers decides, so layers end with uneven widths;
+    `min_heads_per_layer` / `min_neurons_per_layer` then keep each layer's best units up to that
+    floor (a layer without heads can no longer mix tokens), and the rest of the budget is ranked globally.
+    """
 
     name = "structured"
 
-    def __init__(self, structures=("heads", "neurons"), scope: str = "layer"):
+    def __init__(self, structures=("heads", "neurons"), scope: str = "layer", min_heads_per_layer: int = 0, min_neurons_per_layer: int = 0):
         super().__init__(scope)
         self.structures = tuple(s for s in ("heads", "neurons") if s in structures)
         if not self.structures:
             raise ValueError(f"structures must include 'heads' and/or 'neurons', got {structures!r}")
         self.pattern = "structured:" + "+".join(self.structures)
+        self.floors = {"heads": int(min_heads_per_layer), "neurons": int(min_neurons_per_layer)}
+        if min(self.floors.values()) < 0:
+            raise ValueError(f"per-layer floors must be >= 0, got {self.floors}")
+        if any(self.floors.values()) and scope != "global":
+            raise ValueError("min_heads_per_layer / min_neurons_per_layer apply to scope='global' (scope='layer' prunes every layer alike)")
+
+    def check_floors(self, model, sparsity: float) -> None:
+        """Raises `ValueError` if the per-layer floors keep more units than `sparsity` leaves (checked before training)."""
+        config = model.config
+        for kind in self.structures:
+            if not self.floors[kind]:
+                continue
+            per_layer = [config.heads_in_layer(i) if kind == "heads" else config.intermediate_size_in_layer(i) for i in range(config.num_hidden_layers)]
+            total = sum(per_layer)
+            keep = total - round(sparsity * total)
+            reserved = sum(min(self.floors[kind], n) for n in per_layer)
+            if reserved > keep:
+                raise ValueError(
+                    f"min_{kind}_per_layer={self.floors[kind]} reserves {reserved} {kind} over {len(per_layer)} layers, "
+                    f"but sparsity {sparsity} keeps only {keep} of {total}"
+                )
+
+    def _reserve_floor(self, kind: str, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` with the layer's best `floor` live units raised to +inf, so a global ranking keeps them."""
+        floor = min(self.floors[kind], int(torch.isfinite(scores).sum()))  # pruned units (-inf) are never revived
+        if not floor:
+            return scores
+        return scores.index_fill(0, torch.topk(scores, floor).indices, float("inf"))
 
 
     @torch.no_grad()
@@ -64,7 +97,11 @@ class StructuredPruning(PruningMethod):
         for kind in self.structures:
             kind_groups = [(key, s) for k, key, s in groups if k == kind]
             if self.scope == "global":
-                keep_all = mask_from_scores(torch.cat([s for _, s in kind_groups]), sparsity)
+                ranked = torch.cat([self._reserve_floor(kind, s.float()) for _, s in kind_groups])
+                reserved = int(torch.isposinf(ranked).sum())
+                if reserved > ranked.numel() - round(sparsity * ranked.numel()):
+                    self.check_floors(model, sparsity)  # raises, naming the floor and the budget
+                keep_all = mask_from_scores(ranked, sparsity)
                 keeps, start = [], 0
                 for key, s in kind_groups:
                     keeps.append((key, keep_all[start : start + s.numel()]))
@@ -101,8 +138,8 @@ class StructuredMovementPruning(StructuredPruning):
     name = "structured_movement"
     stateful = True
 
-    def __init__(self, structures=("heads", "neurons"), scope: str = "layer"):
-        super().__init__(structures, scope)
+    def __init__(self, structures=("heads", "neurons"), scope: str = "layer", min_heads_per_layer: int = 0, min_neurons_per_layer: int = 0):
+        super().__init__(structures, scope, min_heads_per_layer, min_neurons_per_layer)
         self._movement = MovementPruning()
 
     def observe(self, model) -> None:

@@ -51,9 +51,10 @@ PRUNE_METHODS = {  # name -> method for a scope ("layer": each layer to the targ
     "magnitude": lambda scope: MagnitudePruning(scope),
     "movement": lambda scope: MovementPruning(),
     "soft_movement": lambda scope: MovementPruning(soft=True),
-    "structured": lambda scope: StructuredPruning(("heads", "neurons"), scope),  # target = fraction of heads and neurons
-    "structured_movement": lambda scope: StructuredMovementPruning(("heads", "neurons"), scope),  # ranked by movement
+    "structured": lambda scope, **floors: StructuredPruning(("heads", "neurons"), scope, **floors),  # target = fraction of heads and neurons
+    "structured_movement": lambda scope, **floors: StructuredMovementPruning(("heads", "neurons"), scope, **floors),  # ranked by movement
 }
+FLOOR_METHODS = ("structured", "structured_movement")  # take per-layer floors with the global scope
 GLOBAL_SCOPE_METHODS = ("magnitude", "structured", "structured_movement")  # movement is per layer, soft_movement global
 RESULTS_FILE = "results.json"
 HEADS = ("cross-encoder", "bi-encoder")
@@ -84,6 +85,10 @@ class FinetuneArguments:
     pruning_end: float = field(default=0.7, metadata={"help": "fraction of training at which pruning reaches its target"})
     prune_scope: str = field(default="layer", metadata={"help": "layer: every layer pruned to the target; global: one ranking "
                              f"over all layers, so layers end with uneven widths ({', '.join(GLOBAL_SCOPE_METHODS)})"})
+    prune_min_heads_per_layer: int = field(default=0, metadata={"help": "with --prune_scope global and a structured method: "
+                                           "every layer keeps at least this many heads"})
+    prune_min_neurons_per_layer: int = field(default=0, metadata={"help": "with --prune_scope global and a structured method: "
+                                             "every layer keeps at least this many FFN neurons"})
     num_layers: Optional[int] = field(default=None, metadata={"help": "keep only the first N encoder layers (dense models)"})
     max_length: Optional[int] = field(default=None, metadata={"help": "max tokens per example (default: the task's)"})
     doc_stride: int = field(default=64, metadata={"help": "SQuAD: overlap between context windows"})
@@ -100,6 +105,15 @@ class FinetuneArguments:
             raise ValueError(f"prune_scope must be 'layer' or 'global', got {self.prune_scope!r}")
         if self.prune_scope == "global" and self.prune_method not in GLOBAL_SCOPE_METHODS:
             raise ValueError(f"prune_scope='global' applies to prune_method {', '.join(GLOBAL_SCOPE_METHODS)}, not {self.prune_method!r}")
+        if self.prune_min_heads_per_layer < 0 or self.prune_min_neurons_per_layer < 0:
+            raise ValueError("prune_min_heads_per_layer and prune_min_neurons_per_layer must be >= 0")
+        if (self.prune_min_heads_per_layer or self.prune_min_neurons_per_layer) and (
+            self.prune_method not in FLOOR_METHODS or self.prune_scope != "global"
+        ):
+            raise ValueError(
+                "prune_min_heads_per_layer / prune_min_neurons_per_layer need --prune_scope global and "
+                f"--prune_method {' or '.join(FLOOR_METHODS)}"
+            )
         if not 0 < self.target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
         if self.hidden_weight < 0:
@@ -297,7 +311,11 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
         total = _total_steps(training_args, len(train))
         end = max(1, int(args.pruning_end * total))
         schedule = CubicSchedule(0.0, args.target_sparsity, start_step=0, end_step=end, frequency=max(1, end // 30))
-        callbacks.append(PruningCallback(PRUNE_METHODS[args.prune_method](args.prune_scope), schedule, model))
+        floors = {"min_heads_per_layer": args.prune_min_heads_per_layer, "min_neurons_per_layer": args.prune_min_neurons_per_layer}
+        method = PRUNE_METHODS[args.prune_method](args.prune_scope, **(floors if args.prune_method in FLOOR_METHODS else {}))
+        if args.prune_method in FLOOR_METHODS:
+            method.check_floors(model, args.target_sparsity)  # fail now, not when the schedule reaches the target
+        callbacks.append(PruningCallback(method, schedule, model))
     elif sparse:
         callbacks.append(SparsityCallback(reference=upstream))
     if args.qat:
@@ -393,6 +411,10 @@ def _mode(args: FinetuneArguments, sparse_source: bool) -> str:
     parts = [f"prune-at-finetune:{args.prune_method}" if args.prune_method else ("sparse-transfer" if sparse_source else "dense")]
     if args.prune_method and args.prune_scope == "global":
         parts.append("global")
+        if args.prune_min_heads_per_layer:
+            parts.append(f"min-heads={args.prune_min_heads_per_layer}")
+        if args.prune_min_neurons_per_layer:
+            parts.append(f"min-neurons={args.prune_min_neurons_per_layer}")
     if args.num_layers:
         parts.append(f"layers={args.num_layers}")
     if args.head == "bi-encoder":
