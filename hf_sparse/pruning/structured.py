@@ -44,7 +44,7 @@ class StructuredPruning(PruningMethod):
             raise ValueError("min_heads_per_layer / min_neurons_per_layer apply to scope='global' (scope='layer' prunes every layer alike)")
 
     def check_floors(self, model, sparsity: float) -> None:
-        """Raises `ValueError` if the per-layer floors keep more units than `sparsity` leaves (checked before training)."""
+        """Raises `ValueError` if the per-layer floors keep more units than `sparsity` leaves (also worth checking before training)."""
         config = model.config
         for kind in self.structures:
             if not self.floors[kind]:
@@ -97,11 +97,8 @@ class StructuredPruning(PruningMethod):
         for kind in self.structures:
             kind_groups = [(key, s) for k, key, s in groups if k == kind]
             if self.scope == "global":
-                ranked = torch.cat([self._reserve_floor(kind, s.float()) for _, s in kind_groups])
-                reserved = int(torch.isposinf(ranked).sum())
-                if reserved > ranked.numel() - round(sparsity * ranked.numel()):
-                    self.check_floors(model, sparsity)  # raises, naming the floor and the budget
-                keep_all = mask_from_scores(ranked, sparsity)
+                self.check_floors(model, sparsity)
+                keep_all = mask_from_scores(torch.cat([self._reserve_floor(kind, s.float()) for _, s in kind_groups]), sparsity)
                 keeps, start = [], 0
                 for key, s in kind_groups:
                     keeps.append((key, keep_all[start : start + s.numel()]))
