@@ -94,10 +94,11 @@ class StructuredPruning(PruningMethod):
                 score = weight_scores[names["intermediate.dense"]].sum(1) + weight_scores[names["output.dense"]].sum(0)
                 alive = out.weight_mask.any(dim=0)
                 groups.append(("neurons", key, torch.where(alive, score, torch.full_like(score, float("-inf")))))
+        if self.scope == "global":
+            self.check_floors(model, sparsity)
         for kind in self.structures:
             kind_groups = [(key, s) for k, key, s in groups if k == kind]
             if self.scope == "global":
-                self.check_floors(model, sparsity)
                 keep_all = mask_from_scores(torch.cat([self._reserve_floor(kind, s.float()) for _, s in kind_groups]), sparsity)
                 keeps, start = [], 0
                 for key, s in kind_groups:
