@@ -21,8 +21,10 @@ task's rate, `--head-learning-rate` sets the task head's own rate (pooler and cl
 `--max-train-samples` override the task's epochs and training examples (a longer-budget row; with `--kd` a row given
 `--max-train-samples` distils from the dense row trained with the same `--epochs` / `--max-train-samples`, which is also
 the model a `prune-tuned-*` row starts from); `--hidden-weight` (with `--kd`) also distils the teacher's hidden states;
-`--min-heads-per-layer` (global structured rows) keeps that many heads in every layer; the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-mh<n>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
+`--min-heads-per-layer` (global structured rows) keeps that many heads in every layer; `--teacher-epochs` (with
+`--max-train-samples`) starts from / distils from the dense row trained that many epochs instead of the run's own;
+the row's label says so. Each run writes
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-mh<n>][-tep<n>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ OVERRIDES = (
     ("max_train_samples", "max_train_samples_override", "-n{:d}", "--max-train-samples {:d}", " ({:,} examples)"),
     ("hidden_weight", "hidden_weight_override", "-hid{:g}", "--hidden-weight {:g}", " (hidden-state KD {:g})"),
     ("min_heads_per_layer", "min_heads_per_layer_override", "-mh{:d}", "--min-heads-per-layer {:d}", " (>= {:d} heads per layer)"),
+    ("teacher_epochs", "teacher_epochs_override", "-tep{:g}", "--teacher-epochs {:g}", " (from the {:g}-epoch dense model)"),
 )
 _NUMBER = {"g": r"\d+(?:\.\d+)?(?:e[+-]\d+)?", "d": r"\d+"}
 
@@ -71,10 +74,16 @@ def upstream_row(recipe: str) -> str:
 def _row_arguments(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
-    hidden_weight: float | None = None, min_heads_per_layer: int | None = None,
+    hidden_weight: float | None = None, min_heads_per_layer: int | None = None, teacher_epochs: float | None = None,
 ) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
+    if teacher_epochs is not None:
+        if max_train_samples is None:
+            raise SystemExit("--teacher-epochs names the dense row trained with --epochs E --max-train-samples N: it needs --max-train-samples")
+        if not (kd or row.startswith("prune-tuned-")):
+            raise SystemExit("--teacher-epochs picks the dense model a run distils from (--kd) or starts from (prune-tuned-* rows): it needs one of them")
+    dense_epochs = epochs if teacher_epochs is None else teacher_epochs
     if min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement)?-global-\d+", row):
         raise SystemExit("--min-heads-per-layer applies to prune-*-structured[-movement]-global-<s> rows")
     args: list[str] = []
@@ -91,7 +100,7 @@ def _row_arguments(
             raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --recipe {recipes[row]}` first")
         args += ["--model", str(model)]
     elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement)-)?(global-)?(\d+)", row):
-        start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, epochs, max_train_samples)
+        start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, dense_epochs, max_train_samples)
         method = match[2].replace("-", "_") if match[2] else "magnitude"
         args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(match[4]) / 100)]
         if match[3]:
@@ -103,7 +112,7 @@ def _row_arguments(
     else:
         raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft|tuned-[structured[-movement]-][global-]<s>, dense-layers-<n>")
     if kd:
-        args += ["--teacher", str(_dense_model(task, bi_encoder, epochs, max_train_samples))]
+        args += ["--teacher", str(_dense_model(task, bi_encoder, dense_epochs, max_train_samples))]
     if qat:
         args += ["--qat", "true"]
     if bi_encoder:
@@ -140,11 +149,13 @@ def _dense_model(task: str, bi_encoder: bool, epochs: float | None, max_train_sa
 
 
 def teacher_overrides(overrides: dict) -> dict:
-    """The overrides of the dense row a run distils from and is compared with: the run's epochs and examples when
-    it overrides the examples, else none (the task budget, which the published epochs-only rows used)."""
+    """The overrides of the dense row a run distils from and is compared with: the run's epochs (or its teacher
+    epochs) and examples when it overrides the examples, else none (the task budget, which the published
+    epochs-only rows used)."""
     if overrides.get("max_train_samples") is None:
         return {}
-    return {"epochs": overrides.get("epochs"), "max_train_samples": overrides["max_train_samples"]}
+    epochs = overrides.get("epochs") if overrides.get("teacher_epochs") is None else overrides["teacher_epochs"]
+    return {"epochs": epochs, "max_train_samples": overrides["max_train_samples"]}
 
 
 def _override_tags(values: dict) -> tuple[str, str]:
@@ -171,17 +182,18 @@ def _warmup(fraction: float) -> list[str]:
 def run(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
-    hidden_weight: float | None = None, min_heads_per_layer: int | None = None,
+    hidden_weight: float | None = None, min_heads_per_layer: int | None = None, teacher_epochs: float | None = None,
 ) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
     from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
 
     overrides = {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "epochs": epochs, "max_train_samples": max_train_samples,
-                 "hidden_weight": hidden_weight, "min_heads_per_layer": min_heads_per_layer}
+                 "hidden_weight": hidden_weight, "min_heads_per_layer": min_heads_per_layer, "teacher_epochs": teacher_epochs}
     name, command = run_name(row, task, seed, kd, qat, bi_encoder, overrides)
     argv = _row_arguments(
-        row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples, hidden_weight, min_heads_per_layer
+        row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples, hidden_weight, min_heads_per_layer,
+        teacher_epochs,
     )
     argv += ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
@@ -389,6 +401,10 @@ def main() -> int:
         "--min-heads-per-layer", type=int,
         help="prune-*-structured[-movement]-global-<s> rows: every layer keeps at least this many attention heads",
     )
+    parser.add_argument(
+        "--teacher-epochs", type=float,
+        help="with --max-train-samples: start from / distil from the dense row trained this many epochs instead of --epochs",
+    )
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
     if args.row:
@@ -397,7 +413,7 @@ def main() -> int:
         if args.bi_encoder and args.qat:
             parser.error("--bi-encoder runs without --qat (not supported by the bi-encoder head yet)")
         results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs, args.head_learning_rate,
-                      args.max_train_samples, args.hidden_weight, args.min_heads_per_layer)
+                      args.max_train_samples, args.hidden_weight, args.min_heads_per_layer, args.teacher_epochs)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")

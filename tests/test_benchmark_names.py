@@ -20,6 +20,7 @@ import transfer  # noqa: E402
         (False, {"max_train_samples": 5000}),
         (True, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1}),
         (True, {"learning_rate": 5e-5, "hidden_weight": 0.5}),
+        (True, {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2}),
     ],
 )
 def test_structured_deploy_reads_the_names_transfer_writes(kd, overrides):
@@ -29,6 +30,8 @@ def test_structured_deploy_reads_the_names_transfer_writes(kd, overrides):
     assert train_command == command  # the hint it prints retrains exactly that model
     # the baseline is the KD teacher transfer.py uses: the same data budget when examples were overridden
     expected_dense = {k: v for k, v in overrides.items() if k in ("epochs", "max_train_samples")} if "max_train_samples" in overrides else {}
+    if "teacher_epochs" in overrides:
+        expected_dense["epochs"] = overrides["teacher_epochs"]
     dense_name, dense_command = transfer.run_name("dense", "sst2", 1, False, False, False, expected_dense)
     assert dense_run == dense_name
     assert dense_train_command == dense_command
@@ -57,7 +60,8 @@ def test_kd_teacher_follows_the_data_budget(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"learning_rate": 1e-05}, {"head_learning_rate": 0.001, "epochs": 10}, {"epochs": 2.5, "max_train_samples": 67349, "hidden_weight": 1},
-     {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "min_heads_per_layer": 1}],
+     {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "min_heads_per_layer": 1},
+     {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2}],
 )
 def test_parse_run_name_inverts_run_name(row, kd, qat, bi_encoder, overrides):
     name, _ = transfer.run_name(row, "sst2", 1, kd, qat, bi_encoder, overrides)
@@ -122,3 +126,26 @@ def test_min_heads_per_layer_only_on_global_structured_rows(tmp_path, monkeypatc
     for row in ("prune-tuned-structured-movement-90", "prune-ft-global-90", "upstream-90", "dense"):  # refused before any file is looked for
         with pytest.raises(SystemExit, match="--min-heads-per-layer applies to"):
             transfer._row_arguments(row, "sst2", 1, False, min_heads_per_layer=1)
+
+
+def test_teacher_epochs_picks_the_start_and_teacher_not_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    for epochs in (2, 4):
+        (tmp_path / f"dense-ep{epochs}-n67349_sst2_s1" / "model").mkdir(parents=True)
+    row = "prune-tuned-structured-movement-90"
+    budget = {"epochs": 4, "max_train_samples": 67349}
+    argv = transfer._row_arguments(row, "sst2", 1, True, **budget, teacher_epochs=2)
+    two_epochs = str(tmp_path / "dense-ep2-n67349_sst2_s1" / "model")
+    assert argv[argv.index("--model") + 1] == two_epochs and argv[argv.index("--teacher") + 1] == two_epochs
+    assert argv[argv.index("--num_train_epochs") + 1] == "4"  # the run's own budget is unchanged
+    argv = transfer._row_arguments(row, "sst2", 1, True, **budget)  # without it: the dense row of the run's own budget
+    assert argv[argv.index("--teacher") + 1] == str(tmp_path / "dense-ep4-n67349_sst2_s1" / "model")
+    name, command = transfer.run_name(row, "sst2", 1, True, False, False, {**budget, "teacher_epochs": 2})
+    assert name == f"{row}-kd-ep4-n67349-tep2_sst2_s1" and command.endswith("--epochs 4 --max-train-samples 67349 --teacher-epochs 2")
+    assert transfer.teacher_overrides({**budget, "teacher_epochs": 2}) == {"epochs": 2, "max_train_samples": 67349}
+    # refused where it would change nothing, before any file is looked for
+    with pytest.raises(SystemExit, match="needs --max-train-samples"):
+        transfer._row_arguments(row, "sst2", 1, True, epochs=4, teacher_epochs=2)
+    with pytest.raises(SystemExit, match="needs one of them"):
+        transfer._row_arguments("prune-ft-structured-movement-90", "sst2", 1, False, **budget, teacher_epochs=2)
