@@ -396,6 +396,8 @@ def results_record(
         "machine": platform.processor() or platform.machine(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "arguments": asdict(args),
+        # the Trainer's logs (every logging_steps: losses, learning rate, sparsity), so curves can be read back
+        "log_history": trainer.state.log_history,
     }
 
 
