@@ -83,7 +83,6 @@ def _row_arguments(
             raise SystemExit("--teacher-epochs names the dense row trained with --epochs E --max-train-samples N: it needs --max-train-samples")
         if not (kd or row.startswith("prune-tuned-")):
             raise SystemExit("--teacher-epochs picks the dense model a run distils from (--kd) or starts from (prune-tuned-* rows): it needs one of them")
-    dense_epochs = epochs if teacher_epochs is None else teacher_epochs
     if min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement)?-global-\d+", row):
         raise SystemExit("--min-heads-per-layer applies to prune-*-structured[-movement]-global-<s> rows")
     args: list[str] = []
@@ -100,7 +99,7 @@ def _row_arguments(
             raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --recipe {recipes[row]}` first")
         args += ["--model", str(model)]
     elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement)-)?(global-)?(\d+)", row):
-        start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, dense_epochs, max_train_samples)
+        start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, epochs, max_train_samples, teacher_epochs)
         method = match[2].replace("-", "_") if match[2] else "magnitude"
         args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(match[4]) / 100)]
         if match[3]:
@@ -112,7 +111,7 @@ def _row_arguments(
     else:
         raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft|tuned-[structured[-movement]-][global-]<s>, dense-layers-<n>")
     if kd:
-        args += ["--teacher", str(_dense_model(task, bi_encoder, dense_epochs, max_train_samples))]
+        args += ["--teacher", str(_dense_model(task, bi_encoder, epochs, max_train_samples, teacher_epochs))]
     if qat:
         args += ["--qat", "true"]
     if bi_encoder:
@@ -139,9 +138,11 @@ def _row_arguments(
     ]
 
 
-def _dense_model(task: str, bi_encoder: bool, epochs: float | None, max_train_samples: int | None) -> Path:
+def _dense_model(
+    task: str, bi_encoder: bool, epochs: float | None, max_train_samples: int | None, teacher_epochs: float | None = None
+) -> Path:
     """The fine-tuned dense model a run distils from (and a `prune-tuned-*` row starts from); exits naming its command if missing."""
-    name, command = run_name("dense", task, 1, False, False, bi_encoder, teacher_overrides({"epochs": epochs, "max_train_samples": max_train_samples}))
+    name, command = run_name("dense", task, 1, False, False, bi_encoder, teacher_overrides({"epochs": epochs, "max_train_samples": max_train_samples, "teacher_epochs": teacher_epochs}))
     model = MODELS / name / "model"
     if not model.is_dir():
         raise SystemExit(f"{model} is missing: run `{command}` first")
