@@ -150,7 +150,7 @@ def run_bi_encoder_finetune(args, training_args: TrainingArguments) -> dict:
         if problems:
             raise MaskDriftError("sparsity pattern drifted: " + "; ".join(problems[:5]))
     results = results_record(
-        args, training_args, trainer, train_output, metrics, unwrap_model(model) if sparse else None, model, True if upstream is not None else None,
+        args, training_args, trainer, train_output, metrics, unwrap_model(model) if sparse else None, model, upstream is not None,
         n_examples=len(train), n_features=len(train), max_length=max_length,
         train_seconds=train_seconds, eval_seconds=eval_seconds, sparse_source=sparse,
     )

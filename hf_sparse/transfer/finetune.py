@@ -352,7 +352,7 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
     qat_ranges = convert_qat(model) if args.qat else None
 
     results = results_record(
-        args, training_args, trainer, train_output, metrics, model if sparse else None, model, True if upstream is not None else None,
+        args, training_args, trainer, train_output, metrics, model if sparse else None, model, upstream is not None,
         n_examples=n_examples, n_features=len(train), max_length=max_length,
         train_seconds=train_seconds, eval_seconds=eval_seconds, sparse_source=sparse_source,
     )
@@ -367,7 +367,7 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
 
 def results_record(
     args: FinetuneArguments, training_args: TrainingArguments, trainer, train_output, metrics: dict, sparse_model,
-    model, pattern_verified: Optional[bool], *, n_examples: int, n_features: int, max_length: int, train_seconds: float,
+    model, pattern_locked: bool, *, n_examples: int, n_features: int, max_length: int, train_seconds: float,
     eval_seconds: float, sparse_source: bool,
 ) -> dict:
     """The `results.json` record of a run (what benchmarks/transfer.py collects)."""
@@ -381,7 +381,8 @@ def results_record(
         "main_metric": _main_metric(args.task),
         "sparsity": round(sparse_model.sparsity(), 6) if sparse_model is not None else None,
         "encoder_nonzeros": encoder_nonzeros(model),
-        "pattern_verified": pattern_verified,  # None: no pattern was locked (dense and pruning runs)
+        # a locked pattern was checked for drift before this record: True; nothing locked (dense, pruning runs): None
+        "pattern_verified": True if pattern_locked else None,
         "train_examples": n_examples,
         "train_features": n_features,  # SQuAD: context windows; GLUE: = train_examples
         "steps": train_output.global_step,
