@@ -21,10 +21,10 @@ task's rate, `--head-learning-rate` sets the task head's own rate (pooler and cl
 `--max-train-samples` override the task's epochs and training examples (a longer-budget row; with `--kd` a row given
 `--max-train-samples` distils from the dense row trained with the same `--epochs` / `--max-train-samples`, which is also
 the model a `prune-tuned-*` row starts from); `--hidden-weight` (with `--kd`) also distils the teacher's hidden states;
-`--min-heads-per-layer` (global structured rows) keeps that many heads in every layer; `--teacher-epochs` (with
-`--max-train-samples`) starts from / distils from the dense row trained that many epochs instead of the run's own;
-the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-mh<n>][-tep<n>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
+`--temperature` (with `--kd`) sets the logits-KD temperature (default 2); `--min-heads-per-layer` (global structured
+rows) keeps that many heads in every layer; `--teacher-epochs` (with `--max-train-samples`) starts from / distils
+from the dense row trained that many epochs instead of the run's own; the row's label says so. Each run writes
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-kdt<t>][-mh<n>][-tep<n>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ OVERRIDES = (
     ("epochs", "epochs_override", "-ep{:g}", "--epochs {:g}", " ({:g} epochs)"),
     ("max_train_samples", "max_train_samples_override", "-n{:d}", "--max-train-samples {:d}", " ({:,} examples)"),
     ("hidden_weight", "hidden_weight_override", "-hid{:g}", "--hidden-weight {:g}", " (hidden-state KD {:g})"),
+    ("temperature", "temperature_override", "-kdt{:g}", "--temperature {:g}", " (KD temperature {:g})"),
     ("min_heads_per_layer", "min_heads_per_layer_override", "-mh{:d}", "--min-heads-per-layer {:d}", " (>= {:d} heads per layer)"),
     ("teacher_epochs", "teacher_epochs_override", "-tep{:g}", "--teacher-epochs {:g}", " (from the {:g}-epoch dense model)"),
 )
@@ -75,6 +76,7 @@ def _row_arguments(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
     hidden_weight: float | None = None, min_heads_per_layer: int | None = None, teacher_epochs: float | None = None,
+    temperature: float | None = None,
 ) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
@@ -122,6 +124,12 @@ def _row_arguments(
         if not kd:
             raise SystemExit("--hidden-weight distils the dense row's hidden states: it needs --kd")
         args += ["--hidden_weight", str(hidden_weight)]
+    if temperature is not None:
+        if not kd:
+            raise SystemExit("--temperature sets the logits-KD temperature: it needs --kd")
+        if temperature <= 0:
+            raise SystemExit(f"--temperature must be > 0, got {temperature:g}")
+        args += ["--temperature", str(temperature)]
     budget = TASK_BUDGETS[task]
     lr = budget["learning_rate"] if learning_rate is None else learning_rate
     args += ["--task", task, "--num_train_epochs", str(budget["epochs"] if epochs is None else epochs), "--learning_rate", str(lr)]
@@ -184,17 +192,19 @@ def run(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
     hidden_weight: float | None = None, min_heads_per_layer: int | None = None, teacher_epochs: float | None = None,
+    temperature: float | None = None,
 ) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
     from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
 
     overrides = {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "epochs": epochs, "max_train_samples": max_train_samples,
-                 "hidden_weight": hidden_weight, "min_heads_per_layer": min_heads_per_layer, "teacher_epochs": teacher_epochs}
+                 "hidden_weight": hidden_weight, "min_heads_per_layer": min_heads_per_layer, "teacher_epochs": teacher_epochs,
+                 "temperature": temperature}
     name, command = run_name(row, task, seed, kd, qat, bi_encoder, overrides)
     argv = _row_arguments(
         row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples, hidden_weight, min_heads_per_layer,
-        teacher_epochs,
+        teacher_epochs, temperature,
     )
     argv += ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
@@ -399,6 +409,9 @@ def main() -> int:
         "--hidden-weight", type=float, help="with --kd, also distil the dense row's hidden states, layer by layer, with this weight (MSE)",
     )
     parser.add_argument(
+        "--temperature", type=float, help="with --kd, the logits-KD temperature instead of the default 2 (the row's label shows it)",
+    )
+    parser.add_argument(
         "--min-heads-per-layer", type=int,
         help="prune-*-structured[-movement]-global-<s> rows: every layer keeps at least this many attention heads",
     )
@@ -414,7 +427,8 @@ def main() -> int:
         if args.bi_encoder and args.qat:
             parser.error("--bi-encoder runs without --qat (not supported by the bi-encoder head yet)")
         results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs, args.head_learning_rate,
-                      args.max_train_samples, args.hidden_weight, args.min_heads_per_layer, args.teacher_epochs)
+                      args.max_train_samples, args.hidden_weight, args.min_heads_per_layer, args.teacher_epochs,
+                      args.temperature)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")

@@ -21,6 +21,7 @@ import transfer  # noqa: E402
         (True, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1}),
         (True, {"learning_rate": 5e-5, "hidden_weight": 0.5}),
         (True, {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2}),
+        (True, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "temperature": 4}),
     ],
 )
 def test_structured_deploy_reads_the_names_transfer_writes(kd, overrides):
@@ -61,7 +62,8 @@ def test_kd_teacher_follows_the_data_budget(tmp_path, monkeypatch):
     "overrides",
     [{}, {"learning_rate": 1e-05}, {"head_learning_rate": 0.001, "epochs": 10}, {"epochs": 2.5, "max_train_samples": 67349, "hidden_weight": 1},
      {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "min_heads_per_layer": 1},
-     {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2}],
+     {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2},
+     {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "temperature": 4, "min_heads_per_layer": 1}, {"temperature": 0.5}],
 )
 def test_parse_run_name_inverts_run_name(row, kd, qat, bi_encoder, overrides):
     name, _ = transfer.run_name(row, "sst2", 1, kd, qat, bi_encoder, overrides)
@@ -149,3 +151,19 @@ def test_teacher_epochs_picks_the_start_and_teacher_not_the_budget(tmp_path, mon
         transfer._row_arguments(row, "sst2", 1, True, epochs=4, teacher_epochs=2)
     with pytest.raises(SystemExit, match="needs one of them"):
         transfer._row_arguments("prune-ft-structured-movement-90", "sst2", 1, False, **budget, teacher_epochs=2)
+
+
+def test_temperature_needs_kd_and_reaches_the_trainer(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    (tmp_path / "dense_sst2_s1" / "model").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="--temperature sets the logits-KD temperature: it needs --kd"):
+        transfer._row_arguments("prune-ft-structured-60", "sst2", 1, False, temperature=4.0)
+    with pytest.raises(SystemExit, match="--temperature must be > 0, got 0"):
+        transfer._row_arguments("prune-ft-structured-60", "sst2", 1, True, temperature=0.0)
+    argv = transfer._row_arguments("prune-ft-structured-60", "sst2", 1, True, temperature=4.0)
+    assert argv[argv.index("--temperature") + 1] == "4.0"
+    assert "--temperature" not in transfer._row_arguments("prune-ft-structured-60", "sst2", 1, True)
+    name, command = transfer.run_name("prune-ft-structured-60", "sst2", 1, True, False, False, {"hidden_weight": 1, "temperature": 4})
+    assert name == "prune-ft-structured-60-kd-hid1-kdt4_sst2_s1"
+    assert command.endswith("--kd --hidden-weight 1 --temperature 4")
