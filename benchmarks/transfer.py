@@ -16,7 +16,8 @@ methods, started from the dense row's fine-tuned model instead of the pre-traine
 same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware training; `--bi-encoder` (stsb)
 fine-tunes a sentence-transformers bi-encoder instead of a cross-encoder (each sentence encoded alone, cosine of the
 mean-pooled vectors). Every row of a task uses the same budget (TASK_BUDGETS:
-epochs, examples, max length, learning rate), bf16 autocast on CPU, dynamic padding; `--learning-rate` overrides the
+epochs, examples, max length, learning rate), bf16 autocast on CPUs with native bf16 and fp32 on others
+(`--precision`), dynamic padding; `--learning-rate` overrides the
 task's rate, `--head-learning-rate` sets the task head's own rate (pooler and classifier), `--epochs` and
 `--max-train-samples` override the task's epochs and training examples (a longer-budget row; with `--kd` a row given
 `--max-train-samples` distils from the dense row trained with the same `--epochs` / `--max-train-samples`, which is also
@@ -76,7 +77,7 @@ def _row_arguments(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
     hidden_weight: float | None = None, min_heads_per_layer: int | None = None, teacher_epochs: float | None = None,
-    temperature: float | None = None,
+    temperature: float | None = None, precision: str = "auto",
 ) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
@@ -140,7 +141,7 @@ def _row_arguments(
         args += ["--max_length", str(budget["max_length"])]
     return args + [
         "--seed", str(seed), "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64",
-        *_warmup(0.1), "--weight_decay", "0.01", "--bf16", "true", "--use_cpu", "true",
+        *_warmup(0.1), "--weight_decay", "0.01", "--bf16", "true" if _bf16(precision) else "false", "--use_cpu", "true",
         "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "50",
         "--dataloader_num_workers", "0",
     ]
@@ -179,6 +180,16 @@ def _override_label(values: dict) -> str:
     return "".join(text.format(values[argument]) for argument, _, _, _, text in OVERRIDES if values.get(argument) is not None)
 
 
+def _bf16(precision: str) -> bool:
+    """bf16 autocast for `precision` bf16, fp32 for fp32; auto: bf16 where the CPU computes it natively (the
+    published rows ran there), fp32 elsewhere (emulated bf16 trains ~20x slower). Each results file records it."""
+    from hf_sparse.transfer.precision import cpu_bf16_is_fast
+
+    if precision not in ("auto", "bf16", "fp32"):
+        raise SystemExit(f"--precision must be auto, bf16 or fp32, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and cpu_bf16_is_fast())
+
+
 def _warmup(fraction: float) -> list[str]:
     import dataclasses
 
@@ -192,7 +203,7 @@ def run(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
     hidden_weight: float | None = None, min_heads_per_layer: int | None = None, teacher_epochs: float | None = None,
-    temperature: float | None = None,
+    temperature: float | None = None, precision: str = "auto",
 ) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
@@ -204,7 +215,7 @@ def run(
     name, command = run_name(row, task, seed, kd, qat, bi_encoder, overrides)
     argv = _row_arguments(
         row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples, hidden_weight, min_heads_per_layer,
-        teacher_epochs, temperature,
+        teacher_epochs, temperature, precision,
     )
     argv += ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
@@ -291,11 +302,12 @@ def write_table() -> str:
     budget_lines = []
     for t in tasks:
         budget = [r for (_, task), rs in runs.items() if task == t for r in rs if r.get("epochs_override") is None and r.get("max_train_samples_override") is None]  # the task's own budget
+        budget = [r for r in budget if r.get("precision", "bf16") == "bf16"] or budget  # files before `precision` ran in bf16
         example = budget[0]
         seconds = [r["train_seconds"] + r["eval_seconds"] for r in budget]
         budget_lines.append(
             f"| {t} | {example['train_examples']:,} | {example['epochs']:g} | {example['max_length']} | {TASK_BUDGETS[t]['learning_rate']:g} | "
-            f"{min(seconds) / 60:.1f}–{max(seconds) / 60:.1f} min |"
+            f"{min(seconds) / 60:.1f}–{max(seconds) / 60:.1f} min{'' if example.get('precision', 'bf16') == 'bf16' else ' (fp32, no native bf16)'} |"
         )
     text = "\n".join(
         [
@@ -307,7 +319,7 @@ def write_table() -> str:
             "",
             *lines,
             "",
-            "| task | train examples | epochs | max length | lr | wall time per run (2 cores, bf16 autocast) |",
+            "| task | train examples | epochs | max length | lr | wall time per run (2 cores, bf16 autocast on AVX-512) |",
             "|---|---:|---:|---:|---:|---|",
             *budget_lines,
         ]
@@ -419,6 +431,11 @@ def main() -> int:
         "--teacher-epochs", type=float,
         help="with --max-train-samples: start from / distil from the dense row trained this many epochs instead of --epochs",
     )
+    parser.add_argument(
+        "--precision", choices=("auto", "bf16", "fp32"), default="auto",
+        help="training precision: bf16 autocast, fp32, or auto (bf16 where the CPU has native bf16, as for the published rows; "
+             "fp32 elsewhere); the results file records it",
+    )
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
     if args.row:
@@ -428,7 +445,7 @@ def main() -> int:
             parser.error("--bi-encoder runs without --qat (not supported by the bi-encoder head yet)")
         results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs, args.head_learning_rate,
                       args.max_train_samples, args.hidden_weight, args.min_heads_per_layer, args.teacher_epochs,
-                      args.temperature)
+                      args.temperature, args.precision)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")

@@ -92,6 +92,7 @@ def main() -> int:
     from hf_sparse.hub.local_hub import LocalHub
     from hf_sparse.hub.publish import build_and_publish
     from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
+    from hf_sparse.transfer.precision import cpu_bf16_is_fast
     from hf_sparse.upstream import UpstreamRecipe, run_upstream
 
     transformers.logging.set_verbosity_error()
@@ -108,7 +109,7 @@ def main() -> int:
     t = step(f"2/5 sparse transfer: SST-2, {args.train_samples} examples, pattern locked")
     finetune_args = FinetuneArguments(model=str(out / "upstream" / "model"), task="sst2", data_dir=str(data_dir), max_train_samples=args.train_samples)
     training_args = TrainingArguments(
-        output_dir=str(out / "sst2"), per_device_train_batch_size=32, learning_rate=1e-4, num_train_epochs=1, bf16=True, use_cpu=True,
+        output_dir=str(out / "sst2"), per_device_train_batch_size=32, learning_rate=1e-4, num_train_epochs=1, bf16=cpu_bf16_is_fast(), use_cpu=True,
         report_to="none", save_strategy="no", logging_steps=20, seed=1,
     )
     results = run_finetune(finetune_args, training_args)

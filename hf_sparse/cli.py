@@ -105,10 +105,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.to == "onnx":
         from .deploy.onnx import export_onnx
 
-        export_onnx(args.model, out, quantize=quantize, static=args.static, calibration=calibration, num_calibration_samples=args.calibration_samples)
+        export_onnx(
+            args.model, out, quantize=quantize, static=args.static, calibration=calibration, num_calibration_samples=args.calibration_samples,
+            reduce_range=args.reduce_range,
+        )
     else:
         if args.static:
             raise ValueError("--static applies to ONNX Runtime; OpenVINO INT8 (NNCF) is always static")
+        if args.reduce_range:
+            raise ValueError("--reduce-range applies to ONNX Runtime; NNCF guards OpenVINO INT8 against overflow itself")
         from .deploy.openvino import export_openvino
 
         export_openvino(args.model, out, quantize=quantize, calibration=calibration, num_calibration_samples=args.calibration_samples)
@@ -187,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
         "input ranges of a `finetune --qat` checkpoint (its qat_ranges.json)",
     )
     export.add_argument("--calibration-samples", type=int, default=128)
+    export.add_argument(
+        "--reduce-range", action="store_true",
+        help="ONNX INT8: 7-bit weights, for x86 CPUs without VNNI whose INT8 kernels can saturate (try it if INT8 accuracy drops there)",
+    )
     export.add_argument("--out", help="output folder (default: <model>-<to>)")
     export.set_defaults(func=_cmd_export)
 

@@ -172,6 +172,11 @@ def test_export_and_bench_commands(tmp_path, run_cli, tiny_tokenizer):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout[: result.stdout.rindex("}") + 1])["int8"]["mode"] == "dynamic"
     assert (tmp_path / "onnx" / "model_quantized.onnx").is_file()
+    result = run_cli("export", tmp_path / "m", "--to", "onnx", "--reduce-range", "--out", tmp_path / "onnx7")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "onnx7" / "export_info.json").read_text())["int8"]["reduce_range"] is True
+    bad = run_cli("export", tmp_path / "m", "--to", "openvino", "--reduce-range")
+    assert bad.returncode == 2 and "--reduce-range applies to ONNX Runtime" in bad.stderr
     result = run_cli("export", tmp_path / "m", "--to", "openvino", "--quantize", "none")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "m-openvino" / "openvino_model.xml").is_file() and not (tmp_path / "m-openvino" / "openvino_model_int8.xml").exists()

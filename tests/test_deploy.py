@@ -120,12 +120,15 @@ def test_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
     import onnx
     from onnx import numpy_helper
 
+    from hf_sparse.deploy.onnx import needs_reduced_range
     from hf_sparse.deploy.openvino import compile_model, executed_kernels, export_openvino, weight_layout
 
     model = _scaled(head)
     folder = _save(model, tmp_path / "m", tiny_tokenizer)
-    dynamic = export_onnx(folder, tmp_path / "dyn")
-    static = export_onnx(folder, tmp_path / "static", static=True, calibration=_tiny_texts())
+    # the classifier scaled x100 makes ONNX Runtime's u8s8 kernels saturate on x86 without VNNI: 7-bit weights there
+    reduced = needs_reduced_range()
+    dynamic = export_onnx(folder, tmp_path / "dyn", reduce_range=reduced)
+    static = export_onnx(folder, tmp_path / "static", static=True, calibration=_tiny_texts(), reduce_range=reduced)
     ov_dir = export_openvino(folder, tmp_path / "ov", calibration=_tiny_texts())
     feeds = _feeds(head)
     with torch.no_grad():
@@ -139,8 +142,9 @@ def test_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
         assert got.shape == expected.shape and np.isfinite(got).all()
     info = json.loads((static / "export_info.json").read_text())
     assert info["int8"] == {
-        "mode": "static", "weights": "int8 per-channel symmetric (pruned weights stay 0)", "operators": ["MatMul"],
-        "calibration": "user texts", "calibration_samples": 32,
+        "mode": "static", "weights": "int8 per-channel symmetric (pruned weights stay 0)"
+        + (", 7-bit range (reduce_range: for x86 CPUs without VNNI)" if reduced else ""), "reduce_range": reduced,
+        "operators": ["MatMul"], "calibration": "user texts", "calibration_samples": 32,
     }
     # static INT8 quantizes the MatMuls only: every int8 weight feeds a MatMul (the encoder linears);
     # Optimum's full list (static_operators=None) also quantizes e.g. the embeddings (Gather)
@@ -152,6 +156,7 @@ def test_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
         graph = onnx.load(str(folder / "model_quantized.onnx")).graph
         int8 = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
         assert sum((w == 0).mean() >= 0.85 for w in int8) >= 2 * 6, folder
+        assert max(int(np.abs(w.astype(np.int16)).max()) for w in int8) == (64 if reduced else 127), folder
     # OpenVINO: every encoder weight is an int8 constant feeding MatMul(transpose_b) directly, no Transpose
     layout = weight_layout(ov_dir / "openvino_model_int8.xml")
     assert layout["int8_weights"] >= 2 * 6 and layout["behind_transpose"] == 0
@@ -273,6 +278,42 @@ def test_export_refuses_bad_input(tmp_path, tiny_tokenizer):
     pairs = calibration_texts("mrpc", 3)
     assert all(a and b for a, b in pairs)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, reduced",
+    [
+        (["sse4_2", "avx2", "fma"], True),  # x86 without VNNI: u8s8 kernels can saturate
+        (["sse4_2", "avx2", "avx512f", "avx512bw"], True),
+        (["sse4_2", "avx2", "avx512f", "avx512_vnni"], False),
+        (["sse4_2", "avx2", "avx_vnni"], False),
+        (["sse4_2", "avx2", "avx512f", "amx_int8"], False),
+        (["fp", "asimd", "asimddp"], False),  # Arm
+        ([], False),  # unknown CPU: not treated as x86
+    ],
+)
+def test_reduced_range_is_for_x86_without_vnni(flags, reduced):
+    from hf_sparse.deploy.onnx import needs_reduced_range
+
+    assert needs_reduced_range(flags) is reduced
+
+
+@needs_exporters
+def test_reduce_range_can_be_forced_either_way(tmp_path, tiny_tokenizer):
+    import onnx
+    from onnx import numpy_helper
+
+    folder = _save(_scaled("SparseBertForSequenceClassification"), tmp_path / "m", tiny_tokenizer)
+    for reduce_range, largest in ((False, 127), (True, 64)):
+        out = export_onnx(folder, tmp_path / f"onnx-{reduce_range}", reduce_range=reduce_range)
+        assert json.loads((out / "export_info.json").read_text())["int8"]["reduce_range"] is reduce_range
+        graph = onnx.load(str(out / "model_quantized.onnx")).graph
+        int8 = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+        assert int8 and max(int(np.abs(w.astype(np.int16)).max()) for w in int8) == largest
+    (folder / "qat_ranges.json").write_text("{}")
+    with pytest.raises(ExportError, match="reduce_range does not apply to calibration='qat'"):
+        export_onnx(folder, tmp_path / "qat", static=True, calibration="qat", reduce_range=True)
+    assert not (tmp_path / "qat").exists()
 
 
 @pytest.mark.skipif(HAVE_EXPORTERS, reason="tests the message where the exporters cannot run (the transformers 5 environment)")

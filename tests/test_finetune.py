@@ -74,7 +74,7 @@ def test_sparse_transfer_keeps_upstream_pattern(checkpoints, data_dir, tmp_path)
     results = finetune(
         checkpoints, data_dir, tmp_path / "ft", "--model", str(checkpoints / "upstream"), "--task", "mrpc", "--logging_steps", "2"
     )
-    assert results["mode"] == "sparse-transfer" and results["pattern_verified"]
+    assert results["mode"] == "sparse-transfer" and results["pattern_verified"] and results["precision"] == "fp32"
     assert [entry["step"] for entry in results["log_history"] if "loss" in entry] == [2, 4, 6]  # the training curve is kept
     assert set(results["metrics"]) >= {"accuracy", "f1"} and results["score"] == results["metrics"]["f1"]
     assert results["train_examples"] == 24 and results["steps"] == 6

@@ -10,6 +10,7 @@ import transformers
 from conftest import DATA_DIR, have_exporters, minilm_dir
 from hf_sparse import SparseBertModel
 from hf_sparse.pruning import magnitude_masks
+from hf_sparse.transfer.precision import cpu_bf16_is_fast
 
 pytestmark = pytest.mark.real
 HAVE_EXPORTERS = have_exporters()
@@ -34,7 +35,7 @@ def finetuned_sparse_sst2(tmp_path_factory):
             FinetuneArguments(model=str(tmp / "sparse"), task="sst2", data_dir=str(DATA_DIR), max_train_samples=TRAIN_EXAMPLES),
             transformers.TrainingArguments(
                 output_dir=str(tmp / "ft"), per_device_train_batch_size=32, learning_rate=1e-4, num_train_epochs=1,
-                bf16=True, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, seed=1,
+                bf16=cpu_bf16_is_fast(), use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, seed=1,
             ),
         )
     finally:

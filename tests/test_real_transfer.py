@@ -11,6 +11,7 @@ from hf_sparse.cli import main
 from hf_sparse.pruning import magnitude_masks
 from hf_sparse.tasks.glue import load_glue
 from hf_sparse.transfer import mask_drift, reference_masks
+from hf_sparse.transfer.precision import cpu_bf16_is_fast
 
 pytestmark = pytest.mark.real
 
@@ -36,7 +37,7 @@ def test_minilm_90_sparse_transfer_on_mrpc(tmp_path):
         "finetune", "--model", str(tmp_path / "minilm-90"), "--task", "mrpc", "--data_dir", str(DATA_DIR),
         "--output_dir", str(tmp_path / "ft"), "--max_train_samples", "64", "--max_eval_samples", "64",
         "--per_device_train_batch_size", "16", "--max_steps", "4", "--learning_rate", "1e-4", "--report_to", "none",
-        "--save_strategy", "no", "--use_cpu", "true", "--disable_tqdm", "true", "--bf16", "true",
+        "--save_strategy", "no", "--use_cpu", "true", "--disable_tqdm", "true", "--bf16", str(cpu_bf16_is_fast()).lower(),
     ]
     assert main(argv) == 0
     results = json.loads((tmp_path / "ft" / "results.json").read_text())

@@ -207,8 +207,19 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cpu_isa_flags() -> list[str]:
+    """This CPU's flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
 def cpu_description() -> dict:
-    """CPU model and the ISA flags that decide which kernels run (AMX, AVX-512 VNNI / BF16)."""
+    """CPU model and the ISA flags that decide which kernels run (AMX, AVX-512 VNNI / BF16, AVX2 / AVX-VNNI)."""
     info = {"cores": os.cpu_count()}
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -217,7 +228,7 @@ def cpu_description() -> dict:
                 info["model"] = line.split(":", 1)[1].strip()
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
-                info["flags"] = sorted(f for f in flags if f.startswith(("amx", "avx512_vnni", "avx512_bf16", "avx512f")))
+                info["flags"] = sorted(f for f in flags if f.startswith(("amx", "avx512_vnni", "avx512_bf16", "avx512f", "avx2", "avx_vnni")))
                 break
     except OSError:
         pass

@@ -6,7 +6,8 @@ with ONNX Runtime: dynamic by default, or static with ranges calibrated on real 
 (`static=True`, `calibration=<source>`; only MatMul nodes are quantized by default, see
 `STATIC_OPERATORS`), or static with the input ranges that quantization-aware training calibrated (`calibration="qat"`: the checkpoint's `qat_ranges.json`; only the encoder
 linear layers are quantized, exactly as QAT simulated them). Weights are int8 per-channel
-symmetric, so pruned weights stay exactly zero. The folder holds `model.onnx`, `model_quantized.onnx`, the tokenizer, a
+symmetric, so pruned weights stay exactly zero; `reduce_range=True` keeps them to 7 bits for x86 CPUs
+without VNNI whose INT8 kernels saturate (see `needs_reduced_range`). The folder holds `model.onnx`, `model_quantized.onnx`, the tokenizer, a
 `config.json` that ORT loads without hf-sparse (model_type `bert`; the sparsity metadata is kept)
 and `export_info.json` recording how it was made; load it with `optimum.onnxruntime.ORTModelFor*`.
 """
@@ -310,6 +311,20 @@ def quantize_with_ranges(fp32_path: PathLike, out_path: PathLike, nodes: Sequenc
     quantizer.model.save_model_to_file(str(out_path))
 
 
+def needs_reduced_range(flags: Optional[Sequence[str]] = None) -> bool:
+    """True on an x86 CPU without VNNI (AVX-512 VNNI, AVX-VNNI or AMX): ONNX Runtime's u8s8 INT8 kernels there
+    sum pairs of uint8 x int8 products in int16 (`vpmaddubsw`), which saturates with full-range int8 weights
+    (255 * 127 * 2 > 32767); 7-bit weights cannot saturate. `flags`: the CPU's flags (default: this CPU's
+    /proc/cpuinfo; a CPU whose flags cannot be read is not treated as x86)."""
+    if flags is None:
+        from .bench import cpu_isa_flags
+
+        flags = cpu_isa_flags()
+    flags = set(flags)
+    x86 = "avx2" in flags or "sse4_2" in flags
+    return x86 and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
 def export_onnx(
     model_dir: PathLike,
     out_dir: PathLike,
@@ -319,6 +334,7 @@ def export_onnx(
     num_calibration_samples: int = 128,
     data_dir: Optional[PathLike] = None,
     static_operators: Optional[Sequence[str]] = STATIC_OPERATORS,
+    reduce_range: bool = False,
 ) -> Path:
     """Exports the SparseBert checkpoint at `model_dir` to ONNX in `out_dir` (written atomically).
 
@@ -335,6 +351,11 @@ def export_onnx(
         static_operators: the ONNX operator types static INT8 quantizes (default MatMul only); None gives
             Optimum's default list for AVX-512 VNNI (MatMul, Gather, LayerNormalization, Transpose and more).
             Dynamic INT8 always uses Optimum's default.
+        reduce_range: quantize weights to 7 bits (ONNX Runtime's `reduce_range`) for x86 CPUs without VNNI, whose
+            INT8 kernels can saturate with full-range weights (`needs_reduced_range`). Off by default: on real
+            MiniLM (SST-2, an AVX2 CPU) full range matched or beat 7 bits (benchmarks/int8_accuracy.py); turn it on
+            when INT8 accuracy drops on such a CPU. Not with `calibration="qat"`, whose ranges QAT simulated in
+            full 8 bits. `export_info.json` records it.
 
     Raises:
         ExportError: Optimum / ONNX Runtime missing or incompatible, not a SparseBert checkpoint,
@@ -350,6 +371,8 @@ def export_onnx(
     if use_qat and not (static and quantize == "int8"):
         raise ExportError("calibration='qat' applies to static INT8 (static=True, quantize='int8')")
     if use_qat:
+        if reduce_range:
+            raise ExportError("reduce_range does not apply to calibration='qat': QAT simulated full 8-bit weights")
         read_qat_ranges(model_dir / QAT_RANGES_FILE)  # fail before the (long) fp32 export
     model, task, info = prepare_export(model_dir, out_dir, quantize, "onnx", "model.onnx")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -369,6 +392,7 @@ def export_onnx(
             quantizer = ORTQuantizer.from_pretrained(staged, file_name="model.onnx")
             operators = list(static_operators) if static and static_operators is not None else None
             qconfig = AutoQuantizationConfig.avx512_vnni(is_static=static, per_channel=True, operators_to_quantize=operators)
+            qconfig.reduce_range = bool(reduce_range)  # int8 activations uint8, weights int8 (7-bit when reduced)
             ranges, int8_info = None, {"operators": list(qconfig.operators_to_quantize)}
             if static:
                 from .calibration import calibration_dataset
@@ -392,7 +416,9 @@ def export_onnx(
             info["files"]["int8"] = "model_quantized.onnx"
             info["int8"] = {
                 "mode": "static" if static else "dynamic",
-                "weights": "int8 per-channel symmetric (pruned weights stay 0)",
+                "weights": "int8 per-channel symmetric (pruned weights stay 0)"
+                + (", 7-bit range (reduce_range: for x86 CPUs without VNNI)" if reduce_range else ""),
+                "reduce_range": bool(reduce_range),
                 **int8_info,
             }
             (staged / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -43,6 +43,7 @@ from ..pruning import CubicSchedule, MagnitudePruning, MovementPruning, PruningC
 from ..tasks.glue import get_glue_task, load_glue
 from ..tasks.metrics import glue_metrics, squad_metrics
 from .callback import MaskDriftError, SparsityCallback, mask_drift, reference_masks
+from .precision import training_precision, warn_if_bf16_is_slow
 from .qat import QAT_RANGES_FILE, QATConfig, convert_qat, prepare_qat
 
 DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[3] / "shared" / "data")
@@ -288,6 +289,7 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
     Returns the results dict. Raises `MaskDriftError` (nothing is saved) when a locked pattern changed.
     `head="bi-encoder"` runs `bi_encoder.run_bi_encoder_finetune` instead.
     """
+    warn_if_bf16_is_slow(training_args)
     if args.head == "bi-encoder":
         from .bi_encoder import run_bi_encoder_finetune
 
@@ -391,6 +393,7 @@ def results_record(
         "learning_rate": training_args.learning_rate,
         "max_length": max_length,
         "seed": training_args.seed,
+        "precision": training_precision(training_args),  # mixed precision of training and evaluation
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(eval_seconds, 1),
         "threads": torch.get_num_threads(),
