@@ -7,7 +7,8 @@ Takes the structured (heads + FFN neurons) model fine-tuned by benchmarks/transf
 dense model of the same task and training budget (its KD teacher: `dense_<task>_s1`, or for a row trained
 with `--epochs E --max-train-samples N`, e.g. `--row prune-ft-structured-60-kd-ep2-n67349`, the dense row
 trained the same way, `dense-ep2-n67349_<task>_s1`), compacts the structured model,
-exports it (ONNX Runtime INT8 dynamic, OpenVINO NNCF INT8 calibrated on the task's training text),
+exports it (ONNX Runtime INT8 dynamic, OpenVINO NNCF INT8 calibrated on the task's training text, and
+OpenVINO fp32, the fastest on CPUs without VNNI),
 and in ONE run measures every artifact's full-dev-set score and batch-1 (and batch-16) latency at
 seq 128. Speed-ups divide the dense model's torch-fp32 median by the artifact's. Writes
 benchmarks/results/structured_deploy_<row>_<task>[_s<seed>].json and the README block `structured-<row>-<task>[-s<seed>]`
@@ -90,6 +91,8 @@ def main() -> None:
             ("compact torch fp32", lambda: torch_predictor(tmp / "compact"), tmp / "compact", "torch-fp32"),
             ("compact onnxruntime int8", lambda: onnx_predictor(exports / "onnx" / "model_quantized.onnx"), tmp / "compact", "ort-int8"),
             ("compact openvino int8", lambda: openvino_predictor(exports / "openvino" / "openvino_model_int8.xml"), tmp / "compact", "ov-int8"),
+            # on CPUs without VNNI (AVX2) OpenVINO's fp32 kernels outrun its INT8 ones (benchmarks/latency.py --tag avx2)
+            ("compact openvino fp32", lambda: openvino_predictor(exports / "openvino" / "openvino_model.xml"), tmp / "compact", "ov-fp32"),
         ]
         rows = []
         for name, make, folder, runtime in artifacts:

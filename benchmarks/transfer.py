@@ -276,11 +276,13 @@ def write_table() -> str:
     # each row is compared with the dense row of the same head and of its KD teacher's budget, or else of the task budget
     dense_score = {key: statistics.mean(r["score"] for r in rs) for key, rs in runs.items() if key[0].startswith("dense")}
 
-    def cell(values: list[float], task: str) -> str:
-        scale = [_percent(v, task) for v in values]
+    def cell(entries: list[dict], task: str) -> str:
+        scale = [_percent(e["score"], task) for e in entries]
+        fp32 = sum(e.get("precision", "bf16") == "fp32" for e in entries)  # files before `precision` ran in bf16
+        note = "" if not fp32 else ", fp32" if fp32 == len(entries) else f", {fp32} in fp32"
         if len(scale) == 1:
-            return f"{scale[0]:.1f} (1 seed)"
-        return f"{statistics.mean(scale):.1f} ± {statistics.stdev(scale):.1f} ({len(scale)} seeds)"
+            return f"{scale[0]:.1f} (1 seed{note})"
+        return f"{statistics.mean(scale):.1f} ± {statistics.stdev(scale):.1f} ({len(scale)} seeds{note})"
 
     header = "| row | encoder non-zeros | " + " | ".join(f"{t} ({runs_metric(runs, t)})" for t in tasks) + " | mean vs dense (tasks run) |"
     lines = [header, "|---|---:|" + "---:|" * len(tasks) + "---:|"]
@@ -293,7 +295,7 @@ def write_table() -> str:
                 continue
             nonzeros = entries[0]["encoder_nonzeros"]
             scores = [e["score"] for e in entries]
-            cells.append(cell(scores, t))
+            cells.append(cell(entries, t))
             reference = next((dense_score[(d, t)] for d in baseline[label] if (d, t) in dense_score), None)
             if reference:
                 ratios.append(statistics.mean(scores) / reference)
@@ -315,7 +317,8 @@ def write_table() -> str:
             "Rows are cross-encoders (`BertForSequenceClassification`-style head on the joined pair) unless marked "
             f"`{BI_ENCODER_LABEL.strip()}` (each sentence encoded alone, cosine of the mean-pooled vectors, sentence-transformers); "
             "the last column compares each row with the dense row of the same head (for a row with more training examples, "
-            "the dense row trained on the same examples and epochs, where it ran; otherwise the task budget's):",
+            "the dense row trained on the same examples and epochs, where it ran; otherwise the task budget's). "
+            "Runs trained under bf16 autocast on an AVX-512 CPU unless a cell says fp32 (a CPU without native bf16):",
             "",
             *lines,
             "",

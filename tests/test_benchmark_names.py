@@ -167,3 +167,28 @@ def test_temperature_needs_kd_and_reaches_the_trainer(tmp_path, monkeypatch):
     name, command = transfer.run_name("prune-ft-structured-60", "sst2", 1, True, False, False, {"hidden_weight": 1, "temperature": 4})
     assert name == "prune-ft-structured-60-kd-hid1-kdt4_sst2_s1"
     assert command.endswith("--kd --hidden-weight 1 --temperature 4")
+
+
+def test_table_marks_cells_trained_in_fp32(tmp_path, monkeypatch):
+    import json
+
+    import readme_block
+
+    written = {}
+    monkeypatch.setattr(transfer, "RUNS", tmp_path / "transfer")
+    monkeypatch.setattr(transfer, "RESULTS", tmp_path)
+    monkeypatch.setattr(transfer, "_plot", lambda runs, tasks: None)
+    monkeypatch.setattr(readme_block, "update_readme_block", lambda name, block: written.setdefault(name, block))
+    (tmp_path / "transfer").mkdir()
+    common = {"task": "mrpc", "main_metric": "f1", "kd": False, "qat": False, "train_seconds": 60.0, "eval_seconds": 1.0,
+              "train_examples": 3668, "epochs": 3, "max_length": 128}
+    runs = [("dense_mrpc_s1", "dense", 0.85, 1000, None), ("upstream-90_mrpc_s1", "upstream-90", 0.80, 100, None),
+            ("upstream-90_mrpc_s2", "upstream-90", 0.78, 100, "fp32"), ("upstream-80_mrpc_s1", "upstream-80", 0.82, 200, "fp32")]
+    for name, row, score, nonzeros, precision in runs:
+        data = {**common, "row": row, "score": score, "encoder_nonzeros": nonzeros, **({"precision": precision} if precision else {})}
+        (tmp_path / "transfer" / f"{name}.json").write_text(json.dumps(data))
+    text = transfer.write_table()
+    assert "| dense | 1,000 | 85.0 (1 seed) |" in text
+    assert "| upstream-80 | 200 | 82.0 (1 seed, fp32) |" in text
+    assert "| upstream-90 | 100 | 79.0 ± 1.4 (2 seeds, 1 in fp32) |" in text
+    assert written["transfer-table"].startswith(text)
