@@ -260,6 +260,10 @@ def _row_sparsity(row: str) -> float:
     return int(match[1]) / 100 if match else 0.0
 
 
+def _precision(run: dict) -> str:
+    return run.get("precision", "bf16")  # results files from before `precision` was recorded ran in bf16
+
+
 def write_table() -> str:
     runs: dict[tuple[str, str], list[dict]] = {}
     baseline: dict[str, list[str]] = {}  # label -> its dense rows, preferred first
@@ -278,7 +282,7 @@ def write_table() -> str:
 
     def cell(entries: list[dict], task: str) -> str:
         scale = [_percent(e["score"], task) for e in entries]
-        fp32 = sum(e.get("precision", "bf16") == "fp32" for e in entries)  # files before `precision` ran in bf16
+        fp32 = sum(_precision(e) == "fp32" for e in entries)
         note = "" if not fp32 else ", fp32" if fp32 == len(entries) else f", {fp32} in fp32"
         if len(scale) == 1:
             return f"{scale[0]:.1f} (1 seed{note})"
@@ -304,12 +308,12 @@ def write_table() -> str:
     budget_lines = []
     for t in tasks:
         budget = [r for (_, task), rs in runs.items() if task == t for r in rs if r.get("epochs_override") is None and r.get("max_train_samples_override") is None]  # the task's own budget
-        budget = [r for r in budget if r.get("precision", "bf16") == "bf16"] or budget  # files before `precision` ran in bf16
+        budget = [r for r in budget if _precision(r) == "bf16"] or budget
         example = budget[0]
         seconds = [r["train_seconds"] + r["eval_seconds"] for r in budget]
         budget_lines.append(
             f"| {t} | {example['train_examples']:,} | {example['epochs']:g} | {example['max_length']} | {TASK_BUDGETS[t]['learning_rate']:g} | "
-            f"{min(seconds) / 60:.1f}–{max(seconds) / 60:.1f} min{'' if example.get('precision', 'bf16') == 'bf16' else ' (fp32, no native bf16)'} |"
+            f"{min(seconds) / 60:.1f}–{max(seconds) / 60:.1f} min{'' if _precision(example) == 'bf16' else ' (fp32, no native bf16)'} |"
         )
     text = "\n".join(
         [

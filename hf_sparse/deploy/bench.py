@@ -222,14 +222,13 @@ def cpu_description() -> dict:
     """CPU model and the ISA flags that decide which kernels run (AMX, AVX-512 VNNI / BF16, AVX2 / AVX-VNNI)."""
     info = {"cores": os.cpu_count()}
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 info["model"] = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                info["flags"] = sorted(f for f in flags if f.startswith(("amx", "avx512_vnni", "avx512_bf16", "avx512f", "avx2", "avx_vnni")))
                 break
     except OSError:
         pass
+    flags = cpu_isa_flags()
+    if flags:
+        info["flags"] = sorted({f for f in flags if f.startswith(("amx", "avx512_vnni", "avx512_bf16", "avx512f", "avx2", "avx_vnni"))})
     return info
