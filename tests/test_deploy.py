@@ -171,6 +171,7 @@ def test_qat_ranges_export_runs_what_qat_simulated(tmp_path, tiny_tokenizer, hea
     import onnx
     import onnxruntime
 
+    from hf_sparse.deploy.onnx import needs_reduced_range
     from hf_sparse.deploy.openvino import export_openvino
     from hf_sparse.transfer.qat import QAT_RANGES_FILE, convert_qat, prepare_qat
 
@@ -197,9 +198,15 @@ def test_qat_ranges_export_runs_what_qat_simulated(tmp_path, tiny_tokenizer, hea
     kernels = {n.op_type for n in onnx.load(str(optimized)).graph.node}
     assert kernels & {"MatMulIntegerToFloat", "QLinearMatMul", "DynamicQuantizeMatMul"}, kernels
     dynamic = _ort(export_onnx(folder, tmp_path / "dyn") / "model_quantized.onnx", feeds)
-    qat_error = float(np.abs(got - simulated).max())
-    assert qat_error <= 1e-4, qat_error
-    assert float(np.abs(dynamic - simulated).max()) > 100 * qat_error  # other ranges: visibly different
+    qat_error, dynamic_error = float(np.abs(got - simulated).max()), float(np.abs(dynamic - simulated).max())
+    if needs_reduced_range():
+        # x86 without VNNI: ONNX Runtime's u8s8 kernels sum products pairwise in int16, so they do not reproduce the
+        # simulation exactly (seen on an AVX2 CPU: 1.2e-3 at an output scale of 3.1); still far closer than other ranges
+        assert qat_error <= 1e-3 * float(np.abs(simulated).max()), qat_error
+        assert dynamic_error > 10 * qat_error
+    else:
+        assert qat_error <= 1e-4, qat_error
+        assert dynamic_error > 100 * qat_error  # other ranges: visibly different
     # exactly the encoder linear layers are quantized; attention score MatMuls stay fp32
     graph = onnx.load(str(out / "model_quantized.onnx")).graph
     produced_by = {o: n for n in graph.node for o in n.output}
