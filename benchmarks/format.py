@@ -6,7 +6,8 @@ fraction of their dense fp32 bytes, total file bytes, and two median load times 
 dense `BertModel.from_pretrained` measured in the same run:
 
 Every load runs in a fresh Python process (imports excluded from the timing), after one
-unmeasured run that warms the page cache.
+unmeasured run that warms the page cache; the runs of dense and sparse files alternate, round
+by round, so that drift in the machine's speed affects them alike.
 
 * `load`: `from_pretrained` alone. For the dense safetensors file transformers maps the file and
   reads pages only when a weight is first used, so this compares unlike work (decode vs. mmap).
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -105,17 +107,27 @@ def _load_once(folder: Path, kind: str, env: dict | None = None) -> dict:
     return _run_fresh(_LOAD_SNIPPET, str(folder), kind, env=env)
 
 
-def median_load_seconds(folder: Path, kind: str, repeats: int, cold: bool, env: dict | None = None) -> dict:
-    """Median warm-cache `load` and `first_output`, and cold-cache `first_output_cold`, in seconds."""
-    _load_once(folder, kind, env)  # warms the page cache
-    warm = [_load_once(folder, kind, env) for _ in range(repeats)]
-    times = {key: statistics.median(r[key] for r in warm) for key in ("load", "first_output", "forward_resident")}
+def median_load_seconds(variants: list[tuple[Path, str, dict]], repeats: int, cold: bool) -> list[dict]:
+    """Median warm-cache `load` and `first_output`, and cold-cache `first_output_cold`, in seconds, per variant.
+
+    `variants` are `(folder, kind, env)`. Runs are interleaved (one of each variant per round), so a
+    machine whose speed drifts during the benchmark slows every variant alike.
+    """
+    for folder, kind, env in variants:
+        _load_once(folder, kind, env)  # warms the page cache
+    warm = [[] for _ in variants]
+    for _ in range(repeats):
+        for runs, (folder, kind, env) in zip(warm, variants):
+            runs.append(_load_once(folder, kind, env))
+    times = [{key: statistics.median(r[key] for r in runs) for key in ("load", "first_output", "forward_resident")} for runs in warm]
     if cold:
-        runs = []
+        cold_runs = [[] for _ in variants]
         for _ in range(repeats):
-            evict_from_page_cache(folder)
-            runs.append(_load_once(folder, kind, env)["first_output"])
-        times["first_output_cold"] = statistics.median(runs)
+            for runs, (folder, kind, env) in zip(cold_runs, variants):
+                evict_from_page_cache(folder)
+                runs.append(_load_once(folder, kind, env)["first_output"])
+        for result, runs in zip(times, cold_runs):
+            result["first_output_cold"] = statistics.median(runs)
     return times
 
 
@@ -161,25 +173,24 @@ def main() -> int:
         dense.save_pretrained(tmp / "dense")
         dense_file = (tmp / "dense" / "model.safetensors").stat().st_size
         cold = args.cold and hasattr(os, "posix_fadvise")
-        dense_times = median_load_seconds(tmp / "dense", "dense", args.repeats, cold)
-        dense_load, dense_first = dense_times["load"], dense_times["first_output"]
         sparse = SparseBertModel.from_dense(dense)
-        prunable = sum(m.weight.numel() for m in sparse.masked_linears().values())
-        floor = median_floor_seconds([list(m.weight.shape) for m in sparse.masked_linears().values()], args.repeats)
-        floor_first = floor + dense_times["forward_resident"]
+        shapes = [list(m.weight.shape) for m in sparse.masked_linears().values()]
+        prunable = sum(math.prod(shape) for shape in shapes)
         dense_prunable_bytes = prunable * 4
-        print(f"dense: {dense_file:,} bytes, load {dense_load * 1000:.0f} ms; prunable weights {prunable:,}", flush=True)
+        variants, rows = [(tmp / "dense", "dense", {})], []
         for sparsity in args.sparsities:
             sparse.set_masks(magnitude_masks(sparse, sparsity))
             folder = tmp / f"sparse-{sparsity}"
             sparse.save_pretrained(folder)
+            reloaded = SparseBertModel.from_pretrained(folder)  # the round trip the numbers rely on is exact
+            assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in sparse.state_dict().items())
+            del reloaded
             file_bytes = (folder / "model.safetensors").stat().st_size
             p_bytes = prunable_bytes(folder)
             for decoder, env in decoders.items():
                 if env and sparsity not in args.fallback_sparsities:
                     continue
-                times = median_load_seconds(folder, "sparse", args.repeats, cold, env)
-                load, first = times["load"], times["first_output"]
+                variants.append((folder, "sparse", env))
                 rows.append(
                     {
                         "sparsity": sparsity,
@@ -189,18 +200,27 @@ def main() -> int:
                         "file_ratio_to_dense": round(file_bytes / dense_file, 4),
                         "prunable_bytes": p_bytes,
                         "prunable_ratio_to_dense_fp32": round(p_bytes / dense_prunable_bytes, 4),
-                        "load_ms": round(load * 1000, 1),
-                        "load_ratio_to_dense": round(load / dense_load, 3),
-                        "first_output_ms": round(first * 1000, 1),
-                        "first_output_ratio_to_dense": round(first / dense_first, 3),
-                        "first_output_cold_ms": round(times["first_output_cold"] * 1000, 1) if cold else None,
-                        "first_output_cold_ratio_to_dense": round(times["first_output_cold"] / dense_times["first_output_cold"], 3) if cold else None,
                     }
                 )
-                print(json.dumps(rows[-1]), flush=True)
-        # the round trip the numbers rely on is exact
-        reloaded = SparseBertModel.from_pretrained(folder)
-        assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in sparse.state_dict().items())
+        del sparse
+        floor = median_floor_seconds(shapes, args.repeats)
+        print(f"dense: {dense_file:,} bytes; prunable weights {prunable:,}; timing {len(variants)} variants", flush=True)
+        dense_times, *sparse_times = median_load_seconds(variants, args.repeats, cold)
+        dense_load, dense_first = dense_times["load"], dense_times["first_output"]
+        floor_first = floor + dense_times["forward_resident"]
+        for row, times in zip(rows, sparse_times):
+            load, first = times["load"], times["first_output"]
+            row.update(
+                {
+                    "load_ms": round(load * 1000, 1),
+                    "load_ratio_to_dense": round(load / dense_load, 3),
+                    "first_output_ms": round(first * 1000, 1),
+                    "first_output_ratio_to_dense": round(first / dense_first, 3),
+                    "first_output_cold_ms": round(times["first_output_cold"] * 1000, 1) if cold else None,
+                    "first_output_cold_ratio_to_dense": round(times["first_output_cold"] / dense_times["first_output_cold"], 3) if cold else None,
+                }
+            )
+            print(json.dumps(row), flush=True)
 
     default = next(iter(decoders))
     at_90 = next((r for r in rows if r["sparsity"] == 0.9), None)

@@ -2,10 +2,12 @@
 
 import importlib.util
 import json
+import threading
 from unittest import mock
 
 import pytest
 import torch
+import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -165,6 +167,60 @@ def test_native_decoder_takes_a_strided_bitmask():
     tensors["w.bitmask"] = torch.stack([tensors["w.bitmask"], tensors["w.bitmask"]], 1)[:, 0]  # same bytes, stride 2
     assert not tensors["w.bitmask"].is_contiguous()
     assert torch.equal(decode_state_dict(tensors, meta, "file")["w_mask"], mask)
+
+
+class _GatedDecoder:
+    """The C decoder, held back until `gate` is set: loading must not keep what it read before that."""
+
+    def __init__(self, native, gate: threading.Event):
+        self.native, self.gate = native, gate
+
+    def decode(self, *args):
+        assert self.gate.wait(30)
+        return self.native.decode(*args)
+
+    def unpack(self, *args):
+        assert self.gate.wait(30)
+        return self.native.unpack(*args)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float64, torch.bfloat16])
+def test_weights_decoded_after_transformers_loaded_them(ckpt, monkeypatch, dtype):
+    # the worst schedule: transformers builds the model, takes (or casts) every tensor, and only then is anything decoded
+    reference = sparse_format.load_sparse_checkpoint([ckpt / "model.safetensors"])
+    gate = threading.Event()
+    monkeypatch.setattr(sparse_format, "_native_bitmask", _GatedDecoder(sparse_format._native_bitmask, gate))
+    load = SparseBertForMaskedLM._load_decoded.__func__
+
+    def load_then_open_gate(cls, *args):
+        try:
+            return load(cls, *args)
+        finally:
+            gate.set()
+
+    monkeypatch.setattr(SparseBertForMaskedLM, "_load_decoded", classmethod(load_then_open_gate))
+    model = SparseBertForMaskedLM.from_pretrained(ckpt, **({} if dtype is None else {"dtype": dtype}))
+    assert gate.is_set()
+    state = model.state_dict()
+    masked = [k for k in reference if k.endswith("_mask")]
+    assert len(masked) == 12
+    for key in masked + [k[: -len("_mask")] for k in masked]:
+        assert state[key].dtype == (reference[key].dtype if dtype is None or key.endswith("_mask") else dtype)
+        assert torch.equal(state[key], reference[key].to(state[key].dtype)), key
+
+
+def test_failed_load_stops_the_decoding_threads(ckpt):
+    with pytest.raises(ValueError, match="sparse_bert config"):
+        SparseBertForMaskedLM.from_pretrained(ckpt, config=transformers.BertConfig())  # fails once decoding has started
+    assert not [t for t in threading.enumerate() if t.name.startswith("hf_sparse_decode")]
+
+
+def test_device_map_loads_decoded_weights(ckpt):
+    # under device_map transformers moves weights as it loads them: they are decoded first
+    pytest.importorskip("accelerate")
+    reference = SparseBertForMaskedLM.from_pretrained(ckpt)
+    model = SparseBertForMaskedLM.from_pretrained(ckpt, device_map="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), model.state_dict().values()))
 
 
 def test_remote_code_copy_does_not_import_hf_sparse():

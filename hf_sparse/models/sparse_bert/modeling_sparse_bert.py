@@ -50,7 +50,7 @@ from .sparse_format import (
     decode_state_dict,
     SparseFormatError,
     encode_state_dict,
-    load_sparse_checkpoint,
+    start_loading_sparse_checkpoint,
     write_safetensors,
 )
 
@@ -76,6 +76,13 @@ _LOADING_KWARGS = frozenset(
     adapter_kwargs adapter_name generation_config gguf_file tp_plan tp_size distributed_config device_mesh
     use_kernels key_mapping low_cpu_mem_usage _fast_init attn_implementation fusion_config disable_mmap
     experts_implementation kernel_config""".split()
+)
+# Loading arguments under which transformers reads the weights' contents while loading them (to quantize,
+# shard, offload or move them): the weights are then decoded before loading starts, not alongside it.
+_READS_WEIGHTS_WHILE_LOADING = (
+    "device_map", "max_memory", "offload_folder", "offload_state_dict", "offload_buffers", "load_in_8bit",
+    "load_in_4bit", "quantization_config", "gguf_file", "tp_plan", "tp_size", "distributed_config", "device_mesh",
+    "key_mapping",
 )
 _IGNORED_SAVE_KWARGS = ("save_function", "save_peft_format", "save_original_format", "use_temp_dir")
 
@@ -266,6 +273,27 @@ def check_masks_against_config(state_dict: Mapping[str, torch.Tensor], config: S
         )
 
 
+@torch.no_grad()
+def _adopt_decoded(model: nn.Module, decoded: Mapping[str, torch.Tensor], names) -> None:
+    """Copies into `model` each of the `names` of `decoded` that loading did not take as is.
+
+    transformers takes the decoded tensors themselves as parameters and buffers, unless it converts
+    them (another `dtype`, say): such copies were made while the weights were still being decoded
+    and are overwritten here with the finished tensors.
+    """
+    own = model.state_dict(keep_vars=True)
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    for name in names:
+        tensor = decoded[name]
+        other = name[len(prefix) :] if name.startswith(prefix) else prefix + name  # loaded with or without the base prefix
+        for key in (name, other):
+            target = own.get(key)
+            if target is not None and target.shape == tensor.shape:
+                if target.data_ptr() != tensor.data_ptr():
+                    target.copy_(tensor)
+                break
+
+
 def _publish_directory(tmp_dir: Path, target: Path) -> None:
     """Moves a finished temporary directory into place, file by file if `target` already exists."""
     umask = os.umask(0)
@@ -390,11 +418,27 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
         if kwargs.get("use_safetensors") is False:
             raise ValueError("hf-sparse checkpoints are safetensors only; use_safetensors=False is not supported")
         kwargs.pop("use_safetensors", None)
+        want_info = kwargs.pop("output_loading_info", False)
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
         if "_commit_hash" in kwargs:
             hub_kwargs["_commit_hash"] = kwargs["_commit_hash"]
         files = _resolve_weight_files(pretrained_model_name_or_path, hub_kwargs)
-        decoded = load_sparse_checkpoint(files)
+        # the C decoder fills the weights in worker threads while transformers builds the model around them
+        decoded, pending = start_loading_sparse_checkpoint(files)
+        try:
+            if any(kwargs.get(key) for key in _READS_WEIGHTS_WHILE_LOADING):
+                pending.wait()
+            model, info = cls._load_decoded(pretrained_model_name_or_path, files, decoded, hub_kwargs, model_args, config, kwargs)
+        except BaseException:
+            pending.cancel()
+            raise
+        pending.wait()  # raises if a weight's values disagree with its bitmask
+        _adopt_decoded(model, decoded, pending.names)
+        return (model, info) if want_info else model
+
+    @classmethod
+    def _load_decoded(cls, pretrained_model_name_or_path, files, decoded, hub_kwargs, model_args, config, kwargs):
+        """transformers' `from_pretrained` of the (possibly still decoding) state dict: `(model, loading info)`."""
         if not isinstance(config, PretrainedConfig):  # split config kwargs (e.g. num_labels) as transformers does
             loading = {k: kwargs.pop(k) for k in list(kwargs) if k in _LOADING_KWARGS}
             config, kwargs = cls.config_class.from_pretrained(
@@ -406,8 +450,7 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
             kwargs.update(loading)
         if getattr(config, "model_type", None) != "sparse_bert":
             raise ValueError(f"{cls.__name__} needs a sparse_bert config, got model_type {getattr(config, 'model_type', None)!r}")
-        check_masks_against_config(decoded, config, source=files[0])
-        want_info = kwargs.pop("output_loading_info", False)
+        check_masks_against_config(decoded, config, source=files[0])  # shapes only: safe while decoding
         for key in ("subfolder", "proxies", "_commit_hash"):  # used for the files above; meaningless without a path
             kwargs.pop(key, None)
         try:
@@ -420,7 +463,7 @@ class SparseBertPreTrainedModel(BertPreTrainedModel):
             raise
         if getattr(model.config, "_name_or_path", None) in (None, "", "None"):
             model.config._name_or_path = str(pretrained_model_name_or_path)
-        return (model, info) if want_info else model
+        return model, info
 
     @classmethod
     def from_dense(

@@ -111,6 +111,53 @@ def decode_state_dict(
         SparseFormatError: the metadata is missing or of an unknown version, a tensor is missing,
             truncated or of the wrong type, or a mask disagrees with its weight.
     """
+    decoded, pending = start_decode_state_dict(tensors, metadata, source)
+    pending.wait()
+    return decoded
+
+
+class PendingDecode:
+    """Worker threads still writing the dense weights and masks returned by `start_decode_state_dict`.
+
+    The tensors have their final shapes, dtypes and memory from the start; their contents are
+    defined only once `wait()` has returned.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor | None, futures: list, names: tuple[str, ...] = ()):
+        self._pool, self._futures = pool, futures
+        self.names = names  # the keys of the tensors being written
+
+    def wait(self) -> None:
+        """Blocks until every tensor is written.
+
+        Raises:
+            SparseFormatError: a weight's values disagree with its bitmask (the first such weight in file order).
+        """
+        try:
+            for future in self._futures:
+                future.result()
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Drops the weights not started yet and waits for the running ones (their errors are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_decode_state_dict(
+    tensors: dict[str, torch.Tensor], metadata: Mapping[str, str] | None, source: str
+) -> tuple[dict[str, torch.Tensor], PendingDecode]:
+    """`decode_state_dict` that returns before the C decoder has filled the dense weights and masks.
+
+    Everything that can be checked without decoding (metadata, tensor names, shapes and dtypes,
+    uncompressed masks) is checked before returning; the values-vs-bitmask counts are checked by
+    `PendingDecode.wait()`, which must return before any returned tensor is read. Lets a caller
+    build its model while the weights are decoded. Without the C decoder, decodes before returning.
+
+    Raises:
+        SparseFormatError: as `decode_state_dict`, except for what `PendingDecode.wait()` raises.
+    """
     metadata = dict(metadata or {})
     if metadata.get(META_FORMAT) != FORMAT_NAME:
         raise SparseFormatError(
@@ -131,11 +178,9 @@ def decode_state_dict(
         raise SparseFormatError(f"{source}: metadata {META_SHAPES!r} is not a JSON map of shapes ({err})") from None
 
     tensors = dict(tensors)
-    compressed = {name: (tensors.pop(name + VALUES_SUFFIX, None), tensors.pop(name + BITMASK_SUFFIX, None)) for name in shapes}
-
-    def decode(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = shapes[name]
-        values, packed = compressed[name]
+    compressed = {}
+    for name, shape in shapes.items():
+        values, packed = tensors.pop(name + VALUES_SUFFIX, None), tensors.pop(name + BITMASK_SUFFIX, None)
         if values is None or packed is None:
             missing = name + (VALUES_SUFFIX if values is None else BITMASK_SUFFIX)
             raise SparseFormatError(f"{source}: tensor {missing!r} is missing (listed in {META_SHAPES!r})")
@@ -145,45 +190,16 @@ def decode_state_dict(
                 f"{source}: tensor {name + BITMASK_SUFFIX!r} has dtype {packed.dtype} and shape "
                 f"{list(packed.shape)}; expected uint8 of shape [{(count + 7) // 8}] for a weight of shape {shape}"
             )
-        dense = None
-        if (native := _native_decoder(values)) is not None:
-            # one pass: unpack, count and scatter into uninitialised memory (every byte is written)
-            mask = torch.empty(shape, dtype=torch.bool)
-            if values.numel() == count:  # nothing pruned if the file is sound: the values are the weight
-                kept = native.unpack(packed.contiguous().numpy(), mask.numpy())
-            else:
-                dense = torch.empty(shape, dtype=values.dtype)
-                kept = native.decode(packed.contiguous().numpy(), _raw(values), _raw(dense), mask.numpy(), values.element_size())
-        else:
-            mask = unpack_mask(packed, shape)
-            kept = int(np.count_nonzero(mask.numpy()))
-        if values.dim() != 1 or values.numel() != kept or not values.is_floating_point():
+        if values.dim() != 1 or not values.is_floating_point():
             raise SparseFormatError(
-                f"{source}: tensor {name + VALUES_SUFFIX!r} has {values.numel()} {values.dtype} entries "
-                f"(shape {list(values.shape)}) but its bitmask keeps {kept}; the file is corrupted"
+                f"{source}: tensor {name + VALUES_SUFFIX!r} has dtype {values.dtype} and shape "
+                f"{list(values.shape)}; expected the kept entries as a 1-D floating-point tensor"
             )
-        if dense is not None:  # decoded natively
-            return dense, mask
-        if kept == count:  # nothing pruned: the values are the dense weight (copied if misaligned in the file)
-            dense = values.reshape(shape) if values.data_ptr() % ALIGNMENT == 0 else values.reshape(shape).clone()
-        else:
-            dense = torch.zeros(shape, dtype=values.dtype)
-            dense.masked_scatter_(mask, values)
-        return dense, mask
-
-    # numpy and torch release the GIL here: decoding layers in parallel threads cuts load time
-    workers = max(1, min(len(shapes), os.cpu_count() or 1, 8))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(pool.map(decode, shapes))  # re-raises the first failing tensor's error, in file order
-    out = {}
-    for name, (dense, mask) in zip(shapes, decoded):
-        out[name] = dense
-        out[name + MASK_SUFFIX] = mask
-
+        compressed[name] = (values, packed)
     stray = sorted(k for k in tensors if k.endswith((VALUES_SUFFIX, BITMASK_SUFFIX)))
     if stray:
         raise SparseFormatError(f"{source}: tensor {stray[0]!r} is not listed in metadata {META_SHAPES!r}")
-    for key in sorted(k for k in tensors if k.endswith(MASK_SUFFIX)):
+    for key in sorted(k for k in tensors if k.endswith(MASK_SUFFIX)):  # masks stored uncompressed
         name = key[: -len(MASK_SUFFIX)]
         if name not in tensors:
             raise SparseFormatError(f"{source}: mask {key!r} has no weight {name!r}")
@@ -194,8 +210,65 @@ def decode_state_dict(
             raise SparseFormatError(f"{source}: mask {key!r} holds values other than 0 and 1")
         tensors[key] = mask.bool()
         _check_mask(name, tensors[name], tensors[key], where=source)
+
+    def corrupted(name: str, values: torch.Tensor, kept: int) -> SparseFormatError:
+        return SparseFormatError(
+            f"{source}: tensor {name + VALUES_SUFFIX!r} has {values.numel()} {values.dtype} entries "
+            f"(shape {list(values.shape)}) but its bitmask keeps {kept}; the file is corrupted"
+        )
+
+    out: dict[str, torch.Tensor] = {}
+    native = {name: _native_decoder(values) for name, (values, _) in compressed.items()}
+    jobs = []
+    for name, (values, packed) in compressed.items():
+        if native[name] is None:
+            continue
+        shape = shapes[name]
+        # new, uninitialised memory: the C decoder writes every byte of it, in one pass
+        mask = torch.empty(shape, dtype=torch.bool)
+        if values.numel() == math.prod(shape):  # nothing pruned if the file is sound: the values are the weight
+            dense = values.reshape(shape) if values.data_ptr() % ALIGNMENT == 0 else values.reshape(shape).clone()
+        else:
+            dense = torch.empty(shape, dtype=values.dtype)
+        out[name], out[name + MASK_SUFFIX] = dense, mask
+        jobs.append((name, values, packed, dense, mask))
+
+    def decode_native(name, values, packed, dense, mask) -> None:
+        if values.numel() == mask.numel():
+            kept = native[name].unpack(packed.contiguous().numpy(), mask.numpy())
+        else:
+            kept = native[name].decode(packed.contiguous().numpy(), _raw(values), _raw(dense), mask.numpy(), values.element_size())
+        if kept != values.numel():
+            raise corrupted(name, values, kept)
+
+    def decode_numpy(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        values, packed = compressed[name]
+        mask = unpack_mask(packed, shapes[name])
+        kept = int(np.count_nonzero(mask.numpy()))
+        if kept != values.numel():
+            raise corrupted(name, values, kept)
+        if kept == mask.numel():  # nothing pruned: the values are the dense weight (copied if misaligned in the file)
+            dense = values.reshape(mask.shape)
+            return (dense if values.data_ptr() % ALIGNMENT == 0 else dense.clone()), mask
+        dense = torch.zeros(mask.shape, dtype=values.dtype)
+        dense.masked_scatter_(mask, values)
+        return dense, mask
+
+    # numpy, torch and the C decoder release the GIL: layers decode in parallel threads
+    workers = max(1, min(len(compressed), os.cpu_count() or 1, 8))
+    slow = [name for name in compressed if native[name] is None]
+    if slow:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            decoded = list(pool.map(decode_numpy, slow))  # re-raises the first failing tensor's error, in file order
+        for name, (dense, mask) in zip(slow, decoded):
+            out[name], out[name + MASK_SUFFIX] = dense, mask
+    out = {name: out[name] for key in compressed for name in (key, key + MASK_SUFFIX)}  # file order
     out.update(tensors)
-    return out
+    if not jobs:
+        return out, PendingDecode(None, [])
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf_sparse_decode")
+    names = tuple(key for job in jobs for key in (job[0], job[0] + MASK_SUFFIX))
+    return out, PendingDecode(pool, [pool.submit(decode_native, *job) for job in jobs], names)
 
 
 def _native_decoder(values: torch.Tensor):
@@ -294,6 +367,13 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
 def load_sparse_checkpoint(files: Iterable[str | os.PathLike]) -> dict[str, torch.Tensor]:
     """Reads and decodes one or more safetensors shards of a sparse checkpoint."""
+    decoded, pending = start_loading_sparse_checkpoint(files)
+    pending.wait()
+    return decoded
+
+
+def start_loading_sparse_checkpoint(files: Iterable[str | os.PathLike]) -> tuple[dict[str, torch.Tensor], PendingDecode]:
+    """`load_sparse_checkpoint` that returns while the weights are decoded (see `start_decode_state_dict`)."""
     files = [str(f) for f in files]
     tensors: dict[str, torch.Tensor] = {}
     metadata = None
@@ -304,4 +384,4 @@ def load_sparse_checkpoint(files: Iterable[str | os.PathLike]) -> dict[str, torc
         elif shard_meta.get(META_SHAPES) != metadata.get(META_SHAPES):
             raise SparseFormatError(f"{path}: metadata {META_SHAPES!r} differs from the first shard {files[0]}")
         tensors.update(shard)
-    return decode_state_dict(tensors, metadata, source=files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} shards)")
+    return start_decode_state_dict(tensors, metadata, source=files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} shards)")
