@@ -21,9 +21,13 @@ by round, so that drift in the machine's speed affects them alike.
 Sparse rows load with the C decoder built at install time (`hf_sparse._bitmask`); rows marked
 `numpy/torch` (by default the 90% one) repeat the load with it disabled (`HF_SPARSE_NATIVE_DECODE=0`),
 the path used where hf-sparse was installed without a C compiler or through `trust_remote_code`.
+With `--compare-with DIR` the same rows are also loaded by the hf_sparse package of another checkout
+(an earlier commit, say), in the same interleaved rounds.
 
     python benchmarks/format.py                      # writes benchmarks/results/format.{json,md}
     python benchmarks/format.py --layers 2 --repeats 3   # a quick smoke run
+    git worktree add /tmp/old REV && (cd /tmp/old && python setup.py -q build_ext --inplace)
+    python benchmarks/format.py --sparsities 0.9 --no-cold --compare-with /tmp/old --out benchmarks/results/format_vs_REV
 """
 
 from __future__ import annotations
@@ -55,9 +59,13 @@ TARGET_LOAD_RATIO = 1.5
 
 # Each load runs in a fresh process, as a user's would: no allocator or import state is reused.
 _LOAD_SNIPPET = """
-import json, sys, time
+import json, os, sys, time
+if os.environ.get("HF_SPARSE_SRC"):  # another checkout of hf-sparse (--compare-with), ahead of the installed one
+    sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path.insert(0, os.environ["HF_SPARSE_SRC"])
 import torch, transformers
 import hf_sparse
+assert hf_sparse.__file__.startswith(os.environ.get("HF_SPARSE_SRC", "")), hf_sparse.__file__
 transformers.logging.set_verbosity_error()
 folder, kind = sys.argv[1], sys.argv[2]
 cls = transformers.BertModel if kind == "dense" else hf_sparse.SparseBertModel
@@ -153,7 +161,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.8, 0.9, 0.97])
     parser.add_argument("--fallback-sparsities", type=float, nargs="*", default=[0.9],
-                        help="sparsities also loaded with the numpy/torch decoder (HF_SPARSE_NATIVE_DECODE=0)")
+                        help="sparsities also loaded with the numpy/torch decoder (HF_SPARSE_NATIVE_DECODE=0) and by --compare-with")
+    parser.add_argument("--compare-with", type=Path, metavar="DIR",
+                        help="also load the --fallback-sparsities files with the hf_sparse package of another checkout "
+                        "(its C extension built in place), e.g. an earlier commit's `git worktree`")
     parser.add_argument("--out", type=Path, default=RESULTS / "format")
     parser.add_argument("--no-cold", dest="cold", action="store_false", help="skip the cold page-cache timings")
     args = parser.parse_args()
@@ -165,6 +176,12 @@ def main() -> int:
     decoders = {"native" if native else "numpy/torch": {}}
     if native:
         decoders["numpy/torch"] = {"HF_SPARSE_NATIVE_DECODE": "0"}
+    if args.compare_with is not None:
+        other = args.compare_with.resolve()
+        if not (other / "hf_sparse" / "__init__.py").is_file():
+            parser.error(f"--compare-with {other}: no hf_sparse package there")
+        rev = subprocess.run(["git", "-C", str(other), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        decoders[f"native, hf-sparse at {rev or other}"] = {"HF_SPARSE_SRC": str(other)}
     config = transformers.BertConfig(num_hidden_layers=args.layers)
     dense = transformers.BertModel(config).eval()
     rows = []
