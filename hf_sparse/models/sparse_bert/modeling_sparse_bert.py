@@ -281,6 +281,8 @@ def _adopt_decoded(model: nn.Module, decoded: Mapping[str, torch.Tensor], names)
     them (another `dtype`, say): such copies were made while the weights were still being decoded
     and are overwritten here with the finished tensors.
     """
+    if not names:  # decoded before loading: nothing was read early
+        return
     own = model.state_dict(keep_vars=True)
     prefix = getattr(model, "base_model_prefix", "") + "."
     for name in names:

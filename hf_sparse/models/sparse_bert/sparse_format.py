@@ -226,8 +226,8 @@ def start_decode_state_dict(
         shape = shapes[name]
         # new, uninitialised memory: the C decoder writes every byte of it, in one pass
         mask = torch.empty(shape, dtype=torch.bool)
-        if values.numel() == math.prod(shape):  # nothing pruned if the file is sound: the values are the weight
-            dense = values.reshape(shape) if values.data_ptr() % ALIGNMENT == 0 else values.reshape(shape).clone()
+        if values.numel() == math.prod(shape):  # nothing pruned if the file is sound
+            dense = _values_as_weight(values, shape)
         else:
             dense = torch.empty(shape, dtype=values.dtype)
         out[name], out[name + MASK_SUFFIX] = dense, mask
@@ -247,9 +247,8 @@ def start_decode_state_dict(
         kept = int(np.count_nonzero(mask.numpy()))
         if kept != values.numel():
             raise corrupted(name, values, kept)
-        if kept == mask.numel():  # nothing pruned: the values are the dense weight (copied if misaligned in the file)
-            dense = values.reshape(mask.shape)
-            return (dense if values.data_ptr() % ALIGNMENT == 0 else dense.clone()), mask
+        if kept == mask.numel():  # nothing pruned
+            return _values_as_weight(values, mask.shape), mask
         dense = torch.zeros(mask.shape, dtype=values.dtype)
         dense.masked_scatter_(mask, values)
         return dense, mask
@@ -269,6 +268,12 @@ def start_decode_state_dict(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf_sparse_decode")
     names = tuple(key for job in jobs for key in (job[0], job[0] + MASK_SUFFIX))
     return out, PendingDecode(pool, [pool.submit(decode_native, *job) for job in jobs], names)
+
+
+def _values_as_weight(values: torch.Tensor, shape) -> torch.Tensor:
+    """The values of a layer with nothing pruned, as its weight (copied if misaligned in the file)."""
+    dense = values.reshape(shape)
+    return dense if values.data_ptr() % ALIGNMENT == 0 else dense.clone()
 
 
 def _native_decoder(values: torch.Tensor):
