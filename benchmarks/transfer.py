@@ -9,7 +9,8 @@ benchmarks/upstream.py, pattern locked), `upstream-<recipe>-<s>` (the same from 
 recipe, e.g. `upstream-sparsebert-90` = out/sparsebert_90/model), `prune-ft-<s>` (magnitude pruning to s% during
 fine-tuning, from dense: the downstream-pruning baseline), `prune-ft-structured-<s>` (s% of
 attention heads and FFN neurons removed during fine-tuning, ranked by L1 norm: compactable),
-`prune-ft-structured-movement-<s>` (the same, ranked by accumulated movement), `prune-tuned-*` (the same three
+`prune-ft-structured-movement-<s>` (the same, ranked by accumulated movement), `prune-ft-structured-fisher-<s>` (the same, ranked by
+the Fisher information of a gate on each unit's output), `prune-tuned-*` (the same four
 methods, started from the dense row's fine-tuned model instead of the pre-trained one: prune a fine-tuned model),
 `prune-*-global-<s>` (any of those ranked over all layers at once, so layers end with uneven widths),
 `dense-layers-<n>` (the first n dense layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model (same head) of the
@@ -25,7 +26,8 @@ the model a `prune-tuned-*` row starts from); `--hidden-weight` (with `--kd`) al
 `--temperature` (with `--kd`) sets the logits-KD temperature (default 2); `--min-heads-per-layer` (global structured
 rows) keeps that many heads in every layer; `--teacher-epochs` (with `--max-train-samples`) starts from / distils
 from the dense row trained that many epochs instead of the run's own; the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-kdt<t>][-mh<n>][-tep<n>]_<task>_s<seed>.json; models go to out/transfer/ (not committed).
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-kdt<t>][-mh<n>][-tep<n>][-fp32]_<task>_s<seed>.json
+(`-fp32`: trained in fp32, its own row, distilled from and starting from the fp32 dense run); models go to out/transfer/ (not committed).
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ OVERRIDES = (
     ("teacher_epochs", "teacher_epochs_override", "-tep{:g}", "--teacher-epochs {:g}", " (from the {:g}-epoch dense model)"),
 )
 _NUMBER = {"g": r"\d+(?:\.\d+)?(?:e[+-]\d+)?", "d": r"\d+"}
+# a run trained in fp32 (a CPU without native bf16) is its own row, distilled from and compared with the fp32 dense
+# run: the published rows trained under bf16 autocast. In `overrides` it is "precision": "fp32" (None: bf16).
+FP32_TAG, FP32_FLAG, FP32_LABEL = "-fp32", " --precision fp32", " (fp32)"
 
 
 def upstream_row(recipe: str) -> str:
@@ -86,8 +91,8 @@ def _row_arguments(
             raise SystemExit("--teacher-epochs names the dense row trained with --epochs E --max-train-samples N: it needs --max-train-samples")
         if not (kd or row.startswith("prune-tuned-")):
             raise SystemExit("--teacher-epochs picks the dense model a run distils from (--kd) or starts from (prune-tuned-* rows): it needs one of them")
-    if min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement)?-global-\d+", row):
-        raise SystemExit("--min-heads-per-layer applies to prune-*-structured[-movement]-global-<s> rows")
+    if min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement|-fisher)?-global-\d+", row):
+        raise SystemExit("--min-heads-per-layer applies to prune-*-structured[-movement|-fisher]-global-<s> rows")
     args: list[str] = []
     if row == "dense":
         args += ["--model", str(minilm_folder())]
@@ -101,8 +106,8 @@ def _row_arguments(
         if not model.is_dir():
             raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --recipe {recipes[row]}` first")
         args += ["--model", str(model)]
-    elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement)-)?(global-)?(\d+)", row):
-        start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, epochs, max_train_samples, teacher_epochs)
+    elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement|structured-fisher)-)?(global-)?(\d+)", row):
+        start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, epochs, max_train_samples, teacher_epochs, precision)
         method = match[2].replace("-", "_") if match[2] else "magnitude"
         args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(match[4]) / 100)]
         if match[3]:
@@ -112,9 +117,9 @@ def _row_arguments(
     elif match := re.fullmatch(r"dense-layers-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
     else:
-        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft|tuned-[structured[-movement]-][global-]<s>, dense-layers-<n>")
+        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft|tuned-[structured[-movement|-fisher]-][global-]<s>, dense-layers-<n>")
     if kd:
-        args += ["--teacher", str(_dense_model(task, bi_encoder, epochs, max_train_samples, teacher_epochs))]
+        args += ["--teacher", str(_dense_model(task, bi_encoder, epochs, max_train_samples, teacher_epochs, precision))]
     if qat:
         args += ["--qat", "true"]
     if bi_encoder:
@@ -148,10 +153,13 @@ def _row_arguments(
 
 
 def _dense_model(
-    task: str, bi_encoder: bool, epochs: float | None, max_train_samples: int | None, teacher_epochs: float | None = None
+    task: str, bi_encoder: bool, epochs: float | None, max_train_samples: int | None, teacher_epochs: float | None = None,
+    precision: str = "auto",
 ) -> Path:
-    """The fine-tuned dense model a run distils from (and a `prune-tuned-*` row starts from); exits naming its command if missing."""
-    name, command = run_name("dense", task, 1, False, False, bi_encoder, teacher_overrides({"epochs": epochs, "max_train_samples": max_train_samples, "teacher_epochs": teacher_epochs}))
+    """The fine-tuned dense model a run distils from (and a `prune-tuned-*` row starts from): the one trained in the
+    run's precision; exits naming its command if missing."""
+    overrides = {"epochs": epochs, "max_train_samples": max_train_samples, "teacher_epochs": teacher_epochs, "precision": _precision_override(precision)}
+    name, command = run_name("dense", task, 1, False, False, bi_encoder, teacher_overrides(overrides))
     model = MODELS / name / "model"
     if not model.is_dir():
         raise SystemExit(f"{model} is missing: run `{command}` first")
@@ -159,13 +167,14 @@ def _dense_model(
 
 
 def teacher_overrides(overrides: dict) -> dict:
-    """The overrides of the dense row a run distils from and is compared with: the run's epochs (or its teacher
-    epochs) and examples when it overrides the examples, else none (the task budget, which the published
-    epochs-only rows used)."""
+    """The overrides of the dense row a run distils from and is compared with: the run's precision, and its epochs
+    (or its teacher epochs) and examples when it overrides the examples, else none (the task budget, which the
+    published epochs-only rows used)."""
+    precision = {"precision": overrides["precision"]} if overrides.get("precision") else {}
     if overrides.get("max_train_samples") is None:
-        return {}
+        return precision
     epochs = overrides.get("epochs") if overrides.get("teacher_epochs") is None else overrides["teacher_epochs"]
-    return {"epochs": epochs, "max_train_samples": overrides["max_train_samples"]}
+    return {"epochs": epochs, "max_train_samples": overrides["max_train_samples"], **precision}
 
 
 def _override_tags(values: dict) -> tuple[str, str]:
@@ -177,7 +186,13 @@ def _override_tags(values: dict) -> tuple[str, str]:
 
 
 def _override_label(values: dict) -> str:
-    return "".join(text.format(values[argument]) for argument, _, _, _, text in OVERRIDES if values.get(argument) is not None)
+    label = "".join(text.format(values[argument]) for argument, _, _, _, text in OVERRIDES if values.get(argument) is not None)
+    return label + (FP32_LABEL if values.get("precision") == "fp32" else "")
+
+
+def _precision_override(precision: str) -> str | None:
+    """"fp32" when `precision` (auto, bf16 or fp32) trains in fp32 on this CPU, else None (bf16: no tag)."""
+    return None if _bf16(precision) else "fp32"
 
 
 def _bf16(precision: str) -> bool:
@@ -211,7 +226,7 @@ def run(
 
     overrides = {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "epochs": epochs, "max_train_samples": max_train_samples,
                  "hidden_weight": hidden_weight, "min_heads_per_layer": min_heads_per_layer, "teacher_epochs": teacher_epochs,
-                 "temperature": temperature}
+                 "temperature": temperature, "precision": _precision_override(precision)}
     name, command = run_name(row, task, seed, kd, qat, bi_encoder, overrides)
     argv = _row_arguments(
         row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples, hidden_weight, min_heads_per_layer,
@@ -230,8 +245,13 @@ def run(
 
 
 def run_name(row: str, task: str, seed: int, kd: bool, qat: bool, bi_encoder: bool, overrides: dict) -> tuple[str, str]:
-    """The results / model name of a run and the command that makes it; `overrides` maps OVERRIDES arguments to values."""
+    """The results / model name of a run and the command that makes it; `overrides` maps OVERRIDES arguments to values
+    (and "precision" to "fp32" for an fp32 run)."""
     tags, flags = _override_tags(overrides)
+    if overrides.get("precision") not in (None, "fp32"):
+        raise ValueError(f"overrides['precision'] is 'fp32' or None (bf16), got {overrides['precision']!r}")
+    if overrides.get("precision") == "fp32":
+        tags, flags = tags + FP32_TAG, flags + FP32_FLAG
     name = f"{row}{'-kd' if kd else ''}{'-qat' if qat else ''}{'-bi' if bi_encoder else ''}{tags}_{task}_s{seed}"
     command = (f"python benchmarks/transfer.py --row {row} --task {task} --seed {seed}" + (" --kd" if kd else "")
                + (" --qat" if qat else "") + (" --bi-encoder" if bi_encoder else "") + flags)
@@ -243,8 +263,8 @@ def parse_run_name(name: str) -> tuple[str, bool, bool, bool, dict]:
     tags = "".join(
         f"(?:{re.escape(tag.split('{')[0])}(?P<{argument}>{_NUMBER[tag[-2]]}))?" for argument, _, tag, _, _ in OVERRIDES
     )
-    match = re.fullmatch(f"(?P<row>.+?)(?P<kd>-kd)?(?P<qat>-qat)?(?P<bi>-bi)?{tags}", name)
-    overrides = {}
+    match = re.fullmatch(f"(?P<row>.+?)(?P<kd>-kd)?(?P<qat>-qat)?(?P<bi>-bi)?{tags}(?P<fp32>{re.escape(FP32_TAG)})?", name)
+    overrides = {"precision": "fp32" if match["fp32"] else None}
     for argument, _, tag, _, _ in OVERRIDES:
         value = match[argument]
         overrides[argument] = None if value is None else (int(value) if tag[-2] == "d" else float(value))
@@ -256,7 +276,7 @@ def _percent(score: float, task: str) -> float:
 
 
 def _row_sparsity(row: str) -> float:
-    match = re.fullmatch(r"(?:upstream(?:-[a-z][a-z0-9-]*)?|prune-(?:ft|tuned)(?:-structured(?:-movement)?)?(?:-global)?)-(\d+)", row)
+    match = re.fullmatch(r"(?:upstream(?:-[a-z][a-z0-9-]*)?|prune-(?:ft|tuned)(?:-structured(?:-movement|-fisher)?)?(?:-global)?)-(\d+)", row)
     return int(match[1]) / 100 if match else 0.0
 
 
@@ -272,9 +292,13 @@ def write_table() -> str:
         label = data["row"] + (" + KD" if data["kd"] else "") + (" + QAT" if data.get("qat") else "")
         head = BI_ENCODER_LABEL if data.get("head", "cross-encoder") == "bi-encoder" else ""
         overrides = {argument: data.get(key) for argument, key, _, _, _ in OVERRIDES}
+        overrides["precision"] = "fp32" if _precision(data) == "fp32" else None
         label += head + _override_label(overrides)
         runs.setdefault((label, data["task"]), []).append(data)
-        baseline[label] = ["dense" + head + _override_label(teacher_overrides(overrides)), "dense" + head]
+        # its teacher's budget, then the task budget; each in its own precision first, then bf16
+        budgets = [teacher_overrides(overrides), teacher_overrides({**overrides, "max_train_samples": None})]
+        candidates = [b for budget in budgets for b in (budget, {**budget, "precision": None})]
+        baseline[label] = list(dict.fromkeys("dense" + head + _override_label(b) for b in candidates))
     labels = sorted({label for label, _ in runs}, key=lambda l: (_row_sparsity(l.split(" ")[0]), l))
     tasks = [t for t in TASK_ORDER if any(task == t for _, task in runs)]
     # each row is compared with the dense row of the same head and of its KD teacher's budget, or else of the task budget
@@ -282,11 +306,9 @@ def write_table() -> str:
 
     def cell(entries: list[dict], task: str) -> str:
         scale = [_percent(e["score"], task) for e in entries]
-        fp32 = sum(_precision(e) == "fp32" for e in entries)
-        note = "" if not fp32 else ", fp32" if fp32 == len(entries) else f", {fp32} in fp32"
         if len(scale) == 1:
-            return f"{scale[0]:.1f} (1 seed{note})"
-        return f"{statistics.mean(scale):.1f} ± {statistics.stdev(scale):.1f} ({len(scale)} seeds{note})"
+            return f"{scale[0]:.1f} (1 seed)"
+        return f"{statistics.mean(scale):.1f} ± {statistics.stdev(scale):.1f} ({len(scale)} seeds)"
 
     header = "| row | encoder non-zeros | " + " | ".join(f"{t} ({runs_metric(runs, t)})" for t in tasks) + " | mean vs dense (tasks run) |"
     lines = [header, "|---|---:|" + "---:|" * len(tasks) + "---:|"]
@@ -321,8 +343,9 @@ def write_table() -> str:
             "Rows are cross-encoders (`BertForSequenceClassification`-style head on the joined pair) unless marked "
             f"`{BI_ENCODER_LABEL.strip()}` (each sentence encoded alone, cosine of the mean-pooled vectors, sentence-transformers); "
             "the last column compares each row with the dense row of the same head (for a row with more training examples, "
-            "the dense row trained on the same examples and epochs, where it ran; otherwise the task budget's). "
-            "Runs trained under bf16 autocast on an AVX-512 CPU unless a cell says fp32 (a CPU without native bf16):",
+            "the dense row trained on the same examples and epochs, where it ran; otherwise the task budget's; an `(fp32)` "
+            "row with the `dense (fp32)` row of that budget where it ran). Runs trained under bf16 autocast on an AVX-512 CPU "
+            "unless the row says `(fp32)`: trained in fp32 on a CPU without native bf16, distilled from the fp32 dense row:",
             "",
             *lines,
             "",
@@ -409,7 +432,7 @@ def _plot(runs, tasks) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | prune-ft|tuned-[structured[-movement]-][global-]<s> | dense-layers-<n>")
+    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | prune-ft|tuned-[structured[-movement|-fisher]-][global-]<s> | dense-layers-<n>")
     parser.add_argument("--task", choices=list(TASK_BUDGETS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")
@@ -432,7 +455,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--min-heads-per-layer", type=int,
-        help="prune-*-structured[-movement]-global-<s> rows: every layer keeps at least this many attention heads",
+        help="prune-*-structured[-movement|-fisher]-global-<s> rows: every layer keeps at least this many attention heads",
     )
     parser.add_argument(
         "--teacher-epochs", type=float,
@@ -441,7 +464,7 @@ def main() -> int:
     parser.add_argument(
         "--precision", choices=("auto", "bf16", "fp32"), default="auto",
         help="training precision: bf16 autocast, fp32, or auto (bf16 where the CPU has native bf16, as for the published rows; "
-             "fp32 elsewhere); the results file records it",
+             "fp32 elsewhere); an fp32 run is its own row (-fp32 in its name), distilled from the fp32 dense run",
     )
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()

@@ -30,6 +30,7 @@ from .pruning import (
     NMPruning,
     OneShotSchedule,
     PruningCallback,
+    StructuredFisherPruning,
     StructuredMovementPruning,
     StructuredPruning,
 )
@@ -53,7 +54,7 @@ class UpstreamRecipe:
     head_warmup_steps: int = 300
     head_warmup_learning_rate: float = 1e-3
     # pruning
-    method: str = "magnitude"  # magnitude | block | n:m | movement | soft_movement | structured | structured_movement
+    method: str = "magnitude"  # magnitude | block | n:m | movement | soft_movement | structured | structured_movement | structured_fisher
     scope: str = "layer"
     block: list = field(default_factory=lambda: [1, 4])
     n_m: list = field(default_factory=lambda: [2, 4])
@@ -117,6 +118,7 @@ class UpstreamRecipe:
             "soft_movement": lambda: MovementPruning(soft=True),
             "structured": lambda: StructuredPruning(tuple(self.structures), self.scope, *floors),
             "structured_movement": lambda: StructuredMovementPruning(tuple(self.structures), self.scope, *floors),
+            "structured_fisher": lambda: StructuredFisherPruning(tuple(self.structures), self.scope, *floors),
         }
         if self.method not in methods:
             raise ValueError(f"unknown pruning method {self.method!r}; choose one of {sorted(methods)}")

@@ -10,6 +10,12 @@ import structured_deploy  # noqa: E402
 import transfer  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _bf16_cpu(monkeypatch):
+    """`--precision auto` means bf16 here whatever this CPU is (the published rows); fp32 runs are tested explicitly."""
+    monkeypatch.setattr("hf_sparse.transfer.precision.cpu_bf16_is_fast", lambda: True)
+
+
 @pytest.mark.parametrize(
     "kd, overrides",
     [
@@ -22,6 +28,8 @@ import transfer  # noqa: E402
         (True, {"learning_rate": 5e-5, "hidden_weight": 0.5}),
         (True, {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2}),
         (True, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "temperature": 4}),
+        (True, {"hidden_weight": 1, "precision": "fp32"}),
+        (True, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 4, "precision": "fp32"}),
     ],
 )
 def test_structured_deploy_reads_the_names_transfer_writes(kd, overrides):
@@ -33,6 +41,8 @@ def test_structured_deploy_reads_the_names_transfer_writes(kd, overrides):
     expected_dense = {k: v for k, v in overrides.items() if k in ("epochs", "max_train_samples")} if "max_train_samples" in overrides else {}
     if "teacher_epochs" in overrides:
         expected_dense["epochs"] = overrides["teacher_epochs"]
+    if "precision" in overrides:  # an fp32 run is compared with the fp32 dense run
+        expected_dense["precision"] = overrides["precision"]
     dense_name, dense_command = transfer.run_name("dense", "sst2", 1, False, False, False, expected_dense)
     assert dense_run == dense_name
     assert dense_train_command == dense_command
@@ -63,13 +73,39 @@ def test_kd_teacher_follows_the_data_budget(tmp_path, monkeypatch):
     [{}, {"learning_rate": 1e-05}, {"head_learning_rate": 0.001, "epochs": 10}, {"epochs": 2.5, "max_train_samples": 67349, "hidden_weight": 1},
      {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "min_heads_per_layer": 1},
      {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2},
-     {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "temperature": 4, "min_heads_per_layer": 1}, {"temperature": 0.5}],
+     {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "temperature": 4, "min_heads_per_layer": 1}, {"temperature": 0.5},
+     {"precision": "fp32"}, {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2, "precision": "fp32"}],
 )
 def test_parse_run_name_inverts_run_name(row, kd, qat, bi_encoder, overrides):
     name, _ = transfer.run_name(row, "sst2", 1, kd, qat, bi_encoder, overrides)
     parsed = transfer.parse_run_name(name.removesuffix("_sst2_s1"))
-    expected = {argument: overrides.get(argument) for argument, *_ in transfer.OVERRIDES}
+    expected = {argument: overrides.get(argument) for argument, *_ in transfer.OVERRIDES} | {"precision": overrides.get("precision")}
     assert parsed == (row, kd, qat, bi_encoder, expected)
+
+
+def test_fp32_runs_are_their_own_rows_with_their_own_teacher(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    (tmp_path / "dense_sst2_s1" / "model").mkdir(parents=True)  # the bf16 teacher is not taken for an fp32 run
+    row = "prune-tuned-structured-movement-90"
+    with pytest.raises(SystemExit, match=r"dense-fp32_sst2_s1/model is missing: run `python benchmarks/transfer.py "
+                                         r"--row dense --task sst2 --seed 1 --precision fp32` first"):
+        transfer._row_arguments(row, "sst2", 1, True, precision="fp32")
+    (tmp_path / "dense-fp32_sst2_s1" / "model").mkdir(parents=True)
+    argv = transfer._row_arguments(row, "sst2", 1, True, hidden_weight=1.0, precision="fp32")
+    fp32_dense = str(tmp_path / "dense-fp32_sst2_s1" / "model")
+    assert argv[argv.index("--model") + 1] == fp32_dense and argv[argv.index("--teacher") + 1] == fp32_dense
+    assert argv[argv.index("--bf16") + 1] == "false"
+    argv = transfer._row_arguments(row, "sst2", 1, True, precision="bf16")
+    assert argv[argv.index("--teacher") + 1] == str(tmp_path / "dense_sst2_s1" / "model") and argv[argv.index("--bf16") + 1] == "true"
+    # auto on a CPU without native bf16 is an fp32 run
+    monkeypatch.setattr("hf_sparse.transfer.precision.cpu_bf16_is_fast", lambda: False)
+    argv = transfer._row_arguments(row, "sst2", 1, True)
+    assert argv[argv.index("--teacher") + 1] == fp32_dense
+    name, command = transfer.run_name(row, "sst2", 1, True, False, False, {"hidden_weight": 1, "precision": "fp32"})
+    assert name == f"{row}-kd-hid1-fp32_sst2_s1" and command.endswith("--kd --hidden-weight 1 --precision fp32")
+    with pytest.raises(ValueError, match="'fp32' or None"):
+        transfer.run_name(row, "sst2", 1, True, False, False, {"precision": "bf16"})
 
 
 def test_hidden_weight_needs_kd(tmp_path, monkeypatch):
@@ -86,7 +122,8 @@ def test_hidden_weight_needs_kd(tmp_path, monkeypatch):
     "row, method, sparsity",
     [("prune-tuned-90", "magnitude", "0.9"), ("prune-tuned-structured-80", "structured", "0.8"),
      ("prune-tuned-structured-movement-90", "structured_movement", "0.9"), ("prune-ft-structured-movement-90", "structured_movement", "0.9"),
-     ("prune-tuned-structured-movement-global-90", "structured_movement", "0.9"), ("prune-ft-global-80", "magnitude", "0.8")],
+     ("prune-tuned-structured-movement-global-90", "structured_movement", "0.9"), ("prune-ft-global-80", "magnitude", "0.8"),
+     ("prune-tuned-structured-fisher-90", "structured_fisher", "0.9"), ("prune-ft-structured-fisher-global-80", "structured_fisher", "0.8")],
 )
 def test_prune_tuned_rows_start_from_the_dense_fine_tuned_model(tmp_path, monkeypatch, row, method, sparsity):
     monkeypatch.setattr(transfer, "MODELS", tmp_path)
@@ -169,7 +206,7 @@ def test_temperature_needs_kd_and_reaches_the_trainer(tmp_path, monkeypatch):
     assert command.endswith("--kd --hidden-weight 1 --temperature 4")
 
 
-def test_table_marks_cells_trained_in_fp32(tmp_path, monkeypatch):
+def test_table_keeps_fp32_runs_apart_and_compares_them_with_the_fp32_dense_run(tmp_path, monkeypatch):
     import json
 
     import readme_block
@@ -180,15 +217,20 @@ def test_table_marks_cells_trained_in_fp32(tmp_path, monkeypatch):
     monkeypatch.setattr(transfer, "_plot", lambda runs, tasks: None)
     monkeypatch.setattr(readme_block, "update_readme_block", lambda name, block: written.setdefault(name, block))
     (tmp_path / "transfer").mkdir()
-    common = {"task": "mrpc", "main_metric": "f1", "kd": False, "qat": False, "train_seconds": 60.0, "eval_seconds": 1.0,
-              "train_examples": 3668, "epochs": 3, "max_length": 128}
-    runs = [("dense_mrpc_s1", "dense", 0.85, 1000, None), ("upstream-90_mrpc_s1", "upstream-90", 0.80, 100, None),
-            ("upstream-90_mrpc_s2", "upstream-90", 0.78, 100, "fp32"), ("upstream-80_mrpc_s1", "upstream-80", 0.82, 200, "fp32")]
-    for name, row, score, nonzeros, precision in runs:
-        data = {**common, "row": row, "score": score, "encoder_nonzeros": nonzeros, **({"precision": precision} if precision else {})}
+    common = {"main_metric": "accuracy", "kd": False, "qat": False, "train_seconds": 60.0, "eval_seconds": 1.0,
+              "train_examples": 2490, "epochs": 3, "max_length": 128}
+    runs = [("dense_mrpc_s1", "dense", "mrpc", 0.85, 1000, None), ("dense-fp32_mrpc_s1", "dense", "mrpc", 0.80, 1000, "fp32"),
+            ("dense_rte_s1", "dense", "rte", 0.55, 1000, None),
+            ("upstream-90_mrpc_s1", "upstream-90", "mrpc", 0.80, 100, None),
+            ("upstream-90-fp32_mrpc_s2", "upstream-90", "mrpc", 0.78, 100, "fp32"),
+            ("upstream-90-fp32_rte_s1", "upstream-90", "rte", 0.50, 100, "fp32")]
+    for name, row, task, score, nonzeros, precision in runs:
+        data = {**common, "task": task, "row": row, "score": score, "encoder_nonzeros": nonzeros, **({"precision": precision} if precision else {})}
         (tmp_path / "transfer" / f"{name}.json").write_text(json.dumps(data))
     text = transfer.write_table()
-    assert "| dense | 1,000 | 85.0 (1 seed) |" in text
-    assert "| upstream-80 | 200 | 82.0 (1 seed, fp32) |" in text
-    assert "| upstream-90 | 100 | 79.0 ± 1.4 (2 seeds, 1 in fp32) |" in text
+    assert "| dense | 1,000 | 85.0 (1 seed) | 55.0 (1 seed) | 100.0% (2) |" in text
+    assert "| dense (fp32) | 1,000 | 80.0 (1 seed) | – | 100.0% (1) |" in text
+    assert "| upstream-90 | 100 | 80.0 (1 seed) | – | 94.1% (1) |" in text  # the bf16 run and the bf16 dense run only
+    # mrpc against the fp32 dense run (78 / 80), rte against the bf16 one where no fp32 dense run exists (50 / 55)
+    assert f"| upstream-90 (fp32) | 100 | 78.0 (1 seed) | 50.0 (1 seed) | {100 * (0.78 / 0.80 + 0.50 / 0.55) / 2:.1f}% (2) |" in text
     assert written["transfer-table"].startswith(text)

@@ -144,19 +144,20 @@ def test_structured_prune_at_finetune_then_compact(checkpoints, data_dir, tmp_pa
     assert report.heads_after == 2 * 2 and report.max_abs_diff <= 1e-5  # half of 4 heads in each of 2 layers
 
 
-def test_global_structured_prune_at_finetune(checkpoints, data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["structured_movement", "structured_fisher"])
+def test_global_structured_prune_at_finetune(checkpoints, data_dir, tmp_path, monkeypatch, method):
     from hf_sparse.analysis import pattern_violations
     from hf_sparse.transfer import finetune as finetune_module
 
     made = []  # the pruning method the run builds: it must rank over all layers
-    build_method = finetune_module.PRUNE_METHODS["structured_movement"]
-    monkeypatch.setitem(finetune_module.PRUNE_METHODS, "structured_movement", lambda scope, **floors: made.append(build_method(scope, **floors)) or made[-1])
+    build_method = finetune_module.PRUNE_METHODS[method]
+    monkeypatch.setitem(finetune_module.PRUNE_METHODS, method, lambda scope, **floors: made.append(build_method(scope, **floors)) or made[-1])
     results = finetune(
         checkpoints, data_dir, tmp_path / "g", "--model", str(checkpoints / "dense"), "--task", "mrpc",
-        "--prune_method", "structured_movement", "--prune_scope", "global", "--target_sparsity", "0.5", "--num_train_epochs", "2",
+        "--prune_method", method, "--prune_scope", "global", "--target_sparsity", "0.5", "--num_train_epochs", "2",
     )
-    assert results["mode"] == "prune-at-finetune:structured_movement+global"
-    assert [m.scope for m in made] == ["global"]
+    assert results["mode"] == f"prune-at-finetune:{method}+global"
+    assert [(m.name, m.scope) for m in made] == [(method, "global")]
     model = SparseBertForSequenceClassification.from_pretrained(tmp_path / "g" / "model")
     masks = {name: m.weight_mask for name, m in model.masked_linears().items()}
     assert pattern_violations("structured:heads+neurons", masks, model.config.num_attention_heads) == []

@@ -15,6 +15,7 @@ from hf_sparse.pruning import (
     NMPruning,
     OneShotSchedule,
     PruningCallback,
+    StructuredFisherPruning,
     StructuredMovementPruning,
     StructuredPruning,
 )
@@ -155,10 +156,11 @@ def test_structured_movement_ranks_heads_and_neurons_by_summed_movement():
         StructuredMovementPruning().masks(fresh(), 0.5)
 
 
-def test_structured_movement_in_the_trainer(tmp_path):
+@pytest.mark.parametrize("method", [StructuredMovementPruning, StructuredFisherPruning])
+def test_structured_learned_scores_in_the_trainer(tmp_path, method):
     model = fresh()
     # the schedule starts at step 0 as `hf-sparse finetune --prune_method` does: no scores exist yet
-    callback = PruningCallback(StructuredMovementPruning(), CubicSchedule(0.0, 0.5, 0, 8, 2), model)
+    callback = PruningCallback(method(), CubicSchedule(0.0, 0.5, 0, 8, 2), model)
     trainer_for(model, callback, tmp_path).train()
     assert [h["step"] for h in callback.history] == [0, 2, 4, 6, 8] and callback.history[0]["sparsity"] == 0
     assert pattern_violations("structured:heads+neurons", model.get_masks(), model.config.num_attention_heads) == []
@@ -167,6 +169,75 @@ def test_structured_movement_in_the_trainer(tmp_path):
             assert int((~mask.any(dim=1)).sum()) == 32, name
     for module in model.masked_linears().values():
         assert torch.all(module.weight[~module.weight_mask] == 0)
+
+
+def gate_gradients(model, inputs, labels):
+    """d loss / d g for a gate g = 1 multiplying each head's context output and each FFN neuron's activation, measured
+    with real gates on the inputs of the attention output and FFN output layers (independent of the method's formula)."""
+    heads, gates, handles = model.config.num_attention_heads, {}, []
+    for name, module in model.masked_linears().items():
+        if name.endswith("attention.output.dense") or (name.endswith("output.dense") and "attention" not in name):
+            units = heads if "attention" in name else module.weight.shape[1]
+            gate = gates[name] = torch.ones(units, requires_grad=True)
+            width = module.weight.shape[1] // units
+            handles.append(module.register_forward_pre_hook(lambda m, args, g=gate, w=width: (args[0] * g.repeat_interleave(w),)))
+    model.zero_grad()
+    model(**inputs, labels=torch.tensor(labels)).loss.backward()
+    for handle in handles:
+        handle.remove()
+    return {name: gate.grad.clone() for name, gate in gates.items()}
+
+
+def test_structured_fisher_ranks_units_by_summed_squared_gate_gradients():
+    model = fresh().train()  # no dropout in the tiny config: the gated pass and the plain one see the same network
+    method = StructuredFisherPruning()
+    inputs = dummy_inputs("SparseBertForSequenceClassification")
+    expected = {}
+    for labels in ([0, 1], [1, 1], [1, 0]):  # squares accumulate over steps
+        for name, grad in gate_gradients(model, inputs, labels).items():
+            expected[name] = expected.get(name, 0) + grad.square()
+        model.zero_grad()
+        model(**inputs, labels=torch.tensor(labels)).loss.backward()
+        method.observe(model)
+    scores = method.scores(model)
+    assert sorted(scores) == sorted(expected)
+    for name in expected:
+        assert torch.allclose(scores[name], expected[name], rtol=1e-4, atol=1e-10), name
+    masks = method.masks(model, 0.5)
+    assert pattern_violations(method.pattern, masks, model.config.num_attention_heads) == []
+    heads, prefix = model.config.num_attention_heads, "bert.encoder.layer.0."
+    kept_heads = masks[prefix + "attention.output.dense"].reshape(48, heads, -1).any(dim=(0, 2))
+    head_score = expected[prefix + "attention.output.dense"]
+    assert int(kept_heads.sum()) == heads - round(0.5 * heads) and head_score[kept_heads].min() > head_score[~kept_heads].max()
+    kept_neurons = masks[prefix + "intermediate.dense"].any(dim=1)
+    neuron_score = expected[prefix + "output.dense"]
+    assert int(kept_neurons.sum()) == 32 and neuron_score[kept_neurons].min() > neuron_score[~kept_neurons].max()
+    restored = StructuredFisherPruning()
+    restored.load_state_dict(method.state_dict())
+    assert all(torch.equal(m, restored.masks(model, 0.5)[name]) for name, m in masks.items())
+    with pytest.raises(RuntimeError, match="call observe"):
+        StructuredFisherPruning().masks(fresh(), 0.5)
+
+
+def test_structured_fisher_keeps_a_unit_whose_movement_cancels():
+    """Two batches on which a neuron changes the loss by +d and -d: summed movement calls it useless, Fisher does not."""
+    model = fresh().train()
+    prefix = "bert.encoder.layer.0."
+    out = model.masked_linears()[prefix + "output.dense"]
+    fisher, movement = StructuredFisherPruning(("neurons",)), StructuredMovementPruning(("neurons",))
+    for sign in (1.0, -1.0):
+        model.zero_grad()
+        for module in model.masked_linears().values():
+            module.weight.grad = torch.zeros_like(module.weight)
+        out.weight.grad[:, 0] = sign / out.weight[:, 0]  # neuron 0's gate gradient is +-48 on the two steps
+        out.weight.grad[:, 1] = 0.01 / out.weight[:, 1]  # neuron 1: a small, steady effect
+        fisher.observe(model)
+        movement.observe(model)
+    assert fisher.scores(model)[prefix + "output.dense"][0] == pytest.approx(2 * 48**2)
+    assert fisher.masks(model, 0.5)[prefix + "intermediate.dense"][0].all()
+    neuron_movement = movement.neuron_scores({"intermediate.dense": prefix + "intermediate.dense", "output.dense": prefix + "output.dense"},
+                                             movement.scores(model))
+    assert neuron_movement[0] == pytest.approx(0, abs=1e-4)  # cancelled out: movement ranks it with the useless neurons
 
 
 def test_callback_prunes_on_the_cubic_schedule(tmp_path):

@@ -7,7 +7,7 @@ from .magnitude import MagnitudePruning, magnitude_masks
 from .movement import MovementPruning
 from .n_m import NMPruning
 from .schedule import ConstantSchedule, CubicSchedule, OneShotSchedule
-from .structured import StructuredMovementPruning, StructuredPruning
+from .structured import StructuredFisherPruning, StructuredMovementPruning, StructuredPruning
 
 __all__ = [
     "BlockPruning",
@@ -19,6 +19,7 @@ __all__ = [
     "MovementPruning",
     "NMPruning",
     "PruningMethod",
+    "StructuredFisherPruning",
     "StructuredMovementPruning",
     "StructuredPruning",
     "magnitude_masks",

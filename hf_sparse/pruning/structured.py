@@ -5,7 +5,10 @@ intermediate layer and its column in the output layer. Pruning both sides makes 
 neuron's contribution exactly zero, so compaction can later remove it physically. A unit's score is
 the sum of its weights' scores: their magnitudes (`StructuredPruning`: the L1 norm of the unit), or
 their accumulated movement `-W * dL/dW` (`StructuredMovementPruning`: a first-order estimate of how
-much the loss would rise without the unit, summed over training steps).
+much the loss would rise without the unit, summed over training steps). `StructuredFisherPruning`
+scores the unit itself: the squared gradient of a gate on its output, summed over training steps (the
+empirical Fisher information of that gate; Molchanov et al. 2019, Kwon et al. 2022), so that batches
+where the unit matters in opposite directions add up instead of cancelling.
 """
 
 from __future__ import annotations
@@ -82,17 +85,15 @@ class StructuredPruning(PruningMethod):
             if "heads" in self.structures:
                 needed = (*_QKV, "attention.output.dense")
                 self._require(names, needed, "heads")
-                heads = modules[names["attention.output.dense"]].weight.shape[1] // head_size  # fewer if compacted
-                score = sum(weight_scores[names[m]].reshape(heads, -1).sum(1) for m in _QKV)
                 out = modules[names["attention.output.dense"]]
-                score = score + weight_scores[names["attention.output.dense"]].reshape(out.weight.shape[0], heads, -1).sum(dim=(0, 2))
-                alive = modules[names["attention.output.dense"]].weight_mask.reshape(out.weight.shape[0], heads, -1).any(dim=(0, 2))
+                heads = out.weight.shape[1] // head_size  # fewer if compacted
+                score = self.head_scores(names, weight_scores, heads)
+                alive = out.weight_mask.reshape(out.weight.shape[0], heads, -1).any(dim=(0, 2))
                 groups.append(("heads", key, torch.where(alive, score, torch.full_like(score, float("-inf")))))
             if "neurons" in self.structures:
                 self._require(names, ("intermediate.dense", "output.dense"), "neurons")
-                inter, out = modules[names["intermediate.dense"]], modules[names["output.dense"]]
-                score = weight_scores[names["intermediate.dense"]].sum(1) + weight_scores[names["output.dense"]].sum(0)
-                alive = out.weight_mask.any(dim=0)
+                score = self.neuron_scores(names, weight_scores)
+                alive = modules[names["output.dense"]].weight_mask.any(dim=0)
                 groups.append(("neurons", key, torch.where(alive, score, torch.full_like(score, float("-inf")))))
         if self.scope == "global":
             self.check_floors(model, sparsity)
@@ -118,6 +119,19 @@ class StructuredPruning(PruningMethod):
                     masks[names["intermediate.dense"]] &= keep[:, None]
                     masks[names["output.dense"]] &= keep[None, :]
         return masks
+
+    def head_scores(self, names: dict[str, str], weight_scores: dict[str, torch.Tensor], heads: int) -> torch.Tensor:
+        """One layer's head scores: the sum of each head's weight scores (its rows of Q, K, V, its columns of the output).
+
+        `names` maps the layer's module kinds ("attention.self.query", ...) to their names in `weight_scores`.
+        """
+        score = sum(weight_scores[names[m]].reshape(heads, -1).sum(1) for m in _QKV)
+        out = weight_scores[names["attention.output.dense"]]
+        return score + out.reshape(out.shape[0], heads, -1).sum(dim=(0, 2))
+
+    def neuron_scores(self, names: dict[str, str], weight_scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One layer's FFN neuron scores: the sum of each neuron's row of the intermediate layer and column of the output."""
+        return weight_scores[names["intermediate.dense"]].sum(1) + weight_scores[names["output.dense"]].sum(0)
 
     @staticmethod
     def _require(names: dict, needed: tuple, kind: str) -> None:
@@ -151,3 +165,72 @@ class StructuredMovementPruning(StructuredPruning):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._movement.load_state_dict(state)
+
+
+class StructuredFisherPruning(StructuredPruning):
+    """Heads and FFN neurons ranked by the empirical Fisher information of a gate on their output.
+
+    A gate g multiplying a unit's output has, at g = 1, the gradient `sum(W * dL/dW)` over the unit's
+    columns of the layer its output feeds (the attention output for a head, the FFN output for a
+    neuron). `observe(model)` after each backward pass adds its square per unit (the `PruningCallback`
+    calls it); `masks` ranks the sums. Unlike summed movement, where per-batch first-order terms of
+    opposite sign cancel, a unit that changes the loss on many batches in either direction scores high.
+    The sums survive a Trainer resume (`state_dict`).
+    """
+
+    name = "structured_fisher"
+    stateful = True
+
+    def __init__(self, structures=("heads", "neurons"), scope: str = "layer", min_heads_per_layer: int = 0, min_neurons_per_layer: int = 0):
+        super().__init__(structures, scope, min_heads_per_layer, min_neurons_per_layer)
+        self._fisher: dict[str, torch.Tensor] = {}  # output layer name -> per input column (head channels or neurons)
+
+    def _gated(self, model) -> dict[str, torch.nn.Module]:
+        """The layers whose input columns are the units' outputs: attention output (heads) and FFN output (neurons)."""
+        kinds = {"heads": "attention.output.dense", "neurons": "output.dense"}
+        wanted = {kinds[k] for k in self.structures}
+        return {name: m for name, m in model.masked_linears().items() if split_module_name(name)[1] in wanted}
+
+    @torch.no_grad()
+    def observe(self, model) -> None:
+        gated = self._gated(model)
+        grads = [m.weight.grad for m in gated.values() if m.weight.grad is not None]
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            return  # an overflowing mixed-precision step: the optimizer skips it, and so do the scores
+        head_size = model.config.hidden_size // model.config.num_attention_heads
+        for name, module in gated.items():
+            if module.weight.grad is None:
+                continue
+            per_column = (module.weight.detach() * module.weight.grad).float().sum(0)  # gate gradient of each input channel
+            if split_module_name(name)[1] == "attention.output.dense":
+                per_column = per_column.reshape(-1, head_size).sum(1)  # a head's gate scales all its channels
+            square = per_column.square()
+            if name in self._fisher:
+                self._fisher[name].add_(square)
+            else:
+                self._fisher[name] = square.clone()
+
+    def scores(self, model) -> dict[str, torch.Tensor]:
+        missing = [n for n in self._gated(model) if n not in self._fisher]
+        if missing:
+            raise RuntimeError(f"Fisher scores are empty for {missing[0]!r}: call observe() after backward first")
+        return dict(self._fisher)  # per unit, read by head_scores / neuron_scores
+
+    def head_scores(self, names: dict[str, str], unit_scores: dict[str, torch.Tensor], heads: int) -> torch.Tensor:
+        return self._unit_scores(unit_scores, names["attention.output.dense"], heads)
+
+    def neuron_scores(self, names: dict[str, str], unit_scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._unit_scores(unit_scores, names["output.dense"], None)
+
+    @staticmethod
+    def _unit_scores(unit_scores: dict[str, torch.Tensor], name: str, units: int | None) -> torch.Tensor:
+        score = unit_scores[name]
+        if units is not None and score.numel() != units:
+            raise RuntimeError(f"Fisher scores of {name!r} cover {score.numel()} heads, the layer has {units}: the model changed shape since observe()")
+        return score
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: s.clone() for name, s in self._fisher.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._fisher = {name: s.clone().float() for name, s in state.items()}

@@ -39,7 +39,15 @@ from ..models.sparse_bert.modeling_sparse_bert import (
     SparseBertForQuestionAnswering,
     SparseBertForSequenceClassification,
 )
-from ..pruning import CubicSchedule, MagnitudePruning, MovementPruning, PruningCallback, StructuredMovementPruning, StructuredPruning
+from ..pruning import (
+    CubicSchedule,
+    MagnitudePruning,
+    MovementPruning,
+    PruningCallback,
+    StructuredFisherPruning,
+    StructuredMovementPruning,
+    StructuredPruning,
+)
 from ..tasks.glue import get_glue_task, load_glue
 from ..tasks.metrics import glue_metrics, squad_metrics
 from .callback import MaskDriftError, SparsityCallback, mask_drift, reference_masks
@@ -54,9 +62,10 @@ PRUNE_METHODS = {  # name -> method for a scope ("layer": each layer to the targ
     "soft_movement": lambda scope: MovementPruning(soft=True),
     "structured": lambda scope, **floors: StructuredPruning(("heads", "neurons"), scope, **floors),  # target = fraction of heads and neurons
     "structured_movement": lambda scope, **floors: StructuredMovementPruning(("heads", "neurons"), scope, **floors),  # ranked by movement
+    "structured_fisher": lambda scope, **floors: StructuredFisherPruning(("heads", "neurons"), scope, **floors),  # by gate Fisher information
 }
-FLOOR_METHODS = ("structured", "structured_movement")  # take per-layer floors with the global scope
-GLOBAL_SCOPE_METHODS = ("magnitude", "structured", "structured_movement")  # movement is per layer, soft_movement global
+FLOOR_METHODS = ("structured", "structured_movement", "structured_fisher")  # take per-layer floors with the global scope
+GLOBAL_SCOPE_METHODS = ("magnitude", "structured", "structured_movement", "structured_fisher")  # movement is per layer, soft_movement global
 RESULTS_FILE = "results.json"
 HEADS = ("cross-encoder", "bi-encoder")
 
