@@ -240,6 +240,22 @@ def test_structured_fisher_keeps_a_unit_whose_movement_cancels():
     assert neuron_movement[0] == pytest.approx(0, abs=1e-4)  # cancelled out: movement ranks it with the useless neurons
 
 
+@pytest.mark.parametrize("method", [MovementPruning, StructuredMovementPruning, StructuredFisherPruning])
+def test_scores_skip_a_step_with_non_finite_gradients(method):
+    model = fresh().train()
+    method = method()
+    model(**dummy_inputs("SparseBertForSequenceClassification"), labels=torch.tensor([0, 1])).loss.backward()
+    method.observe(model)
+    before = method.state_dict()
+    ffn_output = model.masked_linears()["bert.encoder.layer.0.output.dense"]  # scored by every method here
+    ffn_output.weight.grad[0, 0] = float("inf")  # an overflowing fp16 step
+    method.observe(model)
+    assert all(torch.equal(before[name], score) for name, score in method.state_dict().items())
+    ffn_output.weight.grad[0, 0] = 0.0
+    method.observe(model)  # a finite step counts again
+    assert not all(torch.equal(before[name], score) for name, score in method.state_dict().items())
+
+
 def test_callback_prunes_on_the_cubic_schedule(tmp_path):
     model = fresh()
     schedule = CubicSchedule(0.0, 0.9, start_step=2, end_step=8, frequency=2)

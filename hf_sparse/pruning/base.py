@@ -21,6 +21,12 @@ def mask_from_scores(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.reshape(scores.shape)
 
 
+def gradients_are_finite(modules) -> bool:
+    """False when any of `modules`' weight gradients holds inf/NaN: an overflowing mixed-precision step, which the
+    optimizer skips, and so should the scores of gradient-based methods."""
+    return all(bool(torch.isfinite(m.weight.grad).all()) for m in modules if m.weight.grad is not None)
+
+
 class PruningMethod:
     """Base class. Subclasses implement `scores`; those that learn from training also `observe`.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import PruningMethod
+from .base import PruningMethod, gradients_are_finite
 
 
 class MovementPruning(PruningMethod):
@@ -26,9 +26,8 @@ class MovementPruning(PruningMethod):
 
     @torch.no_grad()
     def observe(self, model) -> None:
-        grads = [m.weight.grad for m in model.masked_linears().values() if m.weight.grad is not None]
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
-            return  # an overflowing mixed-precision step: the optimizer skips it, and so do the scores
+        if not gradients_are_finite(model.masked_linears().values()):
+            return
         for name, module in model.masked_linears().items():
             grad = module.weight.grad
             if grad is None:

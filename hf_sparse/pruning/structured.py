@@ -18,7 +18,7 @@ from collections import defaultdict
 import torch
 
 from ..analysis import split_module_name
-from .base import PruningMethod, mask_from_scores
+from .base import PruningMethod, gradients_are_finite, mask_from_scores
 from .movement import MovementPruning
 
 _QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
@@ -185,24 +185,24 @@ class StructuredFisherPruning(StructuredPruning):
         super().__init__(structures, scope, min_heads_per_layer, min_neurons_per_layer)
         self._fisher: dict[str, torch.Tensor] = {}  # output layer name -> per input column (head channels or neurons)
 
-    def _gated(self, model) -> dict[str, torch.nn.Module]:
-        """The layers whose input columns are the units' outputs: attention output (heads) and FFN output (neurons)."""
-        kinds = {"heads": "attention.output.dense", "neurons": "output.dense"}
-        wanted = {kinds[k] for k in self.structures}
-        return {name: m for name, m in model.masked_linears().items() if split_module_name(name)[1] in wanted}
+    def _gated(self, model) -> dict[str, tuple[torch.nn.Module, str]]:
+        """The layers whose input columns are the units' outputs, with the units' kind: attention output (heads)
+        and FFN output (neurons)."""
+        kinds = {"attention.output.dense": "heads", "output.dense": "neurons"}
+        gated = {name: (m, kinds.get(split_module_name(name)[1])) for name, m in model.masked_linears().items()}
+        return {name: (m, kind) for name, (m, kind) in gated.items() if kind in self.structures}
 
     @torch.no_grad()
     def observe(self, model) -> None:
         gated = self._gated(model)
-        grads = [m.weight.grad for m in gated.values() if m.weight.grad is not None]
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
-            return  # an overflowing mixed-precision step: the optimizer skips it, and so do the scores
+        if not gradients_are_finite(m for m, _ in gated.values()):
+            return
         head_size = model.config.hidden_size // model.config.num_attention_heads
-        for name, module in gated.items():
+        for name, (module, kind) in gated.items():
             if module.weight.grad is None:
                 continue
             per_column = (module.weight.detach() * module.weight.grad).float().sum(0)  # gate gradient of each input channel
-            if split_module_name(name)[1] == "attention.output.dense":
+            if kind == "heads":
                 per_column = per_column.reshape(-1, head_size).sum(1)  # a head's gate scales all its channels
             square = per_column.square()
             if name in self._fisher:
@@ -217,17 +217,14 @@ class StructuredFisherPruning(StructuredPruning):
         return dict(self._fisher)  # per unit, read by head_scores / neuron_scores
 
     def head_scores(self, names: dict[str, str], unit_scores: dict[str, torch.Tensor], heads: int) -> torch.Tensor:
-        return self._unit_scores(unit_scores, names["attention.output.dense"], heads)
+        name = names["attention.output.dense"]
+        if unit_scores[name].numel() != heads:
+            raise RuntimeError(f"Fisher scores of {name!r} cover {unit_scores[name].numel()} heads, the layer has {heads}: "
+                               "the model changed shape since observe()")
+        return unit_scores[name]
 
     def neuron_scores(self, names: dict[str, str], unit_scores: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._unit_scores(unit_scores, names["output.dense"], None)
-
-    @staticmethod
-    def _unit_scores(unit_scores: dict[str, torch.Tensor], name: str, units: int | None) -> torch.Tensor:
-        score = unit_scores[name]
-        if units is not None and score.numel() != units:
-            raise RuntimeError(f"Fisher scores of {name!r} cover {score.numel()} heads, the layer has {units}: the model changed shape since observe()")
-        return score
+        return unit_scores[names["output.dense"]]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: s.clone() for name, s in self._fisher.items()}
