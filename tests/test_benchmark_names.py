@@ -30,6 +30,8 @@ def _bf16_cpu(monkeypatch):
         (True, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "temperature": 4}),
         (True, {"hidden_weight": 1, "precision": "fp32"}),
         (True, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 4, "precision": "fp32"}),
+        (True, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "group_by_length": True, "precision": "fp32"}),
+        (True, {"group_by_length": True}),
     ],
 )
 def test_structured_deploy_reads_the_names_transfer_writes(kd, overrides):
@@ -41,8 +43,9 @@ def test_structured_deploy_reads_the_names_transfer_writes(kd, overrides):
     expected_dense = {k: v for k, v in overrides.items() if k in ("epochs", "max_train_samples")} if "max_train_samples" in overrides else {}
     if "teacher_epochs" in overrides:
         expected_dense["epochs"] = overrides["teacher_epochs"]
-    if "precision" in overrides:  # an fp32 run is compared with the fp32 dense run
-        expected_dense["precision"] = overrides["precision"]
+    for recipe in ("precision", "group_by_length"):  # an fp32 / grouped run is compared with the dense run trained so
+        if recipe in overrides:
+            expected_dense[recipe] = overrides[recipe]
     dense_name, dense_command = transfer.run_name("dense", "sst2", 1, False, False, False, expected_dense)
     assert dense_run == dense_name
     assert dense_train_command == dense_command
@@ -74,12 +77,14 @@ def test_kd_teacher_follows_the_data_budget(tmp_path, monkeypatch):
      {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "min_heads_per_layer": 1},
      {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2},
      {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "temperature": 4, "min_heads_per_layer": 1}, {"temperature": 0.5},
-     {"precision": "fp32"}, {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2, "precision": "fp32"}],
+     {"precision": "fp32"}, {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2, "precision": "fp32"},
+     {"group_by_length": True}, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "group_by_length": True, "precision": "fp32"}],
 )
 def test_parse_run_name_inverts_run_name(row, kd, qat, bi_encoder, overrides):
     name, _ = transfer.run_name(row, "sst2", 1, kd, qat, bi_encoder, overrides)
     parsed = transfer.parse_run_name(name.removesuffix("_sst2_s1"))
-    expected = {argument: overrides.get(argument) for argument, *_ in transfer.OVERRIDES} | {"precision": overrides.get("precision")}
+    expected = {argument: overrides.get(argument) for argument, *_ in transfer.OVERRIDES} | {
+        "precision": overrides.get("precision"), "group_by_length": overrides.get("group_by_length")}
     assert parsed == (row, kd, qat, bi_encoder, expected)
 
 
@@ -206,6 +211,37 @@ def test_temperature_needs_kd_and_reaches_the_trainer(tmp_path, monkeypatch):
     assert command.endswith("--kd --hidden-weight 1 --temperature 4")
 
 
+def test_grouped_runs_batch_by_length_and_distil_from_the_dense_run_trained_so(tmp_path, monkeypatch):
+    import dataclasses
+
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_sparse.transfer.finetune import FinetuneArguments
+
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    row, budget = "prune-tuned-structured-movement-90", {"epochs": 2, "max_train_samples": 67349}
+    (tmp_path / "dense-ep2-n67349-fp32_sst2_s1" / "model").mkdir(parents=True)  # random batches: not its teacher
+    with pytest.raises(SystemExit, match=r"dense-ep2-n67349-gl-fp32_sst2_s1/model is missing: run `python benchmarks/transfer.py "
+                                         r"--row dense --task sst2 --seed 1 --epochs 2 --max-train-samples 67349 "
+                                         r"--group-by-length --precision fp32` first"):
+        transfer._row_arguments(row, "sst2", 1, True, **budget, precision="fp32", group_by_length=True)
+    grouped = tmp_path / "dense-ep2-n67349-gl-fp32_sst2_s1" / "model"
+    grouped.mkdir(parents=True)
+    argv = transfer._row_arguments(row, "sst2", 1, True, **budget, precision="fp32", group_by_length=True) + ["--output_dir", str(tmp_path)]
+    assert argv[argv.index("--model") + 1] == str(grouped) and argv[argv.index("--teacher") + 1] == str(grouped)
+    _, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
+    if any(f.name == "group_by_length" for f in dataclasses.fields(TrainingArguments)):  # transformers 4
+        assert training_args.group_by_length is True
+    else:  # transformers 5
+        assert training_args.train_sampling_strategy == "group_by_length"
+    argv = transfer._row_arguments(row, "sst2", 1, True, **budget, precision="fp32") + ["--output_dir", str(tmp_path)]
+    _, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
+    assert getattr(training_args, "group_by_length", False) is False and getattr(training_args, "train_sampling_strategy", "random") == "random"
+    with pytest.raises(ValueError, match="True or None"):
+        transfer.run_name(row, "sst2", 1, True, False, False, {"group_by_length": False})
+
+
 def test_table_keeps_fp32_runs_apart_and_compares_them_with_the_fp32_dense_run(tmp_path, monkeypatch):
     import json
 
@@ -234,3 +270,27 @@ def test_table_keeps_fp32_runs_apart_and_compares_them_with_the_fp32_dense_run(t
     # mrpc against the fp32 dense run (78 / 80), rte against the bf16 one where no fp32 dense run exists (50 / 55)
     assert f"| upstream-90 (fp32) | 100 | 78.0 (1 seed) | 50.0 (1 seed) | {100 * (0.78 / 0.80 + 0.50 / 0.55) / 2:.1f}% (2) |" in text
     assert written["transfer-table"].startswith(text)
+
+
+def test_table_compares_a_grouped_run_with_the_grouped_dense_run(tmp_path, monkeypatch):
+    import json
+
+    import readme_block
+
+    monkeypatch.setattr(transfer, "RUNS", tmp_path / "transfer")
+    monkeypatch.setattr(transfer, "RESULTS", tmp_path)
+    monkeypatch.setattr(transfer, "_plot", lambda runs, tasks: None)
+    monkeypatch.setattr(readme_block, "update_readme_block", lambda name, block: None)
+    (tmp_path / "transfer").mkdir()
+    common = {"main_metric": "accuracy", "kd": False, "qat": False, "train_seconds": 60.0, "eval_seconds": 1.0,
+              "train_examples": 2490, "epochs": 3, "max_length": 128, "precision": "fp32"}
+    runs = [("dense-fp32_mrpc_s1", "dense", "mrpc", 0.80, None), ("dense-gl-fp32_mrpc_s1", "dense", "mrpc", 0.84, True),
+            ("dense-fp32_rte_s1", "dense", "rte", 0.55, None),
+            ("upstream-90-gl-fp32_mrpc_s1", "upstream-90", "mrpc", 0.79, True), ("upstream-90-gl-fp32_rte_s1", "upstream-90", "rte", 0.50, True)]
+    for name, row, task, score, grouped in runs:
+        data = {**common, "task": task, "row": row, "score": score, "encoder_nonzeros": 100, "group_by_length": grouped}
+        (tmp_path / "transfer" / f"{name}.json").write_text(json.dumps(data))
+    text = transfer.write_table()
+    assert "| dense (grouped by length) (fp32) | 100 | 84.0 (1 seed) | – | 100.0% (1) |" in text
+    # mrpc against the grouped dense run (79 / 84), rte against the random-batch one where no grouped dense run exists
+    assert f"| upstream-90 (grouped by length) (fp32) | 100 | 79.0 (1 seed) | 50.0 (1 seed) | {100 * (0.79 / 0.84 + 0.50 / 0.55) / 2:.1f}% (2) |" in text
