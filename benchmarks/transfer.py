@@ -24,7 +24,7 @@ task's rate, `--head-learning-rate` sets the task head's own rate (pooler and cl
 `--max-train-samples` distils from the dense row trained with the same `--epochs` / `--max-train-samples`, which is also
 the model a `prune-tuned-*` row starts from); `--hidden-weight` (with `--kd`) also distils the teacher's hidden states;
 `--temperature` (with `--kd`) sets the logits-KD temperature (default 2); `--group-by-length` batches examples of
-similar length together (less padding: SST-2 trains ~2.3x faster on 2 cores; its own row, `-gl`, distilled from and
+similar length together (less padding, faster steps; its own row, `-gl`, distilled from and
 starting from the dense run trained so); `--min-heads-per-layer` (global structured
 rows) keeps that many heads in every layer; `--teacher-epochs` (with `--max-train-samples`) starts from / distils
 from the dense row trained that many epochs instead of the run's own; the row's label says so. Each run writes
@@ -73,7 +73,7 @@ _NUMBER = {"g": r"\d+(?:\.\d+)?(?:e[+-]\d+)?", "d": r"\d+"}
 # a run trained in fp32 (a CPU without native bf16) is its own row, distilled from and compared with the fp32 dense
 # run: the published rows trained under bf16 autocast. In `overrides` it is "precision": "fp32" (None: bf16).
 FP32_TAG, FP32_FLAG, FP32_LABEL = "-fp32", " --precision fp32", " (fp32)"
-# a run whose batches group examples of similar length (fewer padding tokens: SST-2 trains ~2.3x faster) sees the data
+# a run whose batches group examples of similar length (fewer padding tokens, faster steps) sees the data
 # in another order: its own row, distilled from and compared with the dense run trained the same way.
 # In `overrides` it is "group_by_length": True (None: random batches).
 GROUPED_TAG, GROUPED_FLAG, GROUPED_LABEL = "-gl", " --group-by-length", " (grouped by length)"
