@@ -212,14 +212,23 @@ def _bf16(precision: str) -> bool:
     return precision == "bf16" or (precision == "auto" and cpu_bf16_is_fast())
 
 
-def _group_by_length() -> list[str]:
-    """The Trainer's batches of similar-length examples: `group_by_length` in transformers 4, a sampling strategy in 5."""
+def group_by_length_arguments() -> dict:
+    """TrainingArguments fields for batches of similar-length examples: `group_by_length` in transformers 4, a
+    sampling strategy in 5."""
     import dataclasses
 
     from transformers import TrainingArguments
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return ["--group_by_length", "true"] if "group_by_length" in names else ["--train_sampling_strategy", "group_by_length"]
+    return {"group_by_length": True} if "group_by_length" in names else {"train_sampling_strategy": "group_by_length"}
+
+
+def _group_by_length() -> list[str]:
+    """`group_by_length_arguments()` as command-line flags."""
+    flags = []
+    for name, value in group_by_length_arguments().items():
+        flags += [f"--{name}", "true" if value is True else value]
+    return flags
 
 
 def _warmup(fraction: float) -> list[str]:
