@@ -1,6 +1,7 @@
 """The upstream recipe: YAML parsing, and a short real run on MiniLM-L6 + WikiText-2 / SQuAD passages."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,7 +35,14 @@ def test_recipe_yaml_round_trip_and_errors(tmp_path):
     assert floored.floors == {"heads": 1, "neurons": 0} and floored.scope == "global"
 
 
-@pytest.mark.parametrize("name", ["prune_ofa_80", "prune_ofa_90", "prune_ofa_95", "prune_ofa_97", "sparsebert_90", "cap_97", "cap_prc_90"])
+SHIPPED_RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+def test_the_shipped_recipes_are_found():
+    assert {"prune_ofa_90", "sparsebert_90", "cap_prc_90", "hidden_kd_90"} <= set(SHIPPED_RECIPES)
+
+
+@pytest.mark.parametrize("name", SHIPPED_RECIPES)
 def test_every_shipped_recipe_parses(name):
     recipe = UpstreamRecipe.from_yaml(f"recipes/{name}.yaml")
     assert recipe.name == name
