@@ -10,7 +10,8 @@ model maps different sentences to nearly the same vector. Also scores STS-B dev 
 fine-tuning): the Spearman correlation, ×100, between the cosine of the two sentences' mean-pooled
 vectors and the gold similarity, which is how MiniLM-L6 was trained to be used. It measures how much
 of the dense model's sentence knowledge survives pruning; the `embeddings-only` row (mean of the
-input embeddings, no encoder layer; they are never pruned) is the floor word identity alone gives. Writes benchmarks/results/representation.json.
+input embeddings, no encoder layer; they are never pruned) is the floor word identity alone gives. Writes benchmarks/results/representation.json;
+rows of checkpoints missing here keep their earlier figures (listed under `kept_from_earlier_runs`).
 """
 
 from __future__ import annotations
@@ -84,13 +85,19 @@ def main() -> int:
             "stsb_zero_shot_spearman": round(100 * spearman(cosines.numpy(), list(stsb["label"])), 2),
         }
         print(name, results[name], flush=True)
+    path = ROOT / "benchmarks" / "results" / "representation.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    # checkpoints not on this machine keep their earlier figures (same command and sizes only), named as such
+    same_setup = previous.get("sentences") == len(sentences) and previous.get("stsb_pairs") == len(stsb)
+    kept = {name: r for name, r in previous.get("results", {}).items() if name not in results} if same_setup else {}
     out = {
         "command": f"python benchmarks/representation.py --sentences {args.sentences}",
         "sentences": len(sentences),
         "stsb_pairs": len(stsb),
-        "results": results,
+        "results": {**results, **kept},
+        "kept_from_earlier_runs": sorted(kept),
     }
-    (ROOT / "benchmarks" / "results" / "representation.json").write_text(json.dumps(out, indent=1) + "\n")
+    path.write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 
