@@ -86,19 +86,23 @@ def main() -> int:
         }
         print(name, results[name], flush=True)
     path = ROOT / "benchmarks" / "results" / "representation.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    # checkpoints not on this machine keep their earlier figures (same command and sizes only), named as such
-    same_setup = previous.get("sentences") == len(sentences) and previous.get("stsb_pairs") == len(stsb)
-    kept = {name: r for name, r in previous.get("results", {}).items() if name not in results} if same_setup else {}
     out = {
         "command": f"python benchmarks/representation.py --sentences {args.sentences}",
         "sentences": len(sentences),
         "stsb_pairs": len(stsb),
-        "results": {**results, **kept},
-        "kept_from_earlier_runs": sorted(kept),
+        "results": results,
     }
+    out = merge_earlier(json.loads(path.read_text()) if path.exists() else {}, out)
     path.write_text(json.dumps(out, indent=1) + "\n")
     return 0
+
+
+def merge_earlier(previous: dict, current: dict) -> dict:
+    """`current` plus the rows of `previous` it lacks (checkpoints not on this machine), listed under
+    `kept_from_earlier_runs`; only when both runs used the same sentences and STS-B pairs."""
+    same_setup = all(previous.get(key) == current[key] for key in ("sentences", "stsb_pairs"))
+    kept = {name: r for name, r in previous.get("results", {}).items() if name not in current["results"]} if same_setup else {}
+    return {**current, "results": {**current["results"], **kept}, "kept_from_earlier_runs": sorted(kept)}
 
 
 if __name__ == "__main__":

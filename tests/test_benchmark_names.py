@@ -294,3 +294,15 @@ def test_table_compares_a_grouped_run_with_the_grouped_dense_run(tmp_path, monke
     assert "| dense (grouped by length) (fp32) | 100 | 84.0 (1 seed) | – | 100.0% (1) |" in text
     # mrpc against the grouped dense run (79 / 84), rte against the random-batch one where no grouped dense run exists
     assert f"| upstream-90 (grouped by length) (fp32) | 100 | 79.0 (1 seed) | 50.0 (1 seed) | {100 * (0.79 / 0.84 + 0.50 / 0.55) / 2:.1f}% (2) |" in text
+
+
+def test_representation_keeps_rows_of_checkpoints_missing_here_and_says_so():
+    import representation
+
+    previous = {"sentences": 256, "stsb_pairs": 1500, "results": {"dense": {"x": 1}, "upstream-90": {"x": 2}}}
+    current = {"sentences": 256, "stsb_pairs": 1500, "results": {"dense": {"x": 3}, "upstream-hidden-kd-90": {"x": 4}}}
+    merged = representation.merge_earlier(previous, current)
+    assert merged["results"] == {"dense": {"x": 3}, "upstream-hidden-kd-90": {"x": 4}, "upstream-90": {"x": 2}}
+    assert merged["kept_from_earlier_runs"] == ["upstream-90"]
+    other = representation.merge_earlier({**previous, "sentences": 64}, current)  # another setup: nothing kept
+    assert other["results"] == current["results"] and other["kept_from_earlier_runs"] == []
