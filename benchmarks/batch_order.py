@@ -60,7 +60,7 @@ def main() -> int:
     bf16 = cpu_bf16_is_fast()  # what transfer.py's --precision auto trains in here
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
     budget = TASK_BUDGETS[args.task]
-    task, train, _, max_length = glue_datasets(FinetuneArguments(model=str(model_folder), task=args.task, max_length=budget.get("max_length")), tokenizer, 0)
+    task, train, _, max_length, _ = glue_datasets(FinetuneArguments(model=str(model_folder), task=args.task, max_length=budget.get("max_length")), tokenizer, 0)
     arms = {"random": {}, "grouped": group_by_length_arguments()}
     seconds: dict[str, list[float]] = {arm: [] for arm in arms}
     pads: dict[str, dict] = {}

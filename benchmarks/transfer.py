@@ -68,6 +68,7 @@ OVERRIDES = (
     ("temperature", "temperature_override", "-kdt{:g}", "--temperature {:g}", " (KD temperature {:g})"),
     ("min_heads_per_layer", "min_heads_per_layer_override", "-mh{:d}", "--min-heads-per-layer {:d}", " (>= {:d} heads per layer)"),
     ("teacher_epochs", "teacher_epochs_override", "-tep{:g}", "--teacher-epochs {:g}", " (from the {:g}-epoch dense model)"),
+    ("augment", "augment_override", "-aug{:d}", "--augment {:d}", " (+{:d} augmented per example)"),
 )
 _NUMBER = {"g": r"\d+(?:\.\d+)?(?:e[+-]\d+)?", "d": r"\d+"}
 # a run trained in fp32 (a CPU without native bf16) is its own row, distilled from and compared with the fp32 dense
@@ -88,7 +89,7 @@ def _row_arguments(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
     hidden_weight: float | None = None, min_heads_per_layer: int | None = None, teacher_epochs: float | None = None,
-    temperature: float | None = None, precision: str = "auto", group_by_length: bool = False,
+    temperature: float | None = None, precision: str = "auto", group_by_length: bool = False, augment: int | None = None,
 ) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
@@ -97,6 +98,11 @@ def _row_arguments(
             raise SystemExit("--teacher-epochs names the dense row trained with --epochs E --max-train-samples N: it needs --max-train-samples")
         if not (kd or row.startswith("prune-tuned-")):
             raise SystemExit("--teacher-epochs picks the dense model a run distils from (--kd) or starts from (prune-tuned-* rows): it needs one of them")
+    if augment is not None:
+        if not kd or task == "squad" or bi_encoder:
+            raise SystemExit("--augment adds teacher-labelled variants of the training examples: it needs --kd and a GLUE cross-encoder row")
+        if augment < 1:
+            raise SystemExit(f"--augment must be >= 1, got {augment}")
     if min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement|-fisher)?-global-\d+", row):
         raise SystemExit("--min-heads-per-layer applies to prune-*-structured[-movement|-fisher]-global-<s> rows")
     args: list[str] = []
@@ -142,6 +148,8 @@ def _row_arguments(
         if temperature <= 0:
             raise SystemExit(f"--temperature must be > 0, got {temperature:g}")
         args += ["--temperature", str(temperature)]
+    if augment is not None:
+        args += ["--augment_copies", str(augment)]
     budget = TASK_BUDGETS[task]
     lr = budget["learning_rate"] if learning_rate is None else learning_rate
     args += ["--task", task, "--num_train_epochs", str(budget["epochs"] if epochs is None else epochs), "--learning_rate", str(lr)]
@@ -244,7 +252,7 @@ def run(
     row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
     hidden_weight: float | None = None, min_heads_per_layer: int | None = None, teacher_epochs: float | None = None,
-    temperature: float | None = None, precision: str = "auto", group_by_length: bool = False,
+    temperature: float | None = None, precision: str = "auto", group_by_length: bool = False, augment: int | None = None,
 ) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
@@ -252,11 +260,12 @@ def run(
 
     overrides = {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "epochs": epochs, "max_train_samples": max_train_samples,
                  "hidden_weight": hidden_weight, "min_heads_per_layer": min_heads_per_layer, "teacher_epochs": teacher_epochs,
-                 "temperature": temperature, "precision": _precision_override(precision), "group_by_length": group_by_length or None}
+                 "temperature": temperature, "precision": _precision_override(precision), "group_by_length": group_by_length or None,
+                 "augment": augment}
     name, command = run_name(row, task, seed, kd, qat, bi_encoder, overrides)
     argv = _row_arguments(
         row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples, hidden_weight, min_heads_per_layer,
-        teacher_epochs, temperature, precision, group_by_length,
+        teacher_epochs, temperature, precision, group_by_length, augment,
     )
     argv += ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
@@ -509,6 +518,11 @@ def main() -> int:
         help="batch examples of similar length together (the Trainer's group_by_length: less padding, faster); its own row "
              "(-gl in its name), distilled from the dense run trained the same way (cross-encoder rows)",
     )
+    parser.add_argument(
+        "--augment", type=int,
+        help="with --kd (GLUE): add up to N variants of each training example, words replaced by their nearest neighbours in "
+             "the model's input embeddings, labelled by the teacher (TinyBERT-style); the row's label shows it",
+    )
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
     if args.row:
@@ -520,7 +534,7 @@ def main() -> int:
             parser.error("--bi-encoder runs without --group-by-length (sentence-transformers batches its own way)")
         results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs, args.head_learning_rate,
                       args.max_train_samples, args.hidden_weight, args.min_heads_per_layer, args.teacher_epochs,
-                      args.temperature, args.precision, args.group_by_length)
+                      args.temperature, args.precision, args.group_by_length, args.augment)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")

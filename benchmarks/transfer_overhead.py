@@ -63,7 +63,7 @@ def main() -> int:
 
     bf16 = cpu_bf16_is_fast()  # one precision for every arm and repeat, and the one recorded
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    _, train, _, _ = glue_datasets(FinetuneArguments(model=args.model, task="mrpc", max_train_samples=32 * args.steps), tokenizer, 0)
+    _, train, _, _, _ = glue_datasets(FinetuneArguments(model=args.model, task="mrpc", max_train_samples=32 * args.steps), tokenizer, 0)
     timings: dict[str, list[float]] = {"stock": [], "locked": []}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):

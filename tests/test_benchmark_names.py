@@ -32,6 +32,8 @@ def _bf16_cpu(monkeypatch):
         (True, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 4, "precision": "fp32"}),
         (True, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "group_by_length": True, "precision": "fp32"}),
         (True, {"group_by_length": True}),
+        (True, {"epochs": 1, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2, "augment": 1, "group_by_length": True,
+                "precision": "fp32"}),
     ],
 )
 def test_structured_deploy_reads_the_names_transfer_writes(kd, overrides):
@@ -78,7 +80,8 @@ def test_kd_teacher_follows_the_data_budget(tmp_path, monkeypatch):
      {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2},
      {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "temperature": 4, "min_heads_per_layer": 1}, {"temperature": 0.5},
      {"precision": "fp32"}, {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2, "precision": "fp32"},
-     {"group_by_length": True}, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "group_by_length": True, "precision": "fp32"}],
+     {"group_by_length": True}, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "group_by_length": True, "precision": "fp32"},
+     {"augment": 2}, {"epochs": 1, "max_train_samples": 67349, "teacher_epochs": 2, "augment": 1, "group_by_length": True, "precision": "fp32"}],
 )
 def test_parse_run_name_inverts_run_name(row, kd, qat, bi_encoder, overrides):
     name, _ = transfer.run_name(row, "sst2", 1, kd, qat, bi_encoder, overrides)
@@ -209,6 +212,33 @@ def test_temperature_needs_kd_and_reaches_the_trainer(tmp_path, monkeypatch):
     name, command = transfer.run_name("prune-ft-structured-60", "sst2", 1, True, False, False, {"hidden_weight": 1, "temperature": 4})
     assert name == "prune-ft-structured-60-kd-hid1-kdt4_sst2_s1"
     assert command.endswith("--kd --hidden-weight 1 --temperature 4")
+
+
+def test_augment_needs_kd_and_reaches_the_finetune_arguments(tmp_path, monkeypatch):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_sparse.transfer.finetune import FinetuneArguments
+
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    row, budget = "prune-tuned-structured-movement-90", {"epochs": 1, "max_train_samples": 67349, "teacher_epochs": 2}
+    dense = tmp_path / "dense-ep2-n67349_sst2_s1" / "model"  # the teacher: trained without augmentation
+    dense.mkdir(parents=True)
+    for kd, task, augment in ((False, "sst2", 1), (True, "squad", 1)):
+        with pytest.raises(SystemExit, match="--augment adds teacher-labelled variants .* it needs --kd and a GLUE cross-encoder row"):
+            transfer._row_arguments(row, task, 1, kd, **budget, augment=augment)
+    with pytest.raises(SystemExit, match="--augment must be >= 1, got 0"):
+        transfer._row_arguments(row, "sst2", 1, True, **budget, augment=0)
+    argv = transfer._row_arguments(row, "sst2", 1, True, **budget, augment=1) + ["--output_dir", str(tmp_path)]
+    assert argv[argv.index("--teacher") + 1] == str(dense) and argv[argv.index("--model") + 1] == str(dense)
+    finetune_args, _ = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
+    assert finetune_args.augment_copies == 1 and finetune_args.augment_probability == 0.4
+    assert "--augment_copies" not in transfer._row_arguments(row, "sst2", 1, True, **budget)
+    name, command = transfer.run_name(row, "sst2", 1, True, False, False, {**budget, "hidden_weight": 1, "augment": 1})
+    assert name == f"{row}-kd-ep1-n67349-hid1-tep2-aug1_sst2_s1"
+    assert command.endswith("--kd --epochs 1 --max-train-samples 67349 --hidden-weight 1 --teacher-epochs 2 --augment 1")
+    label = transfer._override_label({**budget, "augment": 1})
+    assert label.endswith("(from the 2-epoch dense model) (+1 augmented per example)")
 
 
 def test_grouped_runs_batch_by_length_and_distil_from_the_dense_run_trained_so(tmp_path, monkeypatch):

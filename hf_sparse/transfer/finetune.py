@@ -19,11 +19,12 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
 import transformers
+from datasets import Dataset, concatenate_datasets
 from transformers import (
     AutoConfig,
     AutoModelForQuestionAnswering,
@@ -48,7 +49,7 @@ from ..pruning import (
     StructuredMovementPruning,
     StructuredPruning,
 )
-from ..tasks.glue import get_glue_task, load_glue
+from ..tasks.glue import GlueTask, get_glue_task, load_glue
 from ..tasks.metrics import glue_metrics, squad_metrics
 from .callback import MaskDriftError, SparsityCallback, mask_drift, reference_masks
 from .precision import training_precision, warn_if_bf16_is_slow
@@ -90,6 +91,11 @@ class FinetuneArguments:
     head_learning_rate: Optional[float] = field(default=None, metadata={"help": "learning rate of the task head (the pooler and "
                                                  "classifier: every parameter outside the embeddings and encoder); default: --learning_rate"})
     qat: bool = field(default=False, metadata={"help": "8-bit quantization-aware training of the encoder linears"})
+    augment_copies: int = field(default=0, metadata={"help": "GLUE with --teacher: add up to N variants of each training example, "
+                                "words replaced by their nearest neighbours in the model's input embeddings (TinyBERT-style), "
+                                "labelled by the teacher"})
+    augment_probability: float = field(default=0.4, metadata={"help": "with --augment_copies: the chance each eligible word is replaced"})
+    augment_neighbours: int = field(default=15, metadata={"help": "with --augment_copies: the candidates per word (nearest first)"})
     prune_method: Optional[str] = field(default=None, metadata={"help": f"prune at fine-tune time: {', '.join(PRUNE_METHODS)}"})
     target_sparsity: float = field(default=0.9, metadata={"help": "final sparsity with --prune_method"})
     pruning_end: float = field(default=0.7, metadata={"help": "fraction of training at which pruning reaches its target"})
@@ -146,6 +152,17 @@ class FinetuneArguments:
                 raise ValueError(f"the bi-encoder head does not support {', '.join(unsupported)} yet")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:
             raise ValueError(f"head_learning_rate must be > 0, got {self.head_learning_rate}")
+        if self.augment_copies < 0:
+            raise ValueError(f"augment_copies must be >= 0, got {self.augment_copies}")
+        if self.augment_copies:
+            if self.teacher is None:
+                raise ValueError("augment_copies needs --teacher: the augmented examples are labelled by the teacher")
+            if self.task == "squad" or self.head != "cross-encoder":
+                raise ValueError("augment_copies applies to GLUE tasks with the cross-encoder head")
+            if not 0 < self.augment_probability <= 1:
+                raise ValueError(f"augment_probability must be in (0, 1], got {self.augment_probability}")
+            if self.augment_neighbours < 1:
+                raise ValueError(f"augment_neighbours must be >= 1, got {self.augment_neighbours}")
         if self.fic_weight and self.task in ("stsb", "squad"):
             raise ValueError("FiC uses same-label positives: it needs a classification task, not stsb / squad")
 
@@ -197,7 +214,17 @@ def _subset(dataset, n: Optional[int], seed: int, shuffle: bool):
     return (dataset.shuffle(seed=seed) if shuffle else dataset).select(range(n))
 
 
-def glue_datasets(args: FinetuneArguments, tokenizer, seed: int):
+class GlueData(NamedTuple):
+    task: GlueTask
+    train: Dataset  # tokenized; with augmentation, the original examples and then their variants
+    dev: Dataset
+    max_length: int
+    n_examples: int  # original training examples
+
+
+def glue_datasets(args: FinetuneArguments, tokenizer, seed: int, model=None, teacher=None) -> GlueData:
+    """The tokenized train and dev sets of a GLUE task; with `args.augment_copies`, the train set also holds the
+    augmented variants (neighbours from `model`'s input embeddings, labels from `teacher`)."""
     task = get_glue_task(args.task)
     raw = load_glue(args.task, args.data_dir)
     max_length = args.max_length or task.max_length
@@ -209,10 +236,24 @@ def glue_datasets(args: FinetuneArguments, tokenizer, seed: int):
 
     train = _subset(raw["train"], args.max_train_samples, seed, shuffle=True)
     dev = _subset(raw["validation"], args.max_eval_samples, seed, shuffle=False)
+    n_examples = len(train)
+    if args.augment_copies:
+        train = concatenate_datasets([train, _augmented(args, train, pair, tokenizer, model, teacher, max_length, task.is_regression, seed)])
     columns = [c for c in raw["train"].column_names if c != "label"]
     train = train.map(tokenize, batched=True, remove_columns=columns, desc="tokenizing train")
     dev = dev.map(tokenize, batched=True, remove_columns=columns, desc="tokenizing dev")
-    return task, train, dev, max_length
+    return GlueData(task, train, dev, max_length, n_examples)
+
+
+def _augmented(args: FinetuneArguments, train, pair: bool, tokenizer, model, teacher, max_length: int, regression: bool, seed: int):
+    """`args.augment_copies` variants of each example of `train`, relabelled by the teacher."""
+    from ..tasks.augment import augment_dataset, embedding_neighbours, teacher_labels
+
+    neighbours = embedding_neighbours(model.get_input_embeddings().weight, tokenizer, k=args.augment_neighbours)
+    columns = ["text_a", "text_b"] if pair else ["text_a"]
+    augmented = augment_dataset(train, columns, neighbours, args.augment_copies, args.augment_probability, seed=seed)
+    labels = teacher_labels(teacher, tokenizer, augmented["text_a"], augmented["text_b"] if pair else None, max_length, regression)
+    return augmented.remove_columns("label").add_column("label", labels, feature=train.features["label"])
 
 
 def squad_datasets(args: FinetuneArguments, tokenizer, seed: int):
@@ -307,14 +348,17 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
     transformers.set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
+    labeller = None
     if args.task == "squad":
         train, dev_examples, dev_features, max_length, n_examples = squad_datasets(args, tokenizer, training_args.seed)
-        num_labels, eval_dataset, compute_metrics = 2, None, None
+        eval_dataset, compute_metrics = None, None
+        model, sparse, sparse_source = load_model(args, 2)
     else:
-        task, train, dev, max_length = glue_datasets(args, tokenizer, training_args.seed)
-        n_examples = len(train)
-        num_labels, eval_dataset, compute_metrics = task.num_labels, dev, glue_compute_metrics(args.task)
-    model, sparse, sparse_source = load_model(args, num_labels)
+        task = get_glue_task(args.task)
+        model, sparse, sparse_source = load_model(args, task.num_labels)
+        labeller = AutoModelForSequenceClassification.from_pretrained(args.teacher) if args.augment_copies else None
+        _, train, dev, max_length, n_examples = glue_datasets(args, tokenizer, training_args.seed, model, labeller)
+        eval_dataset, compute_metrics = dev, glue_compute_metrics(args.task)
     upstream = reference_masks(model) if sparse and not args.prune_method else None
 
     callbacks = []
@@ -338,7 +382,7 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
     )
     if args.teacher:
         teacher_class = AutoModelForQuestionAnswering if args.task == "squad" else AutoModelForSequenceClassification
-        teacher = teacher_class.from_pretrained(args.teacher)
+        teacher = labeller if args.task != "squad" and labeller is not None else teacher_class.from_pretrained(args.teacher)
         distillation = DistillationConfig(
             task_weight=args.task_weight, kd_weight=args.kd_weight, temperature=args.temperature, fic_weight=args.fic_weight,
             hidden_weight=args.hidden_weight,
@@ -395,7 +439,8 @@ def results_record(
         # a locked pattern was checked for drift before this record: True; nothing locked (dense, pruning runs): None
         "pattern_verified": True if pattern_locked else None,
         "train_examples": n_examples,
-        "train_features": n_features,  # SQuAD: context windows; GLUE: = train_examples
+        "train_features": n_features,  # SQuAD: context windows; GLUE: train_examples + augmented variants
+        "augmented_examples": n_features - n_examples if args.augment_copies else 0,
         "steps": train_output.global_step,
         "epochs": round(trainer.state.epoch or 0.0, 4),  # what was trained (max_steps can cut it short)
         "batch_size": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps,
@@ -438,6 +483,8 @@ def _mode(args: FinetuneArguments, sparse_source: bool) -> str:
         parts.append("kd")
     if args.hidden_weight:
         parts.append("hidden")
+    if args.augment_copies:
+        parts.append(f"augmented-x{args.augment_copies}")
     if args.fic_weight:
         parts.append("fic")
     if args.qat:
