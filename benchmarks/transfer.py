@@ -26,9 +26,10 @@ the model a `prune-tuned-*` row starts from); `--hidden-weight` (with `--kd`) al
 `--temperature` (with `--kd`) sets the logits-KD temperature (default 2); `--group-by-length` batches examples of
 similar length together (less padding, faster steps; its own row, `-gl`, distilled from and
 starting from the dense run trained so); `--min-heads-per-layer` (global structured
-rows) keeps that many heads in every layer; `--teacher-epochs` (with `--max-train-samples`) starts from / distils
+rows) keeps that many heads in every layer; `--augment N` (with `--kd`, GLUE) adds up to N teacher-labelled variants of each
+training example, words replaced by embedding neighbours (TinyBERT-style; hf_sparse/tasks/augment.py); `--teacher-epochs` (with `--max-train-samples`) starts from / distils
 from the dense row trained that many epochs instead of the run's own; the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-kdt<t>][-mh<n>][-tep<n>][-gl][-fp32]_<task>_s<seed>.json
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-kdt<t>][-mh<n>][-tep<n>][-aug<n>][-gl][-fp32]_<task>_s<seed>.json
 (`-fp32`: trained in fp32, its own row, distilled from and starting from the fp32 dense run); models go to out/transfer/ (not committed).
 """
 

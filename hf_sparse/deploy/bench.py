@@ -36,12 +36,42 @@ def timed(fn: Callable[[], object], runs: int = 20, warmup: int = 3) -> dict:
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1000.0)
-    times.sort()
+    return _stats(sorted(times))
+
+
+def timed_interleaved(
+    fns: dict[str, Callable[[], object]], runs: int = 20, rounds: int = 5, warmup: int = 3, settle_s: float = 0.5,
+) -> dict[str, dict]:
+    """`timed` for several functions measured in turns: `rounds` rounds, each timing every function `runs / rounds`
+    times (rounded up) in a row, so that a slow or fast spell of the machine falls on all of them alike and their
+    ratios are less noisy than with one function measured after the other. Each turn starts with a pause of
+    `settle_s` seconds and one untimed call: runtimes keep their worker threads spinning for a while after a call
+    (OpenMP in PyTorch and ONNX Runtime, TBB in OpenVINO), and the next runtime would otherwise share the cores with
+    them. Statistics are over all of a function's timed calls; the keys of `fns` are kept, in their order."""
+    if runs < 1 or rounds < 1:
+        raise ValueError(f"runs and rounds must be at least 1, got runs={runs}, rounds={rounds}")
+    per_round = -(-runs // rounds)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            time.sleep(settle_s)
+            fn()
+            for _ in range(per_round):
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: _stats(sorted(samples)) for name, samples in times.items()}
+
+
+def _stats(times: list[float]) -> dict:
     return {
         "median_ms": round(statistics.median(times), 3),
         "p90_ms": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3),
         "min_ms": round(times[0], 3),
-        "runs": runs,
+        "runs": len(times),
     }
 
 

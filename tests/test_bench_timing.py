@@ -1,0 +1,25 @@
+"""The timing helpers of `hf_sparse.deploy.bench` (what they call and when; no timing is asserted)."""
+
+import pytest
+
+from hf_sparse.deploy.bench import timed, timed_interleaved
+
+
+def test_timed_interleaved_takes_turns_and_counts_every_call():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("dense", "compact", "onnx")}
+    stats = timed_interleaved(fns, runs=5, rounds=2, warmup=1, settle_s=0.0)
+    assert list(stats) == ["dense", "compact", "onnx"]
+    assert calls[:3] == ["dense", "compact", "onnx"]  # one warm-up each
+    # 5 runs in 2 rounds: 3 timed calls per turn, after one untimed call
+    assert calls[3:] == (["dense"] * 4 + ["compact"] * 4 + ["onnx"] * 4) * 2
+    for entry in stats.values():
+        assert entry["runs"] == 6 and 0 <= entry["min_ms"] <= entry["median_ms"] <= entry["p90_ms"]
+    with pytest.raises(ValueError, match="runs and rounds must be at least 1"):
+        timed_interleaved(fns, runs=5, rounds=0)
+
+
+def test_timed_reports_its_runs():
+    calls = []
+    stats = timed(lambda: calls.append(1), runs=4, warmup=2)
+    assert len(calls) == 6 and stats["runs"] == 4 and stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"]
