@@ -382,7 +382,7 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
     )
     if args.teacher:
         teacher_class = AutoModelForQuestionAnswering if args.task == "squad" else AutoModelForSequenceClassification
-        teacher = labeller if args.task != "squad" and labeller is not None else teacher_class.from_pretrained(args.teacher)
+        teacher = labeller if labeller is not None else teacher_class.from_pretrained(args.teacher)  # loaded once
         distillation = DistillationConfig(
             task_weight=args.task_weight, kd_weight=args.kd_weight, temperature=args.temperature, fic_weight=args.fic_weight,
             hidden_weight=args.hidden_weight,
