@@ -22,14 +22,15 @@ epochs, examples, max length, learning rate), bf16 autocast on CPUs with native 
 task's rate, `--head-learning-rate` sets the task head's own rate (pooler and classifier), `--epochs` and
 `--max-train-samples` override the task's epochs and training examples (a longer-budget row; with `--kd` a row given
 `--max-train-samples` distils from the dense row trained with the same `--epochs` / `--max-train-samples`, which is also
-the model a `prune-tuned-*` row starts from); `--hidden-weight` (with `--kd`) also distils the teacher's hidden states;
+the model a `prune-tuned-*` row starts from); `--pruning-end F` (prune-ft-* / prune-tuned-* rows) ends pruning at that
+fraction of training instead of 0.7; `--hidden-weight` (with `--kd`) also distils the teacher's hidden states;
 `--temperature` (with `--kd`) sets the logits-KD temperature (default 2); `--group-by-length` batches examples of
 similar length together (less padding, faster steps; its own row, `-gl`, distilled from and
 starting from the dense run trained so); `--min-heads-per-layer` (global structured
 rows) keeps that many heads in every layer; `--augment N` (with `--kd`, GLUE) adds up to N teacher-labelled variants of each
 training example, words replaced by embedding neighbours (TinyBERT-style; hf_sparse/tasks/augment.py); `--teacher-epochs` (with `--max-train-samples`) starts from / distils
 from the dense row trained that many epochs instead of the run's own; the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-kdt<t>][-mh<n>][-tep<n>][-aug<n>][-gl][-fp32]_<task>_s<seed>.json
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-kdt<t>][-mh<n>][-tep<n>][-aug<n>][-pe<f>][-gl][-fp32]_<task>_s<seed>.json
 (`-fp32`: trained in fp32, its own row, distilled from and starting from the fp32 dense run); models go to out/transfer/ (not committed).
 """
 
@@ -70,6 +71,7 @@ OVERRIDES = (
     ("min_heads_per_layer", "min_heads_per_layer_override", "-mh{:d}", "--min-heads-per-layer {:d}", " (>= {:d} heads per layer)"),
     ("teacher_epochs", "teacher_epochs_override", "-tep{:g}", "--teacher-epochs {:g}", " (from the {:g}-epoch dense model)"),
     ("augment", "augment_override", "-aug{:d}", "--augment {:d}", " (+{:d} augmented per example)"),
+    ("pruning_end", "pruning_end_override", "-pe{:g}", "--pruning-end {:g}", " (pruned by {:g} of training)"),
 )
 _NUMBER = {"g": r"\d+(?:\.\d+)?(?:e[+-]\d+)?", "d": r"\d+"}
 # a run trained in fp32 (a CPU without native bf16) is its own row, distilled from and compared with the fp32 dense
@@ -91,6 +93,7 @@ def _row_arguments(
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
     hidden_weight: float | None = None, min_heads_per_layer: int | None = None, teacher_epochs: float | None = None,
     temperature: float | None = None, precision: str = "auto", group_by_length: bool = False, augment: int | None = None,
+    pruning_end: float | None = None,
 ) -> list[str]:
     from hf_sparse.upstream import minilm_folder
 
@@ -104,6 +107,11 @@ def _row_arguments(
             raise SystemExit("--augment adds teacher-labelled variants of the training examples: it needs --kd and a GLUE cross-encoder row")
         if augment < 1:
             raise SystemExit(f"--augment must be >= 1, got {augment}")
+    if pruning_end is not None:
+        if not row.startswith(("prune-ft-", "prune-tuned-")):
+            raise SystemExit("--pruning-end sets when pruning during fine-tuning reaches its target: it applies to prune-ft-* / prune-tuned-* rows")
+        if not 0 < pruning_end <= 1:
+            raise SystemExit(f"--pruning-end is a fraction of training in (0, 1], got {pruning_end:g}")
     if min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement|-fisher)?-global-\d+", row):
         raise SystemExit("--min-heads-per-layer applies to prune-*-structured[-movement|-fisher]-global-<s> rows")
     args: list[str] = []
@@ -127,6 +135,8 @@ def _row_arguments(
             args += ["--prune_scope", "global"]
         if min_heads_per_layer is not None:
             args += ["--prune_min_heads_per_layer", str(min_heads_per_layer)]
+        if pruning_end is not None:
+            args += ["--pruning_end", str(pruning_end)]
     elif match := re.fullmatch(r"dense-layers-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
     else:
@@ -254,6 +264,7 @@ def run(
     epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
     hidden_weight: float | None = None, min_heads_per_layer: int | None = None, teacher_epochs: float | None = None,
     temperature: float | None = None, precision: str = "auto", group_by_length: bool = False, augment: int | None = None,
+    pruning_end: float | None = None,
 ) -> dict:
     from transformers import HfArgumentParser, TrainingArguments
 
@@ -262,11 +273,11 @@ def run(
     overrides = {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "epochs": epochs, "max_train_samples": max_train_samples,
                  "hidden_weight": hidden_weight, "min_heads_per_layer": min_heads_per_layer, "teacher_epochs": teacher_epochs,
                  "temperature": temperature, "precision": _precision_override(precision), "group_by_length": group_by_length or None,
-                 "augment": augment}
+                 "augment": augment, "pruning_end": pruning_end}
     name, command = run_name(row, task, seed, kd, qat, bi_encoder, overrides)
     argv = _row_arguments(
         row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples, hidden_weight, min_heads_per_layer,
-        teacher_epochs, temperature, precision, group_by_length, augment,
+        teacher_epochs, temperature, precision, group_by_length, augment, pruning_end=pruning_end,
     )
     argv += ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
@@ -524,6 +535,11 @@ def main() -> int:
         help="with --kd (GLUE): add up to N variants of each training example, words replaced by their nearest neighbours in "
              "the model's input embeddings, labelled by the teacher (TinyBERT-style); the row's label shows it",
     )
+    parser.add_argument(
+        "--pruning-end", type=float,
+        help="prune-ft-* / prune-tuned-* rows: the fraction of training by which pruning reaches its target (default 0.7); "
+             "the rest fine-tunes the final pattern; the row's label shows it",
+    )
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
     if args.row:
@@ -535,7 +551,7 @@ def main() -> int:
             parser.error("--bi-encoder runs without --group-by-length (sentence-transformers batches its own way)")
         results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs, args.head_learning_rate,
                       args.max_train_samples, args.hidden_weight, args.min_heads_per_layer, args.teacher_epochs,
-                      args.temperature, args.precision, args.group_by_length, args.augment)
+                      args.temperature, args.precision, args.group_by_length, args.augment, pruning_end=args.pruning_end)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")

@@ -34,6 +34,8 @@ def _bf16_cpu(monkeypatch):
         (True, {"group_by_length": True}),
         (True, {"epochs": 1, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2, "augment": 1, "group_by_length": True,
                 "precision": "fp32"}),
+        (True, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "pruning_end": 0.35, "group_by_length": True,
+                "precision": "fp32"}),
     ],
 )
 def test_structured_deploy_reads_the_names_transfer_writes(kd, overrides):
@@ -81,7 +83,8 @@ def test_kd_teacher_follows_the_data_budget(tmp_path, monkeypatch):
      {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "temperature": 4, "min_heads_per_layer": 1}, {"temperature": 0.5},
      {"precision": "fp32"}, {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2, "precision": "fp32"},
      {"group_by_length": True}, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "group_by_length": True, "precision": "fp32"},
-     {"augment": 2}, {"epochs": 1, "max_train_samples": 67349, "teacher_epochs": 2, "augment": 1, "group_by_length": True, "precision": "fp32"}],
+     {"augment": 2}, {"epochs": 1, "max_train_samples": 67349, "teacher_epochs": 2, "augment": 1, "group_by_length": True, "precision": "fp32"},
+     {"pruning_end": 0.35}, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "pruning_end": 0.5, "group_by_length": True}],
 )
 def test_parse_run_name_inverts_run_name(row, kd, qat, bi_encoder, overrides):
     name, _ = transfer.run_name(row, "sst2", 1, kd, qat, bi_encoder, overrides)
@@ -239,6 +242,34 @@ def test_augment_needs_kd_and_reaches_the_finetune_arguments(tmp_path, monkeypat
     assert command.endswith("--kd --epochs 1 --max-train-samples 67349 --hidden-weight 1 --teacher-epochs 2 --augment 1")
     label = transfer._override_label({**budget, "augment": 1})
     assert label.endswith("(from the 2-epoch dense model) (+1 augmented per example)")
+
+
+def test_pruning_end_applies_to_prune_at_finetune_rows_and_reaches_the_schedule(tmp_path, monkeypatch):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_sparse.transfer.finetune import FinetuneArguments
+
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    (tmp_path / "dense_sst2_s1" / "model").mkdir(parents=True)
+    for row in ("dense", "upstream-90", "dense-layers-1"):  # refused before any model is looked up
+        with pytest.raises(SystemExit, match="--pruning-end .* applies to prune-ft-\\* / prune-tuned-\\* rows"):
+            transfer._row_arguments(row, "sst2", 1, False, pruning_end=0.5)
+    for bad in (0.0, 1.5):
+        with pytest.raises(SystemExit, match=f"--pruning-end is a fraction of training in \\(0, 1\\], got {bad:g}"):
+            transfer._row_arguments("prune-tuned-structured-movement-90", "sst2", 1, True, pruning_end=bad)
+    argv = transfer._row_arguments("prune-tuned-structured-movement-90", "sst2", 1, True, pruning_end=0.35)
+    finetune_args, _ = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(
+        argv + ["--output_dir", str(tmp_path / "run")])
+    assert finetune_args.pruning_end == 0.35 and finetune_args.prune_method == "structured_movement"
+    argv = transfer._row_arguments("prune-tuned-structured-movement-90", "sst2", 1, True)
+    assert "--pruning_end" not in argv  # the default (0.7) stays the finetune default, the published rows' name unchanged
+    name, command = transfer.run_name("prune-tuned-structured-movement-90", "sst2", 1, True, False, False,
+                                      {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "pruning_end": 0.35,
+                                       "group_by_length": True, "precision": "fp32"})
+    assert name == "prune-tuned-structured-movement-90-kd-ep2-n67349-hid1-pe0.35-gl-fp32_sst2_s1"
+    assert command.endswith("--hidden-weight 1 --pruning-end 0.35 --group-by-length --precision fp32")
+    assert transfer._override_label({"pruning_end": 0.35}) == " (pruned by 0.35 of training)"
 
 
 def test_grouped_runs_batch_by_length_and_distil_from_the_dense_run_trained_so(tmp_path, monkeypatch):
