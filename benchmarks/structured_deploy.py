@@ -91,6 +91,7 @@ def main() -> None:
             ("structured torch fp32 (masked)", lambda: torch_predictor(structured), structured, "torch-fp32"),
             ("compact torch fp32", lambda: torch_predictor(tmp / "compact"), tmp / "compact", "torch-fp32"),
             ("compact onnxruntime int8", lambda: onnx_predictor(exports / "onnx" / "model_quantized.onnx"), tmp / "compact", "ort-int8"),
+            ("compact onnxruntime fp32", lambda: onnx_predictor(exports / "onnx" / "model.onnx"), tmp / "compact", "ort-fp32"),
             ("compact openvino int8", lambda: openvino_predictor(exports / "openvino" / "openvino_model_int8.xml"), tmp / "compact", "ov-int8"),
             # on CPUs without VNNI (AVX2) OpenVINO's fp32 kernels outrun its INT8 ones (benchmarks/latency.py --tag avx2)
             ("compact openvino fp32", lambda: openvino_predictor(exports / "openvino" / "openvino_model.xml"), tmp / "compact", "ov-fp32"),

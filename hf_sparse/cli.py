@@ -141,10 +141,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .deploy.bench import RUNTIMES
 
-    rows = benchmark(args.model, args.batch, args.seq, runtimes=args.runtimes or RUNTIMES, runs=args.runs)
+    rows = benchmark(
+        args.model, args.batch, args.seq, runtimes=args.runtimes or RUNTIMES, runs=args.runs, rounds=args.rounds,
+        reference_dir=args.reference,
+    )
     cpu = cpu_description()
+    baseline = f"torch-fp32 of {args.reference}" if args.reference else "torch-fp32 of the same model"
     print(f"{args.model} on {cpu.get('model', '?')} ({cpu.get('cores')} cores; {' '.join(cpu.get('flags', []))}); "
-          f"speed-up relative to torch-fp32 of the same model and batch")
+          f"speed-up relative to {baseline} at the same batch, timed in turns with the rows")
     print(format_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": str(args.model), "cpu": cpu, "rows": rows}, indent=1) + "\n")
@@ -209,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=int, nargs="+", default=[1])
     bench.add_argument("--seq", type=int, default=128)
     bench.add_argument("--runs", type=int, default=20, help="timed runs per row (median reported)")
+    bench.add_argument("--rounds", type=int, default=5, help="the runtimes are timed in turns, over this many rounds")
+    bench.add_argument("--reference", help="a model folder (e.g. the dense one) whose torch-fp32 latency is the speed-up baseline")
     bench.add_argument("--runtimes", nargs="+", default=None, help="subset of: torch-fp32 torch-bf16 ort-fp32 ort-int8 ov-fp32 ov-int8 ov-int8-sparse")
     bench.add_argument("--json", help="also write the rows to this JSON file")
     bench.set_defaults(func=_cmd_bench)

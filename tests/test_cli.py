@@ -185,7 +185,7 @@ def test_export_and_bench_commands(tmp_path, run_cli, tiny_tokenizer):
     bad = run_cli("export", tmp_path / "m", "--to", "onnx", "--quantize", "int8", "--static", "--calibration", "qat", "--out", tmp_path / "q")
     assert bad.returncode == 2 and "qat_ranges.json is missing" in bad.stderr and not (tmp_path / "q").exists()
     result = run_cli(
-        "bench", tmp_path / "m", "--batch", "1", "2", "--seq", "16", "--runs", "3",
+        "bench", tmp_path / "m", "--batch", "1", "2", "--seq", "16", "--runs", "3", "--rounds", "3",
         "--runtimes", "torch-fp32", "ort-int8", "ov-int8-sparse", "--json", tmp_path / "bench.json",
     )
     assert result.returncode == 0, result.stderr
@@ -197,3 +197,17 @@ def test_export_and_bench_commands(tmp_path, run_cli, tiny_tokenizer):
     assert rows[0]["speedup_vs_baseline"] == 1.0
     assert sum(rows[2]["kernels"].values()) >= 12  # what OpenVINO actually ran, recorded per row
     assert "| ort-int8 | 1 | 16 |" in result.stdout
+    # against another model's torch-fp32 (here a dense one), timed in the same turns as the rows
+    build("SparseBertForSequenceClassification", sparsity=0.0).save_pretrained(tmp_path / "dense")
+    result = run_cli(
+        "bench", tmp_path / "m", "--seq", "16", "--runs", "2", "--rounds", "2", "--runtimes", "torch-fp32", "ort-fp32",
+        "--reference", tmp_path / "dense", "--json", tmp_path / "vs_dense.json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"relative to torch-fp32 of {tmp_path / 'dense'}" in result.stdout
+    rows = json.loads((tmp_path / "vs_dense.json").read_text())["rows"]
+    assert len({r["baseline_ms"] for r in rows}) == 1 and all(r["runs"] == 2 for r in rows)
+    for r in rows:  # the baseline is not the row's own median
+        assert r["speedup_vs_baseline"] == round(r["baseline_ms"] / r["median_ms"], 3)
+    missing = run_cli("bench", tmp_path / "m", "--runtimes", "torch-fp32", "--reference", tmp_path / "nope")
+    assert missing.returncode != 0 and "reference model folder" in missing.stderr

@@ -6,7 +6,8 @@ Runtimes (names used in tables):
     ov-fp32, ov-int8                 OpenVINO CPU on the fp32 IR (f32 precision) / the NNCF INT8 IR
     ov-int8-sparse                   the INT8 IR with `CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE` set; the
                                      FullyConnected kernels it actually ran are recorded per row
-Each measurement is the median (and p90) of `runs` timed calls after `warmup` untimed ones.
+Each measurement is the median (and p90) of `runs` timed calls after `warmup` untimed ones; `benchmark` times the
+runtimes of a batch size in turns (`timed_interleaved`), its baseline among them.
 """
 
 from __future__ import annotations
@@ -192,37 +193,52 @@ def benchmark(
     runs: int = 20,
     warmup: int = 3,
     work_dir: Optional[PathLike] = None,
-    baseline: Optional[dict[int, float]] = None,
+    reference_dir: Optional[PathLike] = None,
+    rounds: int = 5,
+    settle_s: float = 0.5,
     progress: Optional[Callable[[dict], None]] = None,
 ) -> list[dict]:
-    """Latency rows for one model; `speedup_vs_baseline` is `baseline[batch]` ms over the row's median.
+    """Latency rows for one model; at each batch size every runtime is timed in turns (`timed_interleaved`: `rounds`
+    rounds of `runs / rounds` calls each), so that a slow spell of the machine falls on all of them alike.
 
-    `baseline` defaults to this model's own torch-fp32 median at each batch size (measured first).
+    `speedup_vs_baseline` is the baseline's median over the row's. The baseline is torch-fp32 of `reference_dir`
+    (e.g. the dense model a sparse one is compared with), timed in the same turns as the rows, when given; otherwise
+    this model's own torch-fp32 row, when `runtimes` has it (no speed-up otherwise). Rows record `baseline_ms`.
     """
     runtimes = list(runtimes)
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise ValueError(f"unknown runtimes {unknown}; known: {', '.join(RUNTIMES)}")
+    if reference_dir is not None and not Path(reference_dir).is_dir():
+        raise FileNotFoundError(f"reference model folder {reference_dir} does not exist")
+    reference_key = "reference torch-fp32"  # not a runtime name, so it cannot clash with a row
     with tempfile.TemporaryDirectory(prefix="hf-sparse-bench-") as tmp:
-        runners = Runners(model_dir, work_dir or tmp)
+        runners = Runners(model_dir, work_dir or Path(tmp) / "model")
+        reference = Runners(reference_dir, Path(tmp) / "reference") if reference_dir is not None else None
         vocab = runners.model().config.vocab_size
         num_choices = 2 if type(runners.model()).__name__.endswith("MultipleChoice") else None
-        rows, base = [], dict(baseline or {})
+        rows = []
         for batch in batch_sizes:
             inputs = make_inputs(batch, seq_len, vocab, num_choices=num_choices)
-            order = runtimes if baseline or "torch-fp32" not in runtimes else ["torch-fp32"] + [r for r in runtimes if r != "torch-fp32"]
-            for runtime in order:
-                run, extra = runners.runner(runtime, inputs)
-                row = {"runtime": runtime, "batch": batch, "seq": seq_len, **timed(run, runs, warmup), **extra}
+            fns, extras = {}, {}
+            if reference is not None:
+                fns[reference_key], _ = reference.runner("torch-fp32", inputs)
+            for runtime in runtimes:
+                fns[runtime], extras[runtime] = runners.runner(runtime, inputs)
+            stats = timed_interleaved(fns, runs, min(rounds, runs), warmup, settle_s)  # at least one call per turn
+            base_key = reference_key if reference is not None else "torch-fp32"
+            base = stats[base_key]["median_ms"] if base_key in stats else None
+            for runtime in runtimes:
+                row = {"runtime": runtime, "batch": batch, "seq": seq_len, **stats[runtime], **extras[runtime]}
                 artifact = runners.artifact(runtime)
                 row["bytes"] = disk_bytes(artifact) if artifact else disk_bytes(*Path(model_dir).glob("model*.safetensors"))
-                if runtime == "torch-fp32" and batch not in base:
-                    base[batch] = row["median_ms"]
-                if batch in base:
-                    row["speedup_vs_baseline"] = round(base[batch] / row["median_ms"], 3)
+                if base is not None:
+                    row["baseline_ms"] = base
+                    row["speedup_vs_baseline"] = round(base / row["median_ms"], 3)
                 rows.append(row)
                 if progress:
                     progress(row)
+            del fns  # the sessions of this batch size go before the next one's are built
     return rows
 
 
