@@ -213,6 +213,7 @@ def _override_tags(values: dict) -> tuple[str, str]:
 
 def _override_label(values: dict) -> str:
     label = "".join(text.format(values[argument]) for argument, _, _, _, text in OVERRIDES if values.get(argument) is not None)
+    label = label.replace(" (1 epochs)", " (1 epoch)")
     return label + (GROUPED_LABEL if values.get("group_by_length") else "") + (FP32_LABEL if values.get("precision") == "fp32" else "")
 
 

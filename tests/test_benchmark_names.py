@@ -242,6 +242,7 @@ def test_augment_needs_kd_and_reaches_the_finetune_arguments(tmp_path, monkeypat
     assert command.endswith("--kd --epochs 1 --max-train-samples 67349 --hidden-weight 1 --teacher-epochs 2 --augment 1")
     label = transfer._override_label({**budget, "augment": 1})
     assert label.endswith("(from the 2-epoch dense model) (+1 augmented per example)")
+    assert label.startswith(" (1 epoch) (67,349 examples)") and "epochs" not in transfer._override_label({"epochs": 1})
 
 
 def test_pruning_end_applies_to_prune_at_finetune_rows_and_reaches_the_schedule(tmp_path, monkeypatch):
