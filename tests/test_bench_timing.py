@@ -23,3 +23,13 @@ def test_timed_reports_its_runs():
     calls = []
     stats = timed(lambda: calls.append(1), runs=4, warmup=2)
     assert len(calls) == 6 and stats["runs"] == 4 and stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"]
+
+
+def test_a_plain_bert_folder_of_an_unknown_head_is_refused_by_name(tmp_path):
+    import json
+
+    from hf_sparse.deploy.bench import Runners
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForPreTraining"]}))
+    with pytest.raises(ValueError, match=r"config.json: architecture 'BertForPreTraining' is not a BERT head hf-sparse knows"):
+        Runners(tmp_path, tmp_path / "work").model()

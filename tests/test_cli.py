@@ -209,5 +209,11 @@ def test_export_and_bench_commands(tmp_path, run_cli, tiny_tokenizer):
     assert len({r["baseline_ms"] for r in rows}) == 1 and all(r["runs"] == 2 for r in rows)
     for r in rows:  # the baseline is not the row's own median
         assert r["speedup_vs_baseline"] == round(r["baseline_ms"] / r["median_ms"], 3)
+    # a plain BERT folder (the dense fine-tuned model as transformers saves it) is a reference too
+    build("SparseBertForSequenceClassification", sparsity=0.0).to_dense().save_pretrained(tmp_path / "bert")
+    assert json.loads((tmp_path / "bert" / "config.json").read_text())["model_type"] == "bert"
+    result = run_cli("bench", tmp_path / "m", "--seq", "16", "--runs", "1", "--rounds", "1", "--runtimes", "torch-fp32",
+                     "--reference", tmp_path / "bert")
+    assert result.returncode == 0, result.stderr
     missing = run_cli("bench", tmp_path / "m", "--runtimes", "torch-fp32", "--reference", tmp_path / "nope")
     assert missing.returncode != 0 and "reference model folder" in missing.stderr

@@ -114,10 +114,26 @@ class Runners:
         self._model = None
 
     def model(self):
+        """The PyTorch model: a sparse_bert folder's, or a plain BERT folder's (model_type "bert", e.g. the dense model
+        a sparse one replaces) as SparseBert with the masks of its zeros; the exporting runtimes need sparse_bert."""
         if self._model is None:
-            from .onnx import load_for_export
+            import json
 
-            self._model = load_for_export(self.model_dir)[0].float()
+            from .onnx import load_for_export
+            from .optimum_support import EXPORT_TASKS
+
+            config_file = self.model_dir / "config.json"
+            config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+            if config.get("model_type") == "bert":
+                import hf_sparse
+
+                architecture = (config.get("architectures") or ["BertModel"])[0]
+                if f"Sparse{architecture}" not in EXPORT_TASKS:  # a fixed list: nothing named by the config is imported
+                    known = sorted(name.removeprefix("Sparse") for name in EXPORT_TASKS)
+                    raise ValueError(f"{config_file}: architecture {architecture!r} is not a BERT head hf-sparse knows: {known}")
+                self._model = getattr(hf_sparse, f"Sparse{architecture}").from_dense(self.model_dir).eval().float()
+            else:
+                self._model = load_for_export(self.model_dir)[0].float()
         return self._model
 
     def _bf16(self):
@@ -202,7 +218,8 @@ def benchmark(
     rounds of `runs / rounds` calls each), so that a slow spell of the machine falls on all of them alike.
 
     `speedup_vs_baseline` is the baseline's median over the row's. The baseline is torch-fp32 of `reference_dir`
-    (e.g. the dense model a sparse one is compared with), timed in the same turns as the rows, when given; otherwise
+    (e.g. the dense model a sparse one is compared with; sparse_bert or plain BERT), timed in the same turns as the
+    rows, when given; otherwise
     this model's own torch-fp32 row, when `runtimes` has it (no speed-up otherwise). Rows record `baseline_ms`.
     """
     runtimes = list(runtimes)
