@@ -26,26 +26,13 @@ RUNTIMES = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ov-fp32", "ov-i
 SPARSE_RATE = 0.5  # ask for the sparse kernel wherever an int8 weight is at least half zeros
 
 
-def timed(fn: Callable[[], object], runs: int = 20, warmup: int = 3) -> dict:
-    """Median / p90 / min wall time of `fn()` in milliseconds over `runs` calls."""
-    if runs < 1:
-        raise ValueError("runs must be at least 1")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return _stats(sorted(times))
-
-
 def timed_interleaved(
     fns: dict[str, Callable[[], object]], runs: int = 20, rounds: int = 5, warmup: int = 3, settle_s: float = 0.5,
 ) -> dict[str, dict]:
-    """`timed` for several functions measured in turns: `rounds` rounds, each timing every function `runs / rounds`
-    times (rounded up) in a row, so that a slow or fast spell of the machine falls on all of them alike and their
-    ratios are less noisy than with one function measured after the other. Each turn starts with a pause of
+    """Median / p90 / min wall time in milliseconds of several functions measured in turns: after `warmup` untimed
+    calls each, `rounds` rounds, each timing every function `runs / rounds` times (rounded up) in a row, so that a
+    slow or fast spell of the machine falls on all of them alike and their ratios are less noisy than with one
+    function measured after the other. Each turn starts with a pause of
     `settle_s` seconds and one untimed call: runtimes keep their worker threads spinning for a while after a call
     (OpenMP in PyTorch and ONNX Runtime, TBB in OpenVINO), and the next runtime would otherwise share the cores with
     them. Statistics are over all of a function's timed calls; the keys of `fns` are kept, in their order."""
