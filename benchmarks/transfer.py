@@ -13,6 +13,8 @@ attention heads and FFN neurons removed during fine-tuning, ranked by L1 norm: c
 the Fisher information of a gate on each unit's output), `prune-tuned-*` (the same four
 methods, started from the dense row's fine-tuned model instead of the pre-trained one: prune a fine-tuned model),
 `prune-*-global-<s>` (any of those ranked over all layers at once, so layers end with uneven widths),
+`prune-*-structured[-movement|-fisher]-joint[-global]-<s>` (heads and neurons ranked together by score per weight under
+one budget of s% of their weights, instead of s% of the heads and s% of the neurons),
 `dense-layers-<n>` (the first n dense layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model (same head) of the
 same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware training; `--bi-encoder` (stsb)
 fine-tunes a sentence-transformers bi-encoder instead of a cross-encoder (each sentence encoded alone, cosine of the
@@ -26,7 +28,7 @@ the model a `prune-tuned-*` row starts from); `--pruning-end F` (prune-ft-* / pr
 fraction of training instead of 0.7; `--hidden-weight` (with `--kd`) also distils the teacher's hidden states;
 `--temperature` (with `--kd`) sets the logits-KD temperature (default 2); `--group-by-length` batches examples of
 similar length together (less padding, faster steps; its own row, `-gl`, distilled from and
-starting from the dense run trained so); `--min-heads-per-layer` (global structured
+starting from the dense run trained so); `--min-heads-per-layer` (global or joint structured
 rows) keeps that many heads in every layer; `--augment N` (with `--kd`, GLUE) adds up to N teacher-labelled variants of each
 training example, words replaced by embedding neighbours (TinyBERT-style; hf_sparse/tasks/augment.py); `--teacher-epochs` (with `--max-train-samples`) starts from / distils
 from the dense row trained that many epochs instead of the run's own; the row's label says so. Each run writes
@@ -112,8 +114,8 @@ def _row_arguments(
             raise SystemExit("--pruning-end sets when pruning during fine-tuning reaches its target: it applies to prune-ft-* / prune-tuned-* rows")
         if not 0 < pruning_end <= 1:
             raise SystemExit(f"--pruning-end is a fraction of training in (0, 1], got {pruning_end:g}")
-    if min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement|-fisher)?-global-\d+", row):
-        raise SystemExit("--min-heads-per-layer applies to prune-*-structured[-movement|-fisher]-global-<s> rows")
+    if min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement|-fisher)?(-joint-global|-joint|-global)-\d+", row):
+        raise SystemExit("--min-heads-per-layer applies to prune-*-structured[-movement|-fisher]-{global,joint,joint-global}-<s> rows")
     args: list[str] = []
     if row == "dense":
         args += ["--model", str(minilm_folder())]
@@ -127,11 +129,13 @@ def _row_arguments(
         if not model.is_dir():
             raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --recipe {recipes[row]}` first")
         args += ["--model", str(model)]
-    elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement|structured-fisher)-)?(global-)?(\d+)", row):
+    elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement|structured-fisher)-(joint-)?)?(global-)?(\d+)", row):
         start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, epochs, max_train_samples, teacher_epochs, precision, group_by_length)
         method = match[2].replace("-", "_") if match[2] else "magnitude"
-        args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(match[4]) / 100)]
+        args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(match[5]) / 100)]
         if match[3]:
+            args += ["--prune_allocation", "joint"]
+        if match[4]:
             args += ["--prune_scope", "global"]
         if min_heads_per_layer is not None:
             args += ["--prune_min_heads_per_layer", str(min_heads_per_layer)]
@@ -140,7 +144,7 @@ def _row_arguments(
     elif match := re.fullmatch(r"dense-layers-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
     else:
-        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft|tuned-[structured[-movement|-fisher]-][global-]<s>, dense-layers-<n>")
+        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft|tuned-[structured[-movement|-fisher]-[joint-]][global-]<s>, dense-layers-<n>")
     if kd:
         args += ["--teacher", str(_dense_model(task, bi_encoder, epochs, max_train_samples, teacher_epochs, precision, group_by_length))]
     if qat:
@@ -330,7 +334,7 @@ def _percent(score: float, task: str) -> float:
 
 
 def _row_sparsity(row: str) -> float:
-    match = re.fullmatch(r"(?:upstream(?:-[a-z][a-z0-9-]*)?|prune-(?:ft|tuned)(?:-structured(?:-movement|-fisher)?)?(?:-global)?)-(\d+)", row)
+    match = re.fullmatch(r"(?:upstream(?:-[a-z][a-z0-9-]*)?|prune-(?:ft|tuned)(?:-structured(?:-movement|-fisher)?(?:-joint)?)?(?:-global)?)-(\d+)", row)
     return int(match[1]) / 100 if match else 0.0
 
 
@@ -492,7 +496,7 @@ def _plot(runs, tasks) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | prune-ft|tuned-[structured[-movement|-fisher]-][global-]<s> | dense-layers-<n>")
+    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | prune-ft|tuned-[structured[-movement|-fisher]-[joint-]][global-]<s> | dense-layers-<n>")
     parser.add_argument("--task", choices=list(TASK_BUDGETS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")
@@ -515,7 +519,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--min-heads-per-layer", type=int,
-        help="prune-*-structured[-movement|-fisher]-global-<s> rows: every layer keeps at least this many attention heads",
+        help="prune-*-structured[-movement|-fisher]-{global,joint,joint-global}-<s> rows: every layer keeps at least this many attention heads",
     )
     parser.add_argument(
         "--teacher-epochs", type=float,

@@ -59,8 +59,9 @@ class UpstreamRecipe:
     block: list = field(default_factory=lambda: [1, 4])
     n_m: list = field(default_factory=lambda: [2, 4])
     structures: list = field(default_factory=lambda: ["heads", "neurons"])
-    min_heads_per_layer: int = 0  # structured methods with scope "global": per-layer floors
+    min_heads_per_layer: int = 0  # structured methods with scope "global" or allocation "joint": per-layer floors
     min_neurons_per_layer: int = 0
+    allocation: str = "uniform"  # structured methods: uniform (same fraction of heads and neurons) | joint (one weight budget)
     initial_sparsity: float = 0.0
     final_sparsity: float = 0.9
     pruning_start: float = 0.1  # fraction of max_steps
@@ -116,15 +117,17 @@ class UpstreamRecipe:
             "n:m": lambda: NMPruning(*self.n_m),
             "movement": lambda: MovementPruning(soft=False),
             "soft_movement": lambda: MovementPruning(soft=True),
-            "structured": lambda: StructuredPruning(tuple(self.structures), self.scope, *floors),
-            "structured_movement": lambda: StructuredMovementPruning(tuple(self.structures), self.scope, *floors),
-            "structured_fisher": lambda: StructuredFisherPruning(tuple(self.structures), self.scope, *floors),
+            "structured": lambda: StructuredPruning(tuple(self.structures), self.scope, *floors, self.allocation),
+            "structured_movement": lambda: StructuredMovementPruning(tuple(self.structures), self.scope, *floors, self.allocation),
+            "structured_fisher": lambda: StructuredFisherPruning(tuple(self.structures), self.scope, *floors, self.allocation),
         }
         if self.method not in methods:
             raise ValueError(f"unknown pruning method {self.method!r}; choose one of {sorted(methods)}")
         floors = (self.min_heads_per_layer, self.min_neurons_per_layer)
         if any(floors) and not self.method.startswith("structured"):
             raise ValueError(f"min_heads_per_layer / min_neurons_per_layer apply to the structured methods, not {self.method!r}")
+        if self.allocation != "uniform" and not self.method.startswith("structured"):
+            raise ValueError(f"allocation={self.allocation!r} applies to the structured methods, not {self.method!r}")
         return methods[self.method]()
 
     def schedule(self):

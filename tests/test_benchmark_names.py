@@ -134,7 +134,9 @@ def test_hidden_weight_needs_kd(tmp_path, monkeypatch):
     [("prune-tuned-90", "magnitude", "0.9"), ("prune-tuned-structured-80", "structured", "0.8"),
      ("prune-tuned-structured-movement-90", "structured_movement", "0.9"), ("prune-ft-structured-movement-90", "structured_movement", "0.9"),
      ("prune-tuned-structured-movement-global-90", "structured_movement", "0.9"), ("prune-ft-global-80", "magnitude", "0.8"),
-     ("prune-tuned-structured-fisher-90", "structured_fisher", "0.9"), ("prune-ft-structured-fisher-global-80", "structured_fisher", "0.8")],
+     ("prune-tuned-structured-fisher-90", "structured_fisher", "0.9"), ("prune-ft-structured-fisher-global-80", "structured_fisher", "0.8"),
+     ("prune-tuned-structured-movement-joint-90", "structured_movement", "0.9"),
+     ("prune-ft-structured-joint-global-80", "structured", "0.8")],
 )
 def test_prune_tuned_rows_start_from_the_dense_fine_tuned_model(tmp_path, monkeypatch, row, method, sparsity):
     monkeypatch.setattr(transfer, "MODELS", tmp_path)
@@ -152,7 +154,32 @@ def test_prune_tuned_rows_start_from_the_dense_fine_tuned_model(tmp_path, monkey
     assert ("--prune_scope" in argv) == ("-global-" in row)
     if "-global-" in row:
         assert argv[argv.index("--prune_scope") + 1] == "global"
+    assert ("--prune_allocation" in argv) == ("-joint-" in row)
+    if "-joint-" in row:
+        assert argv[argv.index("--prune_allocation") + 1] == "joint"
     assert transfer._row_sparsity(row) == float(sparsity)
+
+
+def test_joint_rows_need_a_structured_method_and_reach_the_pruner(tmp_path, monkeypatch):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_sparse.transfer.finetune import FinetuneArguments
+
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    for row in ("prune-ft-joint-90", "prune-tuned-joint-global-90"):  # magnitude rows have no heads/neurons to split between
+        with pytest.raises(SystemExit, match="unknown row"):
+            transfer._row_arguments(row, "sst2", 1, False)
+    argv = transfer._row_arguments("prune-ft-structured-movement-joint-90", "sst2", 1, False, min_heads_per_layer=1)
+    finetune_args, _ = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(
+        argv + ["--output_dir", str(tmp_path / "run")])
+    assert (finetune_args.prune_allocation, finetune_args.prune_scope, finetune_args.prune_min_heads_per_layer) == ("joint", "layer", 1)
+    with pytest.raises(ValueError, match="prune_allocation='joint' needs --prune_method structured"):
+        FinetuneArguments(model="m", task="sst2", prune_method="magnitude", prune_allocation="joint")
+    with pytest.raises(ValueError, match="prune_allocation must be one of uniform, joint"):
+        FinetuneArguments(model="m", task="sst2", prune_method="structured", prune_allocation="even")
+    with pytest.raises(ValueError, match="need --prune_scope global or --prune_allocation joint"):
+        FinetuneArguments(model="m", task="sst2", prune_method="structured", prune_min_heads_per_layer=1)
 
 
 def test_structured_deploy_output_names_keep_seeds_apart():
@@ -173,6 +200,8 @@ def test_min_heads_per_layer_only_on_global_structured_rows(tmp_path, monkeypatc
     assert argv[argv.index("--prune_min_heads_per_layer") + 1] == "1"
     name, command = transfer.run_name("prune-tuned-structured-movement-global-90", "sst2", 1, True, False, False, {"min_heads_per_layer": 1})
     assert name == "prune-tuned-structured-movement-global-90-kd-mh1_sst2_s1" and command.endswith("--kd --min-heads-per-layer 1")
+    argv = transfer._row_arguments("prune-tuned-structured-movement-joint-90", "sst2", 1, True, min_heads_per_layer=1)
+    assert argv[argv.index("--prune_min_heads_per_layer") + 1] == "1"
     for row in ("prune-tuned-structured-movement-90", "prune-ft-global-90", "upstream-90", "dense"):  # refused before any file is looked for
         with pytest.raises(SystemExit, match="--min-heads-per-layer applies to"):
             transfer._row_arguments(row, "sst2", 1, False, min_heads_per_layer=1)

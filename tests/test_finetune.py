@@ -180,6 +180,27 @@ def test_global_structured_floor_keeps_heads_in_every_layer(checkpoints, data_di
     assert [int(m.reshape(4, -1).any(dim=1).sum()) for m in values] == [1, 1]
 
 
+def test_joint_allocation_spends_one_weight_budget_per_layer(checkpoints, data_dir, tmp_path):
+    from hf_sparse.analysis import pattern_violations
+
+    results = finetune(
+        checkpoints, data_dir, tmp_path / "j", "--model", str(checkpoints / "dense"), "--task", "mrpc",
+        "--prune_method", "structured_movement", "--prune_allocation", "joint", "--target_sparsity", "0.75",
+        "--prune_min_heads_per_layer", "1",
+    )
+    assert results["mode"] == "prune-at-finetune:structured_movement+joint+min-heads=1"
+    model = SparseBertForSequenceClassification.from_pretrained(tmp_path / "j" / "model")
+    masks = {name: m.weight_mask for name, m in model.masked_linears().items()}
+    assert pattern_violations("structured:heads+neurons", masks, model.config.num_attention_heads) == []
+    hidden, inter = model.config.hidden_size, model.config.intermediate_size
+    for layer in range(model.config.num_hidden_layers):
+        layer_masks = [m for n, m in masks.items() if f".layer.{layer}." in n]
+        total, kept = sum(m.numel() for m in layer_masks), sum(int(m.sum()) for m in layer_masks)
+        assert total - round(0.75 * total) - 2 * hidden < kept <= total - round(0.75 * total)  # filled to within one neuron
+        value = next(m for n, m in masks.items() if n.endswith(f"layer.{layer}.attention.self.value"))
+        assert int(value.reshape(4, -1).any(dim=1).sum()) >= 1  # the floor
+
+
 def test_qat_run_writes_ranges_and_keeps_pattern(checkpoints, data_dir, tmp_path):
     results = finetune(checkpoints, data_dir, tmp_path / "q", "--model", str(checkpoints / "upstream"), "--task", "stsb", "--qat")
     assert results["mode"] == "sparse-transfer+qat" and set(results["metrics"]) >= {"pearson", "spearmanr", "combined"}
@@ -264,9 +285,10 @@ def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
         (["--task", "mrpc", "--hidden_weight", "-1", "--teacher", "x"], "hidden_weight must be >= 0"),
         (["--task", "mrpc", "--prune_scope", "model"], "prune_scope must be 'layer' or 'global'"),
         (["--task", "mrpc", "--prune_method", "movement", "--prune_scope", "global"], "prune_scope='global' applies to prune_method"),
-        (["--task", "mrpc", "--prune_method", "structured", "--prune_min_heads_per_layer", "1"], "need --prune_scope global"),
+        (["--task", "mrpc", "--prune_method", "structured", "--prune_min_heads_per_layer", "1"], "need --prune_scope global or --prune_allocation joint"),
         (["--task", "mrpc", "--prune_method", "magnitude", "--prune_scope", "global", "--prune_min_neurons_per_layer", "2"],
-         "need --prune_scope global and --prune_method structured or structured_movement"),
+         "with --prune_method structured or structured_movement"),
+        (["--task", "mrpc", "--prune_method", "magnitude", "--prune_allocation", "joint"], "prune_allocation='joint' needs --prune_method structured"),
         (["--task", "mrpc", "--prune_min_heads_per_layer", "-1"], "must be >= 0"),
     ],
 )

@@ -346,3 +346,92 @@ def test_structured_floor_errors_and_never_revives_pruned_heads():
     model.set_masks(layer_scope)
     masks = StructuredPruning(("heads",), scope="global", min_heads_per_layer=1).masks(model, 0.5)
     assert _heads_per_layer(model, masks)[2] == 0 and sum(_heads_per_layer(model, masks)) == 6
+
+
+def _set_unit_magnitudes(model, layer: int, heads: list[float], neurons: list[float]):
+    """Every weight of head h (its Q, K, V rows and output columns) = heads[h]; of FFN neuron j = neurons[j]."""
+    prefix = f"bert.encoder.layer.{layer}."
+    modules = model.masked_linears()
+    head_size = model.config.hidden_size // model.config.num_attention_heads
+    rows = torch.tensor(heads).repeat_interleave(head_size)
+    with torch.no_grad():
+        for m in ("query", "key", "value"):
+            modules[prefix + f"attention.self.{m}"].weight.copy_(rows[:, None].expand_as(modules[prefix + f"attention.self.{m}"].weight))
+        out = modules[prefix + "attention.output.dense"].weight
+        out.copy_(rows[None, :].expand_as(out))
+        modules[prefix + "intermediate.dense"].weight.copy_(torch.tensor(neurons)[:, None].expand_as(modules[prefix + "intermediate.dense"].weight))
+        ffn_out = modules[prefix + "output.dense"].weight
+        ffn_out.copy_(torch.tensor(neurons)[None, :].expand_as(ffn_out))
+
+
+def _kept_units(model, masks, layer: int) -> tuple[list[int], list[int]]:
+    prefix = f"bert.encoder.layer.{layer}."
+    heads = model.config.num_attention_heads
+    head_kept = masks[prefix + "attention.self.value"].reshape(heads, -1).any(dim=1)
+    neuron_kept = masks[prefix + "output.dense"].any(dim=0)
+    return head_kept.nonzero().flatten().tolist(), neuron_kept.nonzero().flatten().tolist()
+
+
+def test_joint_allocation_ranks_heads_and_neurons_by_score_per_weight():
+    # 4 heads of 12 x (3 x 48 + 48) = 2,304 weights, 64 neurons of 48 + 48 = 96; a layer has 15,360; 25% keeps 3,840
+    model = fresh(num_hidden_layers=1)
+    neurons = [1.0 + 0.001 * j for j in range(64)]  # neuron 63 scores highest
+    _set_unit_magnitudes(model, 0, heads=[0.2, 3.0, 0.2, 0.2], neurons=neurons)
+    masks = StructuredPruning(scope="layer", allocation="joint").masks(model, 0.75)
+    # head 1 first (|W| 3.0 per weight): 2,304 kept, 1,536 left = the 16 best neurons
+    assert _kept_units(model, masks, 0) == ([1], list(range(48, 64)))
+    assert kept_fraction(masks) == 3840 / 15360
+    # every head ahead of the neurons: head 0 fits, no second head does (2,304 > 1,536 left); the neurons fill the rest
+    _set_unit_magnitudes(model, 0, heads=[2.0, 1.5, 1.5, 1.5], neurons=neurons)
+    assert _kept_units(model, StructuredPruning(allocation="joint").masks(model, 0.75), 0) == ([0], list(range(48, 64)))
+    # neurons ahead of every head: 40 neurons take the whole budget, no head is kept ...
+    _set_unit_magnitudes(model, 0, heads=[0.5, 0.6, 0.5, 0.5], neurons=neurons)
+    assert _kept_units(model, StructuredPruning(allocation="joint").masks(model, 0.75), 0) == ([], list(range(24, 64)))
+    # ... unless a floor keeps the layer's best head
+    floored = StructuredPruning(allocation="joint", min_heads_per_layer=1).masks(model, 0.75)
+    assert _kept_units(model, floored, 0) == ([1], list(range(48, 64)))
+    # the uniform allocation keeps 1 of 4 heads and 16 of 64 neurons whatever the scores
+    uniform = StructuredPruning().masks(model, 0.75)
+    assert [len(units) for units in _kept_units(model, uniform, 0)] == [1, 16]
+
+
+def test_joint_allocation_global_scope_and_pruned_units_stay_pruned():
+    model = fresh(num_hidden_layers=2)
+    low = [0.1 + 0.001 * j for j in range(64)]
+    _set_unit_magnitudes(model, 0, heads=[5.0, 0.1, 0.1, 0.1], neurons=[2.0] * 64)
+    _set_unit_magnitudes(model, 1, heads=[0.1, 0.1, 0.1, 0.1], neurons=low)
+    # over both layers (30,720 weights, 25% = 7,680): layer 0's head 0 and all its 64 neurons (2,304 + 6,144 = 8,448) do not all fit
+    masks = StructuredPruning(scope="global", allocation="joint").masks(model, 0.75)
+    assert _kept_units(model, masks, 0) == ([0], list(range(0, 56)))  # 2,304 + 56 x 96 = 7,680
+    assert _kept_units(model, masks, 1) == ([], [])
+    # layer scope: each layer spends its own 3,840
+    layer = StructuredPruning(allocation="joint").masks(model, 0.75)
+    assert _kept_units(model, layer, 1) == ([], list(range(24, 64)))
+    # a unit pruned earlier is never kept again, however high it scores now
+    masks = {name: torch.ones_like(m.weight_mask) for name, m in model.masked_linears().items()}
+    prefix = "bert.encoder.layer.0.attention."
+    for m in ("query", "key", "value"):
+        masks[prefix + f"self.{m}"][:12] = False  # head 0 (head size 12)
+    masks[prefix + "output.dense"][:, :12] = False
+    model.set_masks(masks)
+    _set_unit_magnitudes(model, 0, heads=[5.0, 0.1, 0.1, 0.1], neurons=[2.0] * 64)  # the weights score high again
+    assert _kept_units(model, StructuredPruning(allocation="joint").masks(model, 0.75), 0) == ([], list(range(40)))
+    # even when the budget has room for it
+    assert _kept_units(model, StructuredPruning(allocation="joint").masks(model, 0.0), 0) == ([1, 2, 3], list(range(64)))
+
+
+def test_joint_allocation_errors():
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        StructuredPruning(allocation="greedy")
+    with pytest.raises(ValueError, match="needs both structures"):
+        StructuredPruning(("heads",), allocation="joint")
+    model = fresh(num_hidden_layers=2)
+    method = StructuredPruning(allocation="joint", min_heads_per_layer=2)  # 2 x 2,304 = 4,608 > 3,840 per layer at 75%
+    with pytest.raises(ValueError, match="reserve 4,608 weights in a layer, but sparsity 0.75 keeps only 3,840 of 15,360"):
+        method.check_floors(model, 0.75)
+    with pytest.raises(ValueError, match="reserve 4,608 weights"):
+        method.masks(model, 0.75)
+    method.check_floors(model, 0.5)
+    glob = StructuredPruning(scope="global", allocation="joint", min_heads_per_layer=2)
+    with pytest.raises(ValueError, match="reserve 9,216 weights in 2 layers, but sparsity 0.75 keeps only 7,680 of 30,720"):
+        glob.check_floors(model, 0.75)

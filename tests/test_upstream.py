@@ -33,6 +33,10 @@ def test_recipe_yaml_round_trip_and_errors(tmp_path):
         UpstreamRecipe(min_heads_per_layer=1).pruning_method()
     floored = UpstreamRecipe(method="structured_movement", scope="global", min_heads_per_layer=1).pruning_method()
     assert floored.floors == {"heads": 1, "neurons": 0} and floored.scope == "global"
+    with pytest.raises(ValueError, match="allocation='joint' applies to the structured methods, not 'magnitude'"):
+        UpstreamRecipe(allocation="joint").pruning_method()
+    joint = UpstreamRecipe(method="structured_fisher", allocation="joint", min_heads_per_layer=1).pruning_method()
+    assert (joint.allocation, joint.scope, joint.floors["heads"]) == ("joint", "layer", 1)
 
 
 SHIPPED_RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))

@@ -9,6 +9,10 @@ much the loss would rise without the unit, summed over training steps). `Structu
 scores the unit itself: the squared gradient of a gate on its output, summed over training steps (the
 empirical Fisher information of that gate; Molchanov et al. 2019, Kwon et al. 2022), so that batches
 where the unit matters in opposite directions add up instead of cancelling.
+
+`allocation="uniform"` (default) removes the same fraction of heads and of neurons; `allocation="joint"`
+ranks heads and neurons together by score per weight and keeps the best that fit in the weight budget
+(`1 - sparsity` of the units' weights), so the method chooses how the budget splits between them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .base import PruningMethod, gradients_are_finite, mask_from_scores
 from .movement import MovementPruning
 
 _QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
+ALLOCATIONS = ("uniform", "joint")
 
 
 class StructuredPruning(PruningMethod):
@@ -34,21 +39,35 @@ class StructuredPruning(PruningMethod):
 
     name = "structured"
 
-    def __init__(self, structures=("heads", "neurons"), scope: str = "layer", min_heads_per_layer: int = 0, min_neurons_per_layer: int = 0):
+    def __init__(
+        self, structures=("heads", "neurons"), scope: str = "layer", min_heads_per_layer: int = 0, min_neurons_per_layer: int = 0,
+        allocation: str = "uniform",
+    ):
         super().__init__(scope)
         self.structures = tuple(s for s in ("heads", "neurons") if s in structures)
         if not self.structures:
             raise ValueError(f"structures must include 'heads' and/or 'neurons', got {structures!r}")
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+        if allocation == "joint" and self.structures != ("heads", "neurons"):
+            raise ValueError(f"allocation='joint' splits one budget between heads and neurons: it needs both structures, got {structures!r}")
+        self.allocation = allocation
         self.pattern = "structured:" + "+".join(self.structures)
         self.floors = {"heads": int(min_heads_per_layer), "neurons": int(min_neurons_per_layer)}
         if min(self.floors.values()) < 0:
             raise ValueError(f"per-layer floors must be >= 0, got {self.floors}")
-        if any(self.floors.values()) and scope != "global":
-            raise ValueError("min_heads_per_layer / min_neurons_per_layer apply to scope='global' (scope='layer' prunes every layer alike)")
+        if any(self.floors.values()) and scope != "global" and allocation != "joint":
+            raise ValueError(
+                "min_heads_per_layer / min_neurons_per_layer apply to scope='global' or allocation='joint' "
+                "(uniform allocation with scope='layer' prunes every layer alike)"
+            )
 
     def check_floors(self, model, sparsity: float) -> None:
         """Raises `ValueError` if the per-layer floors keep more units than `sparsity` leaves (also worth checking before training)."""
         config = model.config
+        if self.allocation == "joint":
+            self._check_joint_floors(config, sparsity)
+            return
         for kind in self.structures:
             if not self.floors[kind]:
                 continue
@@ -60,6 +79,23 @@ class StructuredPruning(PruningMethod):
                 raise ValueError(
                     f"min_{kind}_per_layer={self.floors[kind]} reserves {reserved} {kind} over {len(per_layer)} layers, "
                     f"but sparsity {sparsity} keeps only {keep} of {total}"
+                )
+
+    def _check_joint_floors(self, config, sparsity: float) -> None:
+        head_size = config.hidden_size // config.num_attention_heads
+        cost = {"heads": 4 * config.hidden_size * head_size, "neurons": 2 * config.hidden_size}  # weights per unit
+        layers = range(config.num_hidden_layers)
+        units = [{"heads": config.heads_in_layer(i), "neurons": config.intermediate_size_in_layer(i)} for i in layers]
+        partitions = [[u] for u in units] if self.scope == "layer" else [units]
+        for part in partitions:
+            total = sum(cost[k] * u[k] for u in part for k in cost)
+            reserved = sum(cost[k] * min(self.floors[k], u[k]) for u in part for k in cost)
+            budget = total - round(sparsity * total)
+            if reserved > budget:
+                where = "a layer" if self.scope == "layer" else f"{len(part)} layers"
+                raise ValueError(
+                    f"min_heads_per_layer={self.floors['heads']} and min_neurons_per_layer={self.floors['neurons']} reserve "
+                    f"{reserved:,} weights in {where}, but sparsity {sparsity} keeps only {budget:,} of {total:,}"
                 )
 
     def _reserve_floor(self, kind: str, scores: torch.Tensor) -> torch.Tensor:
@@ -80,7 +116,7 @@ class StructuredPruning(PruningMethod):
             layer, module = split_module_name(name)
             layers[(name[: name.index(f"encoder.layer.{layer}.")], layer)][module] = name
         masks = {name: m.weight_mask.clone() for name, m in modules.items()}
-        groups = []  # (kind, layer key, unit scores)
+        groups = []  # (kind, layer key, unit scores, weights per unit)
         for key, names in layers.items():
             if "heads" in self.structures:
                 needed = (*_QKV, "attention.output.dense")
@@ -89,36 +125,70 @@ class StructuredPruning(PruningMethod):
                 heads = out.weight.shape[1] // head_size  # fewer if compacted
                 score = self.head_scores(names, weight_scores, heads)
                 alive = out.weight_mask.reshape(out.weight.shape[0], heads, -1).any(dim=(0, 2))
-                groups.append(("heads", key, torch.where(alive, score, torch.full_like(score, float("-inf")))))
+                cost = head_size * (sum(modules[names[m]].weight.shape[1] for m in _QKV) + out.weight.shape[0])
+                groups.append(("heads", key, torch.where(alive, score, torch.full_like(score, float("-inf"))), cost))
             if "neurons" in self.structures:
                 self._require(names, ("intermediate.dense", "output.dense"), "neurons")
                 score = self.neuron_scores(names, weight_scores)
                 alive = modules[names["output.dense"]].weight_mask.any(dim=0)
-                groups.append(("neurons", key, torch.where(alive, score, torch.full_like(score, float("-inf")))))
-        if self.scope == "global":
+                cost = modules[names["intermediate.dense"]].weight.shape[1] + modules[names["output.dense"]].weight.shape[0]
+                groups.append(("neurons", key, torch.where(alive, score, torch.full_like(score, float("-inf"))), cost))
+        if self.scope == "global" or self.allocation == "joint":
             self.check_floors(model, sparsity)
+        keeps = self._joint_keeps(groups, sparsity) if self.allocation == "joint" else self._uniform_keeps(groups, sparsity)
+        for kind, key, keep in keeps:
+            names = layers[key]
+            if kind == "heads":
+                for m in _QKV:
+                    w = masks[names[m]]
+                    masks[names[m]] = w & keep.repeat_interleave(head_size)[:, None]
+                w = masks[names["attention.output.dense"]]
+                masks[names["attention.output.dense"]] = w & keep.repeat_interleave(head_size)[None, :]
+            else:
+                masks[names["intermediate.dense"]] &= keep[:, None]
+                masks[names["output.dense"]] &= keep[None, :]
+        return masks
+
+    def _uniform_keeps(self, groups: list, sparsity: float) -> list[tuple[str, tuple, torch.Tensor]]:
+        """The same fraction of each kind of unit: in each layer, or ranked over all layers with scope='global'."""
+        keeps = []
         for kind in self.structures:
-            kind_groups = [(key, s) for k, key, s in groups if k == kind]
+            kind_groups = [(key, s) for k, key, s, _ in groups if k == kind]
             if self.scope == "global":
                 keep_all = mask_from_scores(torch.cat([self._reserve_floor(kind, s.float()) for _, s in kind_groups]), sparsity)
-                keeps, start = [], 0
+                start = 0
                 for key, s in kind_groups:
-                    keeps.append((key, keep_all[start : start + s.numel()]))
+                    keeps.append((kind, key, keep_all[start : start + s.numel()]))
                     start += s.numel()
             else:
-                keeps = [(key, mask_from_scores(s, sparsity)) for key, s in kind_groups]
-            for key, keep in keeps:
-                names = layers[key]
-                if kind == "heads":
-                    for m in _QKV:
-                        w = masks[names[m]]
-                        masks[names[m]] = w & keep.repeat_interleave(head_size)[:, None]
-                    w = masks[names["attention.output.dense"]]
-                    masks[names["attention.output.dense"]] = w & keep.repeat_interleave(head_size)[None, :]
-                else:
-                    masks[names["intermediate.dense"]] &= keep[:, None]
-                    masks[names["output.dense"]] &= keep[None, :]
-        return masks
+                keeps += [(kind, key, mask_from_scores(s, sparsity)) for key, s in kind_groups]
+        return keeps
+
+    def _joint_keeps(self, groups: list, sparsity: float) -> list[tuple[str, tuple, torch.Tensor]]:
+        """Heads and neurons in one ranking by score per weight, kept best-first while they fit in the weight budget
+        (`1 - sparsity` of all units' weights, per layer or over all layers). Pruned units are never kept."""
+        partitions: dict[tuple, list] = defaultdict(list)
+        for group in groups:
+            partitions[group[1] if self.scope == "layer" else ()].append(group)
+        keeps = []
+        for part in partitions.values():
+            scores = torch.cat([self._reserve_floor(kind, s.float()) for kind, _, s, _ in part])
+            costs = torch.cat([torch.full((s.numel(),), cost, dtype=torch.long) for _, _, s, cost in part])
+            total = int(costs.sum())
+            left = total - round(sparsity * total)
+            keep = torch.zeros(scores.numel(), dtype=torch.bool)
+            order = torch.argsort(scores / costs, descending=True, stable=True)
+            for i, cost in zip(order.tolist(), costs[order].tolist()):
+                if scores[i] == float("-inf") or left < costs.min():
+                    break
+                if cost <= left:  # a unit too big for what is left is skipped; smaller ones may still fit
+                    keep[i] = True
+                    left -= cost
+            start = 0
+            for kind, key, s, _ in part:
+                keeps.append((kind, key, keep[start : start + s.numel()]))
+                start += s.numel()
+        return keeps
 
     def head_scores(self, names: dict[str, str], weight_scores: dict[str, torch.Tensor], heads: int) -> torch.Tensor:
         """One layer's head scores: the sum of each head's weight scores (its rows of Q, K, V, its columns of the output).
@@ -150,8 +220,11 @@ class StructuredMovementPruning(StructuredPruning):
     name = "structured_movement"
     stateful = True
 
-    def __init__(self, structures=("heads", "neurons"), scope: str = "layer", min_heads_per_layer: int = 0, min_neurons_per_layer: int = 0):
-        super().__init__(structures, scope, min_heads_per_layer, min_neurons_per_layer)
+    def __init__(
+        self, structures=("heads", "neurons"), scope: str = "layer", min_heads_per_layer: int = 0, min_neurons_per_layer: int = 0,
+        allocation: str = "uniform",
+    ):
+        super().__init__(structures, scope, min_heads_per_layer, min_neurons_per_layer, allocation)
         self._movement = MovementPruning()
 
     def observe(self, model) -> None:
@@ -181,8 +254,11 @@ class StructuredFisherPruning(StructuredPruning):
     name = "structured_fisher"
     stateful = True
 
-    def __init__(self, structures=("heads", "neurons"), scope: str = "layer", min_heads_per_layer: int = 0, min_neurons_per_layer: int = 0):
-        super().__init__(structures, scope, min_heads_per_layer, min_neurons_per_layer)
+    def __init__(
+        self, structures=("heads", "neurons"), scope: str = "layer", min_heads_per_layer: int = 0, min_neurons_per_layer: int = 0,
+        allocation: str = "uniform",
+    ):
+        super().__init__(structures, scope, min_heads_per_layer, min_neurons_per_layer, allocation)
         self._fisher: dict[str, torch.Tensor] = {}  # output layer name -> per input column (head channels or neurons)
 
     def _gated(self, model) -> dict[str, tuple[torch.nn.Module, str]]:

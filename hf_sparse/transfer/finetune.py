@@ -49,6 +49,7 @@ from ..pruning import (
     StructuredMovementPruning,
     StructuredPruning,
 )
+from ..pruning.structured import ALLOCATIONS
 from ..tasks.glue import GlueTask, get_glue_task, load_glue
 from ..tasks.metrics import glue_metrics, squad_metrics
 from .callback import MaskDriftError, SparsityCallback, mask_drift, reference_masks
@@ -61,11 +62,11 @@ PRUNE_METHODS = {  # name -> method for a scope ("layer": each layer to the targ
     "magnitude": lambda scope: MagnitudePruning(scope),
     "movement": lambda scope: MovementPruning(),
     "soft_movement": lambda scope: MovementPruning(soft=True),
-    "structured": lambda scope, **floors: StructuredPruning(("heads", "neurons"), scope, **floors),  # target = fraction of heads and neurons
-    "structured_movement": lambda scope, **floors: StructuredMovementPruning(("heads", "neurons"), scope, **floors),  # ranked by movement
-    "structured_fisher": lambda scope, **floors: StructuredFisherPruning(("heads", "neurons"), scope, **floors),  # by gate Fisher information
+    "structured": lambda scope, **options: StructuredPruning(("heads", "neurons"), scope, **options),  # target = fraction of heads and neurons
+    "structured_movement": lambda scope, **options: StructuredMovementPruning(("heads", "neurons"), scope, **options),  # ranked by movement
+    "structured_fisher": lambda scope, **options: StructuredFisherPruning(("heads", "neurons"), scope, **options),  # by gate Fisher information
 }
-FLOOR_METHODS = ("structured", "structured_movement", "structured_fisher")  # take per-layer floors with the global scope
+FLOOR_METHODS = ("structured", "structured_movement", "structured_fisher")  # take per-layer floors and a head/neuron allocation
 GLOBAL_SCOPE_METHODS = ("magnitude", "structured", "structured_movement", "structured_fisher")  # movement is per layer, soft_movement global
 RESULTS_FILE = "results.json"
 HEADS = ("cross-encoder", "bi-encoder")
@@ -105,6 +106,8 @@ class FinetuneArguments:
                                            "every layer keeps at least this many heads"})
     prune_min_neurons_per_layer: int = field(default=0, metadata={"help": "with --prune_scope global and a structured method: "
                                              "every layer keeps at least this many FFN neurons"})
+    prune_allocation: str = field(default="uniform", metadata={"help": "structured methods: uniform (the same fraction of heads and "
+                                  "of neurons) or joint (heads and neurons ranked together by score per weight under one weight budget)"})
     num_layers: Optional[int] = field(default=None, metadata={"help": "keep only the first N encoder layers (dense models)"})
     max_length: Optional[int] = field(default=None, metadata={"help": "max tokens per example (default: the task's)"})
     doc_stride: int = field(default=64, metadata={"help": "SQuAD: overlap between context windows"})
@@ -123,12 +126,16 @@ class FinetuneArguments:
             raise ValueError(f"prune_scope='global' applies to prune_method {', '.join(GLOBAL_SCOPE_METHODS)}, not {self.prune_method!r}")
         if self.prune_min_heads_per_layer < 0 or self.prune_min_neurons_per_layer < 0:
             raise ValueError("prune_min_heads_per_layer and prune_min_neurons_per_layer must be >= 0")
+        if self.prune_allocation not in ALLOCATIONS:
+            raise ValueError(f"prune_allocation must be one of {', '.join(ALLOCATIONS)}, got {self.prune_allocation!r}")
+        if self.prune_allocation != "uniform" and self.prune_method not in FLOOR_METHODS:
+            raise ValueError(f"prune_allocation={self.prune_allocation!r} needs --prune_method {' or '.join(FLOOR_METHODS)}")
         if (self.prune_min_heads_per_layer or self.prune_min_neurons_per_layer) and (
-            self.prune_method not in FLOOR_METHODS or self.prune_scope != "global"
+            self.prune_method not in FLOOR_METHODS or (self.prune_scope != "global" and self.prune_allocation != "joint")
         ):
             raise ValueError(
-                "prune_min_heads_per_layer / prune_min_neurons_per_layer need --prune_scope global and "
-                f"--prune_method {' or '.join(FLOOR_METHODS)}"
+                "prune_min_heads_per_layer / prune_min_neurons_per_layer need --prune_scope global or --prune_allocation joint, "
+                f"with --prune_method {' or '.join(FLOOR_METHODS)}"
             )
         if not 0 < self.target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
@@ -366,8 +373,11 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
         total = _total_steps(training_args, len(train))
         end = max(1, int(args.pruning_end * total))
         schedule = CubicSchedule(0.0, args.target_sparsity, start_step=0, end_step=end, frequency=max(1, end // 30))
-        floors = {"min_heads_per_layer": args.prune_min_heads_per_layer, "min_neurons_per_layer": args.prune_min_neurons_per_layer}
-        method = PRUNE_METHODS[args.prune_method](args.prune_scope, **(floors if args.prune_method in FLOOR_METHODS else {}))
+        options = {
+            "min_heads_per_layer": args.prune_min_heads_per_layer, "min_neurons_per_layer": args.prune_min_neurons_per_layer,
+            "allocation": args.prune_allocation,
+        }
+        method = PRUNE_METHODS[args.prune_method](args.prune_scope, **(options if args.prune_method in FLOOR_METHODS else {}))
         if args.prune_method in FLOOR_METHODS:
             method.check_floors(model, args.target_sparsity)  # fail now, not when the schedule reaches the target
         callbacks.append(PruningCallback(method, schedule, model))
@@ -469,8 +479,11 @@ def write_results(output_dir: Path, results: dict) -> None:
 
 def _mode(args: FinetuneArguments, sparse_source: bool) -> str:
     parts = [f"prune-at-finetune:{args.prune_method}" if args.prune_method else ("sparse-transfer" if sparse_source else "dense")]
+    if args.prune_method and args.prune_allocation != "uniform":
+        parts.append(args.prune_allocation)
     if args.prune_method and args.prune_scope == "global":
         parts.append("global")
+    if args.prune_method and (args.prune_scope == "global" or args.prune_allocation != "uniform"):
         if args.prune_min_heads_per_layer:
             parts.append(f"min-heads={args.prune_min_heads_per_layer}")
         if args.prune_min_neurons_per_layer:
