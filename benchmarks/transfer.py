@@ -39,6 +39,7 @@ benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import statistics
@@ -76,6 +77,25 @@ OVERRIDES = (
     ("pruning_end", "pruning_end_override", "-pe{:g}", "--pruning-end {:g}", " (pruned by {:g} of training)"),
 )
 _NUMBER = {"g": r"\d+(?:\.\d+)?(?:e[+-]\d+)?", "d": r"\d+"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Overrides:
+    """What a run changes from its task's budget and recipe (None: unchanged); each set field gets the tag, flag and
+    label of its OVERRIDES entry."""
+
+    learning_rate: float | None = None
+    head_learning_rate: float | None = None
+    epochs: float | None = None
+    max_train_samples: int | None = None
+    hidden_weight: float | None = None
+    temperature: float | None = None
+    min_heads_per_layer: int | None = None
+    teacher_epochs: float | None = None
+    augment: int | None = None
+    pruning_end: float | None = None
+
+
 # a run trained in fp32 (a CPU without native bf16) is its own row, distilled from and compared with the fp32 dense
 # run: the published rows trained under bf16 autocast. In `overrides` it is "precision": "fp32" (None: bf16).
 FP32_TAG, FP32_FLAG, FP32_LABEL = "-fp32", " --precision fp32", " (fp32)"
@@ -91,30 +111,30 @@ def upstream_row(recipe: str) -> str:
 
 
 def _row_arguments(
-    row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
-    epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
-    hidden_weight: float | None = None, min_heads_per_layer: int | None = None, teacher_epochs: float | None = None,
-    temperature: float | None = None, precision: str = "auto", group_by_length: bool = False, augment: int | None = None,
-    pruning_end: float | None = None,
+    row: str, task: str, seed: int, kd: bool, qat: bool = False, bi_encoder: bool = False, precision: str = "auto",
+    group_by_length: bool = False, **overrides,
 ) -> list[str]:
+    """The `finetune` arguments of a run; `overrides` are the `Overrides` fields it sets (unknown names: TypeError)."""
     from hf_sparse.upstream import minilm_folder
 
-    if teacher_epochs is not None:
-        if max_train_samples is None:
+    o = Overrides(**overrides)
+
+    if o.teacher_epochs is not None:
+        if o.max_train_samples is None:
             raise SystemExit("--teacher-epochs names the dense row trained with --epochs E --max-train-samples N: it needs --max-train-samples")
         if not (kd or row.startswith("prune-tuned-")):
             raise SystemExit("--teacher-epochs picks the dense model a run distils from (--kd) or starts from (prune-tuned-* rows): it needs one of them")
-    if augment is not None:
+    if o.augment is not None:
         if not kd or task == "squad" or bi_encoder:
             raise SystemExit("--augment adds teacher-labelled variants of the training examples: it needs --kd and a GLUE cross-encoder row")
-        if augment < 1:
-            raise SystemExit(f"--augment must be >= 1, got {augment}")
-    if pruning_end is not None:
+        if o.augment < 1:
+            raise SystemExit(f"--augment must be >= 1, got {o.augment}")
+    if o.pruning_end is not None:
         if not row.startswith(("prune-ft-", "prune-tuned-")):
             raise SystemExit("--pruning-end sets when pruning during fine-tuning reaches its target: it applies to prune-ft-* / prune-tuned-* rows")
-        if not 0 < pruning_end <= 1:
-            raise SystemExit(f"--pruning-end is a fraction of training in (0, 1], got {pruning_end:g}")
-    if min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement|-fisher)?(-joint-global|-joint|-global)-\d+", row):
+        if not 0 < o.pruning_end <= 1:
+            raise SystemExit(f"--pruning-end is a fraction of training in (0, 1], got {o.pruning_end:g}")
+    if o.min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement|-fisher)?(-joint-global|-joint|-global)-\d+", row):
         raise SystemExit("--min-heads-per-layer applies to prune-*-structured[-movement|-fisher]-{global,joint,joint-global}-<s> rows")
     args: list[str] = []
     if row == "dense":
@@ -130,45 +150,45 @@ def _row_arguments(
             raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --recipe {recipes[row]}` first")
         args += ["--model", str(model)]
     elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement|structured-fisher)-(joint-)?)?(global-)?(\d+)", row):
-        start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, epochs, max_train_samples, teacher_epochs, precision, group_by_length)
+        start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length)
         method = match[2].replace("-", "_") if match[2] else "magnitude"
         args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(match[5]) / 100)]
         if match[3]:
             args += ["--prune_allocation", "joint"]
         if match[4]:
             args += ["--prune_scope", "global"]
-        if min_heads_per_layer is not None:
-            args += ["--prune_min_heads_per_layer", str(min_heads_per_layer)]
-        if pruning_end is not None:
-            args += ["--pruning_end", str(pruning_end)]
+        if o.min_heads_per_layer is not None:
+            args += ["--prune_min_heads_per_layer", str(o.min_heads_per_layer)]
+        if o.pruning_end is not None:
+            args += ["--pruning_end", str(o.pruning_end)]
     elif match := re.fullmatch(r"dense-layers-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
     else:
         raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft|tuned-[structured[-movement|-fisher]-[joint-]][global-]<s>, dense-layers-<n>")
     if kd:
-        args += ["--teacher", str(_dense_model(task, bi_encoder, epochs, max_train_samples, teacher_epochs, precision, group_by_length))]
+        args += ["--teacher", str(_dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length))]
     if qat:
         args += ["--qat", "true"]
     if bi_encoder:
         args += ["--head", "bi-encoder"]
-    if head_learning_rate is not None:
-        args += ["--head_learning_rate", str(head_learning_rate)]
-    if hidden_weight is not None:
+    if o.head_learning_rate is not None:
+        args += ["--head_learning_rate", str(o.head_learning_rate)]
+    if o.hidden_weight is not None:
         if not kd:
             raise SystemExit("--hidden-weight distils the dense row's hidden states: it needs --kd")
-        args += ["--hidden_weight", str(hidden_weight)]
-    if temperature is not None:
+        args += ["--hidden_weight", str(o.hidden_weight)]
+    if o.temperature is not None:
         if not kd:
             raise SystemExit("--temperature sets the logits-KD temperature: it needs --kd")
-        if temperature <= 0:
-            raise SystemExit(f"--temperature must be > 0, got {temperature:g}")
-        args += ["--temperature", str(temperature)]
-    if augment is not None:
-        args += ["--augment_copies", str(augment)]
+        if o.temperature <= 0:
+            raise SystemExit(f"--temperature must be > 0, got {o.temperature:g}")
+        args += ["--temperature", str(o.temperature)]
+    if o.augment is not None:
+        args += ["--augment_copies", str(o.augment)]
     budget = TASK_BUDGETS[task]
-    lr = budget["learning_rate"] if learning_rate is None else learning_rate
-    args += ["--task", task, "--num_train_epochs", str(budget["epochs"] if epochs is None else epochs), "--learning_rate", str(lr)]
-    samples = budget.get("max_train_samples") if max_train_samples is None else max_train_samples
+    lr = budget["learning_rate"] if o.learning_rate is None else o.learning_rate
+    args += ["--task", task, "--num_train_epochs", str(budget["epochs"] if o.epochs is None else o.epochs), "--learning_rate", str(lr)]
+    samples = budget.get("max_train_samples") if o.max_train_samples is None else o.max_train_samples
     if samples:
         args += ["--max_train_samples", str(samples)]
     if budget.get("max_length"):
@@ -239,8 +259,6 @@ def _bf16(precision: str) -> bool:
 def group_by_length_arguments() -> dict:
     """TrainingArguments fields for batches of similar-length examples: `group_by_length` in transformers 4, a
     sampling strategy in 5."""
-    import dataclasses
-
     from transformers import TrainingArguments
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -256,8 +274,6 @@ def _group_by_length() -> list[str]:
 
 
 def _warmup(fraction: float) -> list[str]:
-    import dataclasses
-
     from transformers import TrainingArguments
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}  # transformers 5 takes a fraction in warmup_steps
@@ -265,25 +281,18 @@ def _warmup(fraction: float) -> list[str]:
 
 
 def run(
-    row: str, task: str, seed: int, kd: bool, qat: bool = False, learning_rate: float | None = None, bi_encoder: bool = False,
-    epochs: float | None = None, head_learning_rate: float | None = None, max_train_samples: int | None = None,
-    hidden_weight: float | None = None, min_heads_per_layer: int | None = None, teacher_epochs: float | None = None,
-    temperature: float | None = None, precision: str = "auto", group_by_length: bool = False, augment: int | None = None,
-    pruning_end: float | None = None,
+    row: str, task: str, seed: int, kd: bool, qat: bool = False, bi_encoder: bool = False, precision: str = "auto",
+    group_by_length: bool = False, **overrides,
 ) -> dict:
+    """Trains and scores one (row, task, seed) and writes its results file; `overrides` are `Overrides` fields."""
     from transformers import HfArgumentParser, TrainingArguments
 
     from hf_sparse.transfer.finetune import FinetuneArguments, run_finetune
 
-    overrides = {"learning_rate": learning_rate, "head_learning_rate": head_learning_rate, "epochs": epochs, "max_train_samples": max_train_samples,
-                 "hidden_weight": hidden_weight, "min_heads_per_layer": min_heads_per_layer, "teacher_epochs": teacher_epochs,
-                 "temperature": temperature, "precision": _precision_override(precision), "group_by_length": group_by_length or None,
-                 "augment": augment, "pruning_end": pruning_end}
+    argv = _row_arguments(row, task, seed, kd, qat, bi_encoder, precision, group_by_length, **overrides)
+    overrides = {**dataclasses.asdict(Overrides(**overrides)), "precision": _precision_override(precision),
+                 "group_by_length": group_by_length or None}
     name, command = run_name(row, task, seed, kd, qat, bi_encoder, overrides)
-    argv = _row_arguments(
-        row, task, seed, kd, qat, learning_rate, bi_encoder, epochs, head_learning_rate, max_train_samples, hidden_weight, min_heads_per_layer,
-        teacher_epochs, temperature, precision, group_by_length, augment, pruning_end=pruning_end,
-    )
     argv += ["--output_dir", str(MODELS / name)]
     finetune_args, training_args = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(argv)
     results = run_finetune(finetune_args, training_args)
@@ -554,9 +563,8 @@ def main() -> int:
             parser.error("--bi-encoder runs without --qat (not supported by the bi-encoder head yet)")
         if args.bi_encoder and args.group_by_length:
             parser.error("--bi-encoder runs without --group-by-length (sentence-transformers batches its own way)")
-        results = run(args.row, args.task, args.seed, args.kd, args.qat, args.learning_rate, args.bi_encoder, args.epochs, args.head_learning_rate,
-                      args.max_train_samples, args.hidden_weight, args.min_heads_per_layer, args.teacher_epochs,
-                      args.temperature, args.precision, args.group_by_length, args.augment, pruning_end=args.pruning_end)
+        overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(Overrides)}
+        results = run(args.row, args.task, args.seed, args.kd, args.qat, args.bi_encoder, args.precision, args.group_by_length, **overrides)
         print(json.dumps({k: results[k] for k in ("row", "task", "seed", "score", "main_metric", "train_seconds")}))
     elif not args.table:
         parser.error("pass --row/--task or --table")
