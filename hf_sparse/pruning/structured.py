@@ -166,7 +166,8 @@ class StructuredPruning(PruningMethod):
 
     def _joint_keeps(self, groups: list, sparsity: float) -> list[tuple[str, tuple, torch.Tensor]]:
         """Heads and neurons in one ranking by score per weight, kept best-first while they fit in the weight budget
-        (`1 - sparsity` of all units' weights, per layer or over all layers). Pruned units are never kept."""
+        (`1 - sparsity` of all units' weights, per layer or over all layers). Pruned units are never kept, so weights
+        freed when a later step drops a unit that no longer fits cannot go back to units pruned before."""
         partitions: dict[tuple, list] = defaultdict(list)
         for group in groups:
             partitions[group[1] if self.scope == "layer" else ()].append(group)
