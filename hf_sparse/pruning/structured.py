@@ -179,8 +179,9 @@ class StructuredPruning(PruningMethod):
             left = total - round(sparsity * total)
             keep = torch.zeros(scores.numel(), dtype=torch.bool)
             order = torch.argsort(scores / costs, descending=True, stable=True)
+            smallest = int(costs.min())
             for i, cost in zip(order.tolist(), costs[order].tolist()):
-                if scores[i] == float("-inf") or left < costs.min():
+                if scores[i] == float("-inf") or left < smallest:  # pruned units sort last
                     break
                 if cost <= left:  # a unit too big for what is left is skipped; smaller ones may still fit
                     keep[i] = True

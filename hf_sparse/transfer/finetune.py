@@ -102,9 +102,9 @@ class FinetuneArguments:
     pruning_end: float = field(default=0.7, metadata={"help": "fraction of training at which pruning reaches its target"})
     prune_scope: str = field(default="layer", metadata={"help": "layer: every layer pruned to the target; global: one ranking "
                              f"over all layers, so layers end with uneven widths ({', '.join(GLOBAL_SCOPE_METHODS)})"})
-    prune_min_heads_per_layer: int = field(default=0, metadata={"help": "with --prune_scope global and a structured method: "
+    prune_min_heads_per_layer: int = field(default=0, metadata={"help": "with --prune_scope global or --prune_allocation joint and a structured method: "
                                            "every layer keeps at least this many heads"})
-    prune_min_neurons_per_layer: int = field(default=0, metadata={"help": "with --prune_scope global and a structured method: "
+    prune_min_neurons_per_layer: int = field(default=0, metadata={"help": "with --prune_scope global or --prune_allocation joint and a structured method: "
                                              "every layer keeps at least this many FFN neurons"})
     prune_allocation: str = field(default="uniform", metadata={"help": "structured methods: uniform (the same fraction of heads and "
                                   "of neurons) or joint (heads and neurons ranked together by score per weight under one weight budget)"})
