@@ -79,21 +79,11 @@ OVERRIDES = (
 _NUMBER = {"g": r"\d+(?:\.\d+)?(?:e[+-]\d+)?", "d": r"\d+"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Overrides:
-    """What a run changes from its task's budget and recipe (None: unchanged); each set field gets the tag, flag and
-    label of its OVERRIDES entry."""
-
-    learning_rate: float | None = None
-    head_learning_rate: float | None = None
-    epochs: float | None = None
-    max_train_samples: int | None = None
-    hidden_weight: float | None = None
-    temperature: float | None = None
-    min_heads_per_layer: int | None = None
-    teacher_epochs: float | None = None
-    augment: int | None = None
-    pruning_end: float | None = None
+# What a run changes from its task's budget and recipe (None: unchanged), one field per OVERRIDES entry ("{:d}" tags
+# take an int, "{:g}" a float); each set field gets the tag, flag and label of its entry.
+Overrides = dataclasses.make_dataclass(
+    "Overrides", [(argument, (int if tag.endswith("d}") else float) | None, None) for argument, _, tag, _, _ in OVERRIDES], frozen=True
+)
 
 
 # a run trained in fp32 (a CPU without native bf16) is its own row, distilled from and compared with the fp32 dense
