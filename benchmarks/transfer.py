@@ -96,8 +96,9 @@ GROUPED_TAG, GROUPED_FLAG, GROUPED_LABEL = "-gl", " --group-by-length", " (group
 
 
 def upstream_row(recipe: str) -> str:
-    """The row name of an upstream recipe's checkpoint: prune_ofa_90 -> upstream-90, sparsebert_90 -> upstream-sparsebert-90."""
-    return "upstream-" + (recipe.removeprefix("prune_ofa_") if recipe.startswith("prune_ofa_") else recipe.replace("_", "-"))
+    """The row name of an upstream recipe's checkpoint: prune_ofa_90 -> upstream-90, sparsebert_90 -> upstream-sparsebert-90,
+    prune_ofa_pairs_90 -> upstream-pairs-90."""
+    return "upstream-" + recipe.removeprefix("prune_ofa_").replace("_", "-")
 
 
 def _row_arguments(

@@ -48,6 +48,11 @@ class UpstreamRecipe:
     train_files: list = field(default_factory=lambda: ["wikitext-2/valid.txt", "squad_v1.1/train-subset.json"])
     eval_file: str = "wikitext-2/test.txt"
     max_seq_length: int = 128
+    # BERT-style training blocks: [CLS] A [SEP] B [SEP] with token_type_ids 0 / 1 (B follows A in the corpus, or is
+    # unrelated text in `random_segment_fraction` of the blocks), the input shape of cross-encoder tasks. False: one
+    # segment per block. The held-out MLM evaluation stays on one-segment blocks either way, comparable across recipes.
+    segment_pairs: bool = False
+    random_segment_fraction: float = 0.5
     mlm_probability: float = 0.15
     eval_blocks: int = 256
     # MLM head warm-up (encoder frozen) for checkpoints that ship without one
@@ -106,6 +111,8 @@ class UpstreamRecipe:
 
     def __post_init__(self):
         check_contrastive_pooling(self.contrastive_pooling)
+        if not 0.0 <= self.random_segment_fraction <= 1.0:
+            raise ValueError(f"random_segment_fraction={self.random_segment_fraction}; expected a fraction in [0, 1]")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
@@ -164,12 +171,17 @@ def read_corpus(files: list[Path]) -> list[str]:
     return texts
 
 
-def token_blocks(tokenizer, texts: list[str], length: int) -> torch.Tensor:
-    """Concatenates the tokenised texts and cuts them into [CLS] ... [SEP] blocks of `length` tokens."""
+def _token_stream(tokenizer, texts: list[str]) -> list[int]:
     ids = []
     for start in range(0, len(texts), 1000):
         for row in tokenizer(texts[start : start + 1000], add_special_tokens=False)["input_ids"]:
             ids.extend(row)
+    return ids
+
+
+def token_blocks(tokenizer, texts: list[str], length: int) -> torch.Tensor:
+    """Concatenates the tokenised texts and cuts them into [CLS] ... [SEP] blocks of `length` tokens."""
+    ids = _token_stream(tokenizer, texts)
     body = length - 2
     n = len(ids) // body
     blocks = torch.tensor(ids[: n * body]).reshape(n, body)
@@ -178,15 +190,57 @@ def token_blocks(tokenizer, texts: list[str], length: int) -> torch.Tensor:
     return torch.cat([cls, blocks, sep], dim=1)
 
 
+def pair_blocks(tokenizer, texts: list[str], length: int, random_fraction: float = 0.5, seed: int = 0) -> dict:
+    """BERT-style two-segment blocks of `length` tokens: `[CLS] A [SEP] B [SEP]`, `token_type_ids` 0 up to the first
+    [SEP] and 1 after it.
+
+    The tokenised texts are concatenated and cut into spans of `length - 3` tokens; each span is split at a point drawn
+    uniformly from its middle half (A = the head, B = the rest, so B continues A). In `random_fraction` of the blocks B
+    is instead the same-length tail of another, randomly chosen span: unrelated text, as in BERT's pre-training input.
+    Returns `{"input_ids", "token_type_ids"}`, two `[n, length]` tensors; the same seed gives the same blocks.
+    """
+    if length < 7:
+        raise ValueError(f"pair blocks need length >= 7 (3 special tokens and two segments of >= 2), got {length}")
+    ids = _token_stream(tokenizer, texts)
+    body = length - 3
+    n = len(ids) // body
+    if n < 2:
+        raise ValueError(f"pair blocks of length {length} need at least {2 * body} tokens of text, got {len(ids)}")
+    spans = torch.tensor(ids[: n * body]).reshape(n, body)
+    generator = torch.Generator().manual_seed(seed)
+    cuts = torch.randint(body // 4, body - body // 4 + 1, (n,), generator=generator).clamp(2, body - 2)
+    unrelated = torch.rand(n, generator=generator) < random_fraction
+    other = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n  # never the span itself
+    input_ids = torch.empty(n, length, dtype=torch.long)
+    token_type_ids = torch.zeros(n, length, dtype=torch.long)
+    for i in range(n):
+        cut = int(cuts[i])
+        second = spans[other[i]] if unrelated[i] else spans[i]
+        input_ids[i, 0] = tokenizer.cls_token_id
+        input_ids[i, 1 : cut + 1] = spans[i, :cut]
+        input_ids[i, cut + 1] = tokenizer.sep_token_id
+        input_ids[i, cut + 2 : length - 1] = second[cut:]
+        input_ids[i, length - 1] = tokenizer.sep_token_id
+        token_type_ids[i, cut + 2 :] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids}
+
+
 class BlockDataset(torch.utils.data.Dataset):
-    def __init__(self, blocks: torch.Tensor):
+    """Training blocks for the MLM collator: `input_ids` rows, with their `token_type_ids` when the blocks are pairs."""
+
+    def __init__(self, blocks: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None):
+        if token_type_ids is not None and token_type_ids.shape != blocks.shape:
+            raise ValueError(f"token_type_ids {tuple(token_type_ids.shape)} do not match the blocks {tuple(blocks.shape)}")
         self.blocks = blocks
+        self.token_type_ids = token_type_ids
 
     def __len__(self):
         return len(self.blocks)
 
     def __getitem__(self, i):
-        return {"input_ids": self.blocks[i]}
+        if self.token_type_ids is None:
+            return {"input_ids": self.blocks[i]}
+        return {"input_ids": self.blocks[i], "token_type_ids": self.token_type_ids[i]}
 
 
 @torch.no_grad()
@@ -216,7 +270,9 @@ def _head_warmup_trainer_class():
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs["labels"]
             with torch.no_grad():
-                hidden = model.bert(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).last_hidden_state
+                hidden = model.bert(
+                    input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), token_type_ids=inputs.get("token_type_ids")
+                ).last_hidden_state
             selected = labels != -100
             logits = model.cls(hidden[selected])
             loss = torch.nn.functional.cross_entropy(logits, labels[selected])
@@ -260,7 +316,12 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
     torch.manual_seed(recipe.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    train_blocks = token_blocks(tokenizer, read_corpus([data_dir / f for f in recipe.train_files]), recipe.max_seq_length)
+    train_texts = read_corpus([data_dir / f for f in recipe.train_files])
+    if recipe.segment_pairs:
+        pairs = pair_blocks(tokenizer, train_texts, recipe.max_seq_length, recipe.random_segment_fraction, recipe.seed)
+        train_set = BlockDataset(pairs["input_ids"], pairs["token_type_ids"])
+    else:
+        train_set = BlockDataset(token_blocks(tokenizer, train_texts, recipe.max_seq_length))
     eval_blocks = token_blocks(tokenizer, read_corpus([data_dir / recipe.eval_file]), recipe.max_seq_length)[: recipe.eval_blocks]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=recipe.mlm_probability)
     torch.manual_seed(1234)  # the same masked eval set for every run
@@ -270,7 +331,7 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
     attention = {"attn_implementation": "eager"} if recipe.attention_weight else {}  # attentions need eager
     dense, info = BertForMaskedLM.from_pretrained(model_dir, output_loading_info=True, **attention)
     new_head = sorted(k for k in info["missing_keys"] if k.startswith("cls."))
-    metrics: dict = {"recipe": recipe.name, "train_blocks": len(train_blocks), "eval_blocks": len(eval_blocks), "new_head_weights": new_head}
+    metrics: dict = {"recipe": recipe.name, "train_blocks": len(train_set), "eval_blocks": len(eval_blocks), "new_head_weights": new_head}
     metrics["teacher_before_head_warmup"] = evaluate_mlm(dense, eval_batches)
     if new_head and recipe.head_warmup_steps > 0:
         for name, param in dense.named_parameters():
@@ -281,7 +342,7 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
                 output_dir / "head-warmup", recipe, max_steps=recipe.head_warmup_steps, learning_rate=recipe.head_warmup_learning_rate,
                 save_strategy="no", weight_decay=0.0,
             ),
-            train_dataset=BlockDataset(train_blocks),
+            train_dataset=train_set,
             data_collator=collator,
         )
         warmup.train()
@@ -299,7 +360,7 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
     trainer = DistillationTrainer(
         model=student,
         args=_training_args(output_dir / "checkpoints", recipe),
-        train_dataset=BlockDataset(train_blocks),
+        train_dataset=train_set,
         data_collator=collator,
         teacher=teacher,
         distillation=DistillationConfig(

@@ -9,7 +9,7 @@ import torch
 from hf_sparse import SparseBertForMaskedLM
 from hf_sparse.analysis import pattern_violations
 from hf_sparse.cli import main as cli_main
-from hf_sparse.upstream import UpstreamRecipe, read_corpus
+from hf_sparse.upstream import BlockDataset, UpstreamRecipe, minilm_folder, pair_blocks, read_corpus
 
 from conftest import DATA_DIR
 
@@ -37,6 +37,9 @@ def test_recipe_yaml_round_trip_and_errors(tmp_path):
         UpstreamRecipe(allocation="joint").pruning_method()
     joint = UpstreamRecipe(method="structured_fisher", allocation="joint", min_heads_per_layer=1).pruning_method()
     assert (joint.allocation, joint.scope, joint.floors["heads"]) == ("joint", "layer", 1)
+    (tmp_path / "fraction.yaml").write_text("segment_pairs: true\nrandom_segment_fraction: 1.5\n")
+    with pytest.raises(ValueError, match=r"fraction.yaml: random_segment_fraction=1.5; expected a fraction in \[0, 1\]"):
+        UpstreamRecipe.from_yaml(tmp_path / "fraction.yaml")
 
 
 SHIPPED_RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
@@ -61,13 +64,80 @@ def test_corpus_reader_skips_headings_and_dedups_passages():
     assert len(squad) == len(set(squad)) == 2429  # 2,430 paragraphs, one of them twice
 
 
+class _NumberTokenizer:
+    """Each text is space-separated token ids; ids 0 and 1 are [CLS] and [SEP]."""
+
+    cls_token_id, sep_token_id = 0, 1
+
+    def __call__(self, texts, add_special_tokens):
+        assert not add_special_tokens
+        return {"input_ids": [[int(t) for t in text.split()] for text in texts]}
+
+
+def _numbered_texts(tokens: int) -> list[str]:
+    ids = list(range(2, tokens + 2))  # every token distinct: where it came from can be read off
+    return [" ".join(map(str, ids[i : i + 37])) for i in range(0, tokens, 37)]
+
+
+def _segments(row: torch.Tensor, types: torch.Tensor):
+    """Checks the [CLS] A [SEP] B [SEP] frame and its token types; returns A and B."""
+    (seps,) = torch.nonzero(row == 1, as_tuple=True)
+    assert row[0] == 0 and row[-1] == 1 and len(seps) == 2 and not (row[1:] == 0).any()
+    middle = int(seps[0])
+    assert torch.equal(types, (torch.arange(len(row)) > middle).long())
+    return row[1:middle], row[middle + 1 : -1]
+
+
+def test_pair_blocks_follow_the_text_cut_in_the_middle_half():
+    length, body = 20, 17
+    blocks = pair_blocks(_NumberTokenizer(), _numbered_texts(100 * body + 5), length, random_fraction=0.0, seed=3)
+    assert blocks["input_ids"].shape == blocks["token_type_ids"].shape == (100, length)
+    cuts = []
+    for i, (row, types) in enumerate(zip(blocks["input_ids"], blocks["token_type_ids"])):
+        first, second = _segments(row, types)
+        span = torch.arange(2 + i * body, 2 + (i + 1) * body)  # the i-th stretch of the text, in order
+        assert torch.equal(torch.cat([first, second]), span)
+        cuts.append(len(first))
+    assert min(cuts) >= body // 4 and max(cuts) <= body - body // 4 and len(set(cuts)) > 3
+
+
+def test_pair_blocks_take_unrelated_second_segments_at_the_asked_rate():
+    length, body = 16, 13
+    texts = _numbered_texts(400 * body)
+    blocks = pair_blocks(_NumberTokenizer(), texts, length, random_fraction=0.5, seed=0)
+    unrelated = 0
+    for i, (row, types) in enumerate(zip(blocks["input_ids"], blocks["token_type_ids"])):
+        first, second = _segments(row, types)
+        assert torch.equal(first, torch.arange(2 + i * body, 2 + i * body + len(first)))
+        source = (int(second[0]) - 2) // body  # the stretch B was taken from, and at the same offset as A's end
+        assert torch.equal(second, torch.arange(2 + source * body + len(first), 2 + (source + 1) * body))
+        unrelated += source != i
+    assert 160 <= unrelated <= 240  # 400 draws at 0.5
+    everything = pair_blocks(_NumberTokenizer(), texts, length, random_fraction=1.0, seed=0)
+    assert all((int(row[row.tolist().index(1) + 1]) - 2) // body != i for i, row in enumerate(everything["input_ids"]))
+    again = pair_blocks(_NumberTokenizer(), texts, length, random_fraction=0.5, seed=0)
+    other_seed = pair_blocks(_NumberTokenizer(), texts, length, random_fraction=0.5, seed=1)
+    assert torch.equal(again["input_ids"], blocks["input_ids"]) and not torch.equal(other_seed["input_ids"], blocks["input_ids"])
+
+
+def test_pair_blocks_and_block_dataset_errors():
+    with pytest.raises(ValueError, match="pair blocks need length >= 7"):
+        pair_blocks(_NumberTokenizer(), _numbered_texts(100), 6)
+    with pytest.raises(ValueError, match="pair blocks of length 20 need at least 34 tokens of text, got 30"):
+        pair_blocks(_NumberTokenizer(), _numbered_texts(30), 20)
+    with pytest.raises(ValueError, match=r"token_type_ids \(2, 5\) do not match the blocks \(2, 6\)"):
+        BlockDataset(torch.zeros(2, 6, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long))
+
+
 @pytest.mark.real
-def test_short_upstream_run_on_minilm(tmp_path, capsys):
+@pytest.mark.parametrize("segment_pairs", [False, True], ids=["one-segment", "pairs"])
+def test_short_upstream_run_on_minilm(tmp_path, capsys, segment_pairs):
     code = cli_main([
         "prune", "--recipe", "recipes/prune_ofa_90.yaml", "--output-dir", str(tmp_path / "run"),
         "--set", "max_steps=6", "--set", "head_warmup_steps=2", "--set", "eval_blocks=16",
         "--set", "pruning_frequency=2", "--set", "logging_steps=2", "--set", "save_steps=100",
         "--set", "per_device_train_batch_size=4", "--set", "method=block", "--set", "block=[1, 4]",
+        "--set", f"segment_pairs={str(segment_pairs).lower()}",
     ])
     assert code == 0, capsys.readouterr().err
     model_dir = tmp_path / "run" / "model"
@@ -87,3 +157,13 @@ def test_short_upstream_run_on_minilm(tmp_path, capsys):
     with torch.no_grad():
         for module in model.masked_linears().values():
             assert torch.all(module.weight[~module.weight_mask] == 0)
+    # the second segment's embedding trains only when the blocks are pairs; else only weight decay moves it, by at
+    # most lr * decay * steps = 6e-6 of its size (an Adam step moves an entry by up to lr = 1e-4)
+    from safetensors.torch import load_file
+
+    (dense_file,) = minilm_folder().glob("*.safetensors")
+    dense_types = next(v for k, v in load_file(dense_file).items() if k.endswith("token_type_embeddings.weight"))
+    moved = (model.bert.embeddings.token_type_embeddings.weight.detach() - dense_types).abs().amax(dim=1)
+    limit = 6e-6 * dense_types.abs().amax(dim=1)
+    assert moved[0] > 1e-5
+    assert (moved[1] > 1e-5) if segment_pairs else (moved[1] <= limit[1] * 1.01)
