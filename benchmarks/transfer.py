@@ -31,8 +31,9 @@ similar length together (less padding, faster steps; its own row, `-gl`, distill
 starting from the dense run trained so); `--min-heads-per-layer` (global or joint structured
 rows) keeps that many heads in every layer; `--augment N` (with `--kd`, GLUE) adds up to N teacher-labelled variants of each
 training example, words replaced by embedding neighbours (TinyBERT-style; hf_sparse/tasks/augment.py); `--teacher-epochs` (with `--max-train-samples`) starts from / distils
-from the dense row trained that many epochs instead of the run's own; the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-kdt<t>][-mh<n>][-tep<n>][-aug<n>][-pe<f>][-gl][-fp32]_<task>_s<seed>.json
+from the dense row trained that many epochs instead of the run's own; `--classifier-pooling mean` (GLUE cross-encoder rows)
+gives the head the mean of the last hidden states instead of [CLS]; the row's label says so. Each run writes
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-kdt<t>][-mh<n>][-tep<n>][-aug<n>][-pe<f>][-poolmean][-gl][-fp32]_<task>_s<seed>.json
 (`-fp32`: trained in fp32, its own row, distilled from and starting from the fp32 dense run); models go to out/transfer/ (not committed).
 """
 
@@ -75,14 +76,16 @@ OVERRIDES = (
     ("teacher_epochs", "teacher_epochs_override", "-tep{:g}", "--teacher-epochs {:g}", " (from the {:g}-epoch dense model)"),
     ("augment", "augment_override", "-aug{:d}", "--augment {:d}", " (+{:d} augmented per example)"),
     ("pruning_end", "pruning_end_override", "-pe{:g}", "--pruning-end {:g}", " (pruned by {:g} of training)"),
+    ("classifier_pooling", "classifier_pooling_override", "-pool{}", "--classifier-pooling {}", " ({}-pooled head)"),
 )
-_NUMBER = {"g": r"\d+(?:\.\d+)?(?:e[+-]\d+)?", "d": r"\d+"}
+# what a tag's value looks like in a file name, and its type, by the tag's format: "{:g}" float, "{:d}" int, "{}" word
+_VALUE = {"g": (r"\d+(?:\.\d+)?(?:e[+-]\d+)?", float), "d": (r"\d+", int), "{": (r"[a-z]+", str)}
 
 
 # What a run changes from its task's budget and recipe (None: unchanged), one field per OVERRIDES entry ("{:d}" tags
-# take an int, "{:g}" a float); each set field gets the tag, flag and label of its entry.
+# take an int, "{:g}" a float, "{}" a word); each set field gets the tag, flag and label of its entry.
 Overrides = dataclasses.make_dataclass(
-    "Overrides", [(argument, (int if tag.endswith("d}") else float) | None, None) for argument, _, tag, _, _ in OVERRIDES], frozen=True
+    "Overrides", [(argument, _VALUE[tag[-2]][1] | None, None) for argument, _, tag, _, _ in OVERRIDES], frozen=True
 )
 
 
@@ -127,6 +130,11 @@ def _row_arguments(
             raise SystemExit(f"--pruning-end is a fraction of training in (0, 1], got {o.pruning_end:g}")
     if o.min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement|-fisher)?(-joint-global|-joint|-global)-\d+", row):
         raise SystemExit("--min-heads-per-layer applies to prune-*-structured[-movement|-fisher]-{global,joint,joint-global}-<s> rows")
+    if o.classifier_pooling is not None:
+        if o.classifier_pooling != "mean":
+            raise SystemExit(f"--classifier-pooling is mean (cls is the default, with no tag), got {o.classifier_pooling!r}")
+        if task == "squad" or bi_encoder:
+            raise SystemExit("--classifier-pooling applies to the cross-encoder head on GLUE tasks")
     args: list[str] = []
     if row == "dense":
         args += ["--model", str(minilm_folder())]
@@ -164,6 +172,8 @@ def _row_arguments(
         args += ["--head", "bi-encoder"]
     if o.head_learning_rate is not None:
         args += ["--head_learning_rate", str(o.head_learning_rate)]
+    if o.classifier_pooling is not None:
+        args += ["--classifier_pooling", o.classifier_pooling]
     if o.hidden_weight is not None:
         if not kd:
             raise SystemExit("--hidden-weight distils the dense row's hidden states: it needs --kd")
@@ -317,7 +327,7 @@ def run_name(row: str, task: str, seed: int, kd: bool, qat: bool, bi_encoder: bo
 def parse_run_name(name: str) -> tuple[str, bool, bool, bool, dict]:
     """The inverse of `run_name` for the part before `_<task>_s<seed>`: (row, kd, qat, bi_encoder, overrides)."""
     tags = "".join(
-        f"(?:{re.escape(tag.split('{')[0])}(?P<{argument}>{_NUMBER[tag[-2]]}))?" for argument, _, tag, _, _ in OVERRIDES
+        f"(?:{re.escape(tag.split('{')[0])}(?P<{argument}>{_VALUE[tag[-2]][0]}))?" for argument, _, tag, _, _ in OVERRIDES
     )
     match = re.fullmatch(
         f"(?P<row>.+?)(?P<kd>-kd)?(?P<qat>-qat)?(?P<bi>-bi)?{tags}(?P<grouped>{re.escape(GROUPED_TAG)})?(?P<fp32>{re.escape(FP32_TAG)})?", name
@@ -325,7 +335,7 @@ def parse_run_name(name: str) -> tuple[str, bool, bool, bool, dict]:
     overrides = {"precision": "fp32" if match["fp32"] else None, "group_by_length": True if match["grouped"] else None}
     for argument, _, tag, _, _ in OVERRIDES:
         value = match[argument]
-        overrides[argument] = None if value is None else (int(value) if tag[-2] == "d" else float(value))
+        overrides[argument] = None if value is None else _VALUE[tag[-2]][1](value)
     return match["row"], bool(match["kd"]), bool(match["qat"]), bool(match["bi"]), overrides
 
 
@@ -544,6 +554,11 @@ def main() -> int:
         "--pruning-end", type=float,
         help="prune-ft-* / prune-tuned-* rows: the fraction of training by which pruning reaches its target (default 0.7); "
              "the rest fine-tunes the final pattern; the row's label shows it",
+    )
+    parser.add_argument(
+        "--classifier-pooling", choices=["mean"],
+        help="GLUE cross-encoder rows: the head reads the mean of the last hidden states instead of [CLS] (MiniLM-L6 was "
+             "trained with mean pooling); the row's label shows it",
     )
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()

@@ -84,7 +84,8 @@ def test_kd_teacher_follows_the_data_budget(tmp_path, monkeypatch):
      {"precision": "fp32"}, {"epochs": 4, "max_train_samples": 67349, "hidden_weight": 1, "teacher_epochs": 2, "precision": "fp32"},
      {"group_by_length": True}, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "group_by_length": True, "precision": "fp32"},
      {"augment": 2}, {"epochs": 1, "max_train_samples": 67349, "teacher_epochs": 2, "augment": 1, "group_by_length": True, "precision": "fp32"},
-     {"pruning_end": 0.35}, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "pruning_end": 0.5, "group_by_length": True}],
+     {"pruning_end": 0.35}, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "pruning_end": 0.5, "group_by_length": True},
+     {"classifier_pooling": "mean"}, {"epochs": 2, "max_train_samples": 67349, "classifier_pooling": "mean", "group_by_length": True, "precision": "fp32"}],
 )
 def test_parse_run_name_inverts_run_name(row, kd, qat, bi_encoder, overrides):
     name, _ = transfer.run_name(row, "sst2", 1, kd, qat, bi_encoder, overrides)
@@ -402,3 +403,23 @@ def test_representation_keeps_rows_of_checkpoints_missing_here_and_says_so():
 def test_unknown_overrides_are_refused():
     with pytest.raises(TypeError, match="unexpected keyword argument 'epoch'"):
         transfer._row_arguments("dense", "sst2", 1, False, epoch=2)
+
+
+def test_classifier_pooling_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr(transfer, "ROOT", tmp_path)
+    (tmp_path / "out" / "prune_ofa_90" / "model").mkdir(parents=True)
+    (tmp_path / "dense-gl-fp32_stsb_s1" / "model").mkdir(parents=True)
+    name, command = transfer.run_name("upstream-90", "stsb", 1, True, False, False,
+                                      {"classifier_pooling": "mean", "group_by_length": True, "precision": "fp32"})
+    assert name == "upstream-90-kd-poolmean-gl-fp32_stsb_s1"
+    assert command.endswith("--kd --classifier-pooling mean --group-by-length --precision fp32")
+    assert transfer._override_label({"classifier_pooling": "mean"}) == " (mean-pooled head)"
+    argv = transfer._row_arguments("upstream-90", "stsb", 1, True, precision="fp32", group_by_length=True, classifier_pooling="mean")
+    assert argv[argv.index("--classifier_pooling") + 1] == "mean"
+    assert argv[argv.index("--teacher") + 1] == str(tmp_path / "dense-gl-fp32_stsb_s1" / "model")  # the teacher keeps [CLS]
+    assert "--classifier_pooling" not in transfer._row_arguments("upstream-90", "stsb", 1, True, precision="fp32", group_by_length=True)
+    with pytest.raises(SystemExit, match="applies to the cross-encoder head on GLUE tasks"):
+        transfer._row_arguments("upstream-90", "squad", 1, False, classifier_pooling="mean")
+    with pytest.raises(SystemExit, match="--classifier-pooling is mean"):
+        transfer._row_arguments("upstream-90", "stsb", 1, False, classifier_pooling="cls")

@@ -5,6 +5,7 @@ import random
 
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from conftest import build
 from hf_sparse import SparseBertForSequenceClassification
@@ -239,6 +240,21 @@ def test_head_learning_rate_applies_to_the_head_only(checkpoints, data_dir, tmp_
     assert all((slow_model[k] - fast_model[k]).abs().max() < 1 for k in head)
 
 
+def test_mean_pooled_head_from_sparse_and_dense_checkpoints(checkpoints, data_dir, tmp_path):
+    sparse = finetune(checkpoints, data_dir, tmp_path / "s", "--model", str(checkpoints / "upstream"), "--task", "stsb",
+                      "--classifier_pooling", "mean")
+    assert sparse["pattern_verified"] and sparse["arguments"]["classifier_pooling"] == "mean"
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "s" / "model")
+    assert isinstance(saved, SparseBertForSequenceClassification) and saved.config.classifier_pooling == "mean"
+    assert mask_drift(saved, reference_masks(checkpoints / "upstream")) == []
+    # a dense checkpoint gets the sparse_bert head (all-ones masks): a plain BertForSequenceClassification reads [CLS]
+    dense = finetune(checkpoints, data_dir, tmp_path / "d", "--model", str(checkpoints / "dense"), "--task", "mrpc",
+                     "--classifier_pooling", "mean")
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "d" / "model")
+    assert saved.config.model_type == "sparse_bert" and saved.config.classifier_pooling == "mean"
+    assert dense["encoder_nonzeros"] == 4 * 36 * 36 * 2 + 2 * 36 * 37 * 2  # nothing pruned
+
+
 def test_head_optimizer_groups(checkpoints, tmp_path):
     from transformers import Trainer, TrainingArguments
 
@@ -290,6 +306,9 @@ def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
          "with --prune_method structured or structured_movement"),
         (["--task", "mrpc", "--prune_method", "magnitude", "--prune_allocation", "joint"], "prune_allocation='joint' needs --prune_method structured"),
         (["--task", "mrpc", "--prune_min_heads_per_layer", "-1"], "must be >= 0"),
+        (["--task", "mrpc", "--classifier_pooling", "max"], "classifier_pooling must be one of cls, mean, got 'max'"),
+        (["--task", "squad", "--classifier_pooling", "mean"], "classifier_pooling applies to the cross-encoder head on GLUE tasks"),
+        (["--task", "stsb", "--head", "bi-encoder", "--classifier_pooling", "mean"], "classifier_pooling applies to the cross-encoder head"),
     ],
 )
 def test_finetune_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):

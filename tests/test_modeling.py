@@ -138,6 +138,40 @@ def test_config_kwargs_and_loading_info(tmp_path):
     assert torch.equal(head_from_base.bert.encoder.layer[1].output.dense.weight, model.bert.encoder.layer[1].output.dense.weight)
 
 
+def test_mean_pooled_head_reads_the_mean_over_attended_tokens(tmp_path):
+    model = build("SparseBertForSequenceClassification", classifier_pooling="mean")
+    inputs = dummy_inputs("SparseBertForSequenceClassification")  # the last 2 positions are padding
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        hidden = model.bert(**inputs).last_hidden_state
+        mean = hidden[:, :-2].mean(dim=1)  # by hand: the 5 attended positions
+        expected = model.classifier(torch.tanh(model.bert.pooler.dense(mean)))
+        torch.testing.assert_close(logits, expected)
+        padded = dict(inputs, input_ids=inputs["input_ids"].clone())
+        padded["input_ids"][:, -2:] = 7  # other ids at the padded positions: their hidden states change, the mean does not
+        assert not torch.allclose(model.bert(**padded).last_hidden_state[:, -2:], hidden[:, -2:])
+        torch.testing.assert_close(model(**padded).logits, logits)
+        model.config.classifier_pooling = "cls"  # the same weights read [CLS]: another vector, other logits
+        assert not torch.allclose(model(**inputs).logits, logits)
+        model.config.classifier_pooling = "mean"
+        assert torch.equal(model(**inputs, return_dict=False)[0], logits)
+    labels = torch.tensor([0, 2])
+    torch.testing.assert_close(model(**inputs, labels=labels).loss, torch.nn.functional.cross_entropy(logits, labels))
+    regression = build("SparseBertForSequenceClassification", classifier_pooling="mean", num_labels=1)
+    scores = torch.tensor([0.5, 4.0])
+    out = regression(**inputs, labels=scores)
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), scores))
+    model.save_pretrained(tmp_path)
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.classifier_pooling == "mean"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, logits)
+    with pytest.raises(ValueError, match="a BertForSequenceClassification reads \\[CLS\\]"):
+        model.to_dense()
+    with pytest.raises(ValueError, match=r"classifier_pooling='max'; expected one of \('cls', 'mean'\)"):
+        tiny_config(classifier_pooling="max")
+
+
 @pytest.mark.parametrize("head", ["SparseBertForSequenceClassification", "SparseBertForMaskedLM"])
 def test_pruned_weights_stay_zero_under_adamw_with_weight_decay(head):
     model = build(head, sparsity=0.7).train()

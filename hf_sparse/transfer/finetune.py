@@ -36,6 +36,7 @@ from transformers import (
 )
 
 from ..distillation import DistillationConfig, DistillationTrainer, check_contrastive_pooling
+from ..models.sparse_bert.configuration_sparse_bert import CLASSIFIER_POOLINGS
 from ..models.sparse_bert.modeling_sparse_bert import (
     SparseBertForQuestionAnswering,
     SparseBertForSequenceClassification,
@@ -89,6 +90,9 @@ class FinetuneArguments:
     contrastive_pooling: str = field(default="cls", metadata={"help": "FiC's sentence vector: cls (CAP) or mean"})
     head: str = field(default="cross-encoder", metadata={"help": f"{' | '.join(HEADS)}: one vector for the joined input, or "
                       "each sentence encoded alone and pairs scored by cosine (sentence-transformers; stsb)"})
+    classifier_pooling: str = field(default="cls", metadata={"help": "cross-encoder head on GLUE: the vector its pooler and classifier "
+                                    "read, cls ([CLS], as BertForSequenceClassification) or mean (the mean over the input's tokens, "
+                                    "for encoders trained with mean pooling such as MiniLM-L6; the model is saved as sparse_bert)"})
     head_learning_rate: Optional[float] = field(default=None, metadata={"help": "learning rate of the task head (the pooler and "
                                                  "classifier: every parameter outside the embeddings and encoder); default: --learning_rate"})
     qat: bool = field(default=False, metadata={"help": "8-bit quantization-aware training of the encoder linears"})
@@ -157,6 +161,11 @@ class FinetuneArguments:
                                                      ("hidden_weight", self.hidden_weight)) if on]
             if unsupported:
                 raise ValueError(f"the bi-encoder head does not support {', '.join(unsupported)} yet")
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"classifier_pooling must be one of {', '.join(CLASSIFIER_POOLINGS)}, got {self.classifier_pooling!r}")
+        if self.classifier_pooling != "cls" and (self.task == "squad" or self.head != "cross-encoder"):
+            raise ValueError("classifier_pooling applies to the cross-encoder head on GLUE tasks (SQuAD reads every token; "
+                             "the bi-encoder mean-pools already)")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:
             raise ValueError(f"head_learning_rate must be > 0, got {self.head_learning_rate}")
         if self.augment_copies < 0:
@@ -196,13 +205,20 @@ def load_model(args: FinetuneArguments, num_labels: int):
     dense_class = AutoModelForQuestionAnswering if squad else AutoModelForSequenceClassification
     head_kwargs = {"num_labels": 2 if squad else num_labels}  # QA heads need 2 (start, end)
     if config.model_type == "sparse_bert":
-        return sparse_class.from_pretrained(args.model, **head_kwargs), True, True
+        model = sparse_class.from_pretrained(args.model, **head_kwargs)
+        return _with_pooling(model, args.classifier_pooling), True, True
     if args.num_layers:
         head_kwargs["num_hidden_layers"] = args.num_layers
-    if args.prune_method or args.qat:  # masks needed: start dense (all-ones masks)
+    if args.prune_method or args.qat or args.classifier_pooling != "cls":  # masks needed (all ones), or the sparse_bert head
         dense = dense_class.from_pretrained(args.model, **head_kwargs)
-        return sparse_class.from_dense(dense), True, False
+        return _with_pooling(sparse_class.from_dense(dense), args.classifier_pooling), True, False
     return dense_class.from_pretrained(args.model, **head_kwargs), False, False
+
+
+def _with_pooling(model, classifier_pooling: str):
+    if classifier_pooling != "cls":  # validated by FinetuneArguments: sequence classification only
+        model.config.classifier_pooling = classifier_pooling
+    return model
 
 
 def encoder_nonzeros(model) -> int:

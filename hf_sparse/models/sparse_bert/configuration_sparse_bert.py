@@ -25,6 +25,7 @@ PRUNABLE_LINEARS = (
 )
 
 STRUCTURES = ("heads", "neurons")
+CLASSIFIER_POOLINGS = ("cls", "mean")
 
 PATTERN_HELP = (
     "expected 'unstructured', 'block:RxC' (e.g. 'block:4x1'), 'N:M' (e.g. '2:4') or "
@@ -115,6 +116,11 @@ class SparseBertConfig(BertConfig):
         layer_intermediate_sizes (`list[int]`, *optional*):
             FFN neurons kept in each encoder layer of a compacted model; `None` means every layer
             has `intermediate_size`.
+        classifier_pooling (`str`, *optional*, defaults to `"cls"`):
+            The vector `SparseBertForSequenceClassification` feeds its pooler and classifier: `"cls"` (the [CLS]
+            token, as `BertForSequenceClassification`) or `"mean"` (the mean of the last hidden states over the
+            attended tokens, as ModernBERT's option of that name; for encoders trained with mean pooling, such as
+            sentence-transformers models).
         kwargs:
             Passed to [`BertConfig`].
     """
@@ -130,9 +136,13 @@ class SparseBertConfig(BertConfig):
         sparse_format_version: int = SPARSE_FORMAT_VERSION,
         layer_num_attention_heads: Optional[Sequence[int]] = None,
         layer_intermediate_sizes: Optional[Sequence[int]] = None,
+        classifier_pooling: str = "cls",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"classifier_pooling={classifier_pooling!r}; expected one of {CLASSIFIER_POOLINGS}")
+        self.classifier_pooling = classifier_pooling
         self.sparsity_pattern = str(parse_sparsity_pattern(sparsity_pattern))
         self.target_sparsity = _check_fraction("target_sparsity", target_sparsity)
         self.measured_sparsity = _check_fraction("measured_sparsity", measured_sparsity)
@@ -196,6 +206,7 @@ SPARSITY_CONFIG_KEYS = (
 )
 
 __all__ = [
+    "CLASSIFIER_POOLINGS",
     "PRUNABLE_LINEARS",
     "SPARSE_FORMAT_VERSION",
     "SPARSITY_CONFIG_KEYS",

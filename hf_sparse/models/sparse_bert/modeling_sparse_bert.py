@@ -34,7 +34,7 @@ from transformers import (
     BertModel,
     PretrainedConfig,
 )
-from transformers.modeling_outputs import MaskedLMOutput
+from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
 from .configuration_sparse_bert import SPARSITY_CONFIG_KEYS, SparseBertConfig
@@ -334,7 +334,7 @@ def _write_shards(tensors: dict, metadata: dict, folder: Path, max_shard_size: U
 
 def _dense_config_dict(config: BertConfig) -> dict:
     data = config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", *SPARSITY_CONFIG_KEYS):
+    for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "classifier_pooling", *SPARSITY_CONFIG_KEYS):
         data.pop(key, None)
     return data
 
@@ -655,9 +655,67 @@ class SparseBertForMaskedLM(SparseBertPreTrainedModel, BertForMaskedLM):
 
 
 class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequenceClassification):
-    """`BertForSequenceClassification` with masked encoder linear layers."""
+    """`BertForSequenceClassification` with masked encoder linear layers. With `config.classifier_pooling="mean"` the
+    pooler (dense + tanh) and classifier read the mean of the last hidden states over the attended tokens instead of
+    the [CLS] vector; the weights are the same either way."""
 
     dense_class = BertForSequenceClassification
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        given = dict(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
+        kwargs.update({k: v for k, v in given.items() if v is not None})
+        if getattr(self.config, "classifier_pooling", "cls") == "cls":
+            return super().forward(labels=labels, return_dict=return_dict, **kwargs)
+        outputs = self.bert(return_dict=True, **kwargs)
+        hidden = outputs.last_hidden_state
+        weights = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device) if attention_mask is None else attention_mask.to(hidden.dtype)
+        mean = (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
+        pooled = self.bert.pooler.activation(self.bert.pooler.dense(mean))
+        logits = self.classifier(self.dropout(pooled))
+        loss = None if labels is None else _sequence_classification_loss(self, logits, labels)
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "use_return_dict", True)
+        return output if return_dict else output.to_tuple()
+
+    def to_dense(self):
+        if getattr(self.config, "classifier_pooling", "cls") != "cls":
+            raise ValueError(
+                f"this model's head reads the mean of the hidden states (classifier_pooling={self.config.classifier_pooling!r}); "
+                "a BertForSequenceClassification reads [CLS], so it would give other outputs: keep the sparse_bert class"
+            )
+        return super().to_dense()
+
+
+def _sequence_classification_loss(model, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`BertForSequenceClassification`'s loss: MSE for one label, cross-entropy for class ids, BCE for multi-label."""
+    config = model.config
+    if config.problem_type is None:
+        if model.num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(), labels.squeeze()) if model.num_labels == 1 else F.mse_loss(logits, labels)
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, model.num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels)
 
 
 class SparseBertForQuestionAnswering(SparseBertPreTrainedModel, BertForQuestionAnswering):
