@@ -265,6 +265,33 @@ def test_compacted_model_exports(tmp_path, tiny_tokenizer):
 
 
 @needs_exporters
+def test_mean_pooled_head_exports_and_compacts(tmp_path, tiny_tokenizer):
+    from hf_sparse.deploy.compact import compact
+    from hf_sparse.deploy.openvino import export_openvino
+    from hf_sparse.pruning.structured import StructuredPruning
+    import hf_sparse
+
+    model = build("SparseBertForSequenceClassification", sparsity=0.0, classifier_pooling="mean")
+    model.set_masks(StructuredPruning(scope="global").masks(model, 0.5))
+    folder = _save(model, tmp_path / "m", tiny_tokenizer)
+    feeds = _feeds("SparseBertForSequenceClassification")  # with 2 padded positions: mean over the other 5
+    with torch.no_grad():
+        expected = model(**feeds).logits.numpy()
+        model.config.classifier_pooling = "cls"
+        assert not np.allclose(model(**feeds).logits.numpy(), expected, atol=1e-3)  # the two heads differ here
+    compact(folder, tmp_path / "c")
+    compacted = hf_sparse.SparseBertForSequenceClassification.from_pretrained(tmp_path / "c").eval()
+    assert compacted.config.is_compacted and compacted.config.classifier_pooling == "mean"
+    with torch.no_grad():
+        np.testing.assert_allclose(compacted(**feeds).logits.numpy(), expected, atol=1e-5)
+    for source in (folder, tmp_path / "c"):
+        onnx_dir = export_onnx(source, tmp_path / f"onnx-{source.name}", quantize=None)
+        ov_dir = export_openvino(source, tmp_path / f"ov-{source.name}", quantize=None)
+        np.testing.assert_allclose(_ort(onnx_dir / "model.onnx", feeds), expected, atol=1e-5)
+        np.testing.assert_allclose(_ov(ov_dir / "openvino_model.xml", feeds), expected, atol=1e-5)
+
+
+@needs_exporters
 def test_export_refuses_bad_input(tmp_path, tiny_tokenizer):
     folder = _save(build("SparseBertForSequenceClassification"), tmp_path / "m", tiny_tokenizer)
     export_onnx(folder, tmp_path / "onnx", quantize=None)
