@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from transformers import Trainer
 
+from ..models.sparse_bert.modeling_sparse_bert import mean_pool
 from ..pruning.callback import PruningCallback
 
 from .losses import (
@@ -63,12 +64,7 @@ def sentence_vector(last_hidden: torch.Tensor, attention_mask: Optional[torch.Te
     Mean pooling is how sentence encoders such as all-MiniLM-L6-v2 were trained to represent a text,
     so contrasting on it keeps the geometry downstream tasks inherit.
     """
-    if pooling == "cls":
-        return last_hidden[:, 0]
-    if attention_mask is None:
-        return last_hidden.mean(dim=1)
-    weights = attention_mask.to(last_hidden.dtype).unsqueeze(-1)
-    return (last_hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return last_hidden[:, 0] if pooling == "cls" else mean_pool(last_hidden, attention_mask)
 
 
 def _last_hidden(outputs) -> torch.Tensor:

@@ -682,9 +682,7 @@ class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequ
         if getattr(self.config, "classifier_pooling", "cls") == "cls":
             return super().forward(labels=labels, return_dict=return_dict, **kwargs)
         outputs = self.bert(return_dict=True, **kwargs)
-        hidden = outputs.last_hidden_state
-        weights = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device) if attention_mask is None else attention_mask.to(hidden.dtype)
-        mean = (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
+        mean = mean_pool(outputs.last_hidden_state, attention_mask)
         pooled = self.bert.pooler.activation(self.bert.pooler.dense(mean))
         logits = self.classifier(self.dropout(pooled))
         loss = None if labels is None else _sequence_classification_loss(self, logits, labels)
@@ -699,6 +697,14 @@ class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequ
                 "a BertForSequenceClassification reads [CLS], so it would give other outputs: keep the sparse_bert class"
             )
         return super().to_dense()
+
+
+def mean_pool(last_hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The mean of `last_hidden` ([batch, seq, hidden]) over the positions `attention_mask` marks (all without one)."""
+    if attention_mask is None:
+        return last_hidden.mean(dim=1)
+    weights = attention_mask.to(last_hidden.dtype).unsqueeze(-1)
+    return (last_hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 def _sequence_classification_loss(model, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -748,4 +754,5 @@ __all__ = [
     "check_masks_against_config",
     "expected_mask_shapes",
     "mask_encoder",
+    "mean_pool",
 ]
