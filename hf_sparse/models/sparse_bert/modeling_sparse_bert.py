@@ -679,7 +679,7 @@ class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequ
             inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
         )
         kwargs.update({k: v for k, v in given.items() if v is not None})
-        if getattr(self.config, "classifier_pooling", "cls") == "cls":
+        if self.config.classifier_pooling == "cls":
             return super().forward(labels=labels, return_dict=return_dict, **kwargs)
         outputs = self.bert(return_dict=True, **kwargs)
         mean = mean_pool(outputs.last_hidden_state, attention_mask)
@@ -691,7 +691,7 @@ class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequ
         return output if return_dict else output.to_tuple()
 
     def to_dense(self):
-        if getattr(self.config, "classifier_pooling", "cls") != "cls":
+        if self.config.classifier_pooling != "cls":
             raise ValueError(
                 f"this model's head reads the mean of the hidden states (classifier_pooling={self.config.classifier_pooling!r}); "
                 "a BertForSequenceClassification reads [CLS], so it would give other outputs: keep the sparse_bert class"
