@@ -26,14 +26,15 @@ task's rate, `--head-learning-rate` sets the task head's own rate (pooler and cl
 `--max-train-samples` distils from the dense row trained with the same `--epochs` / `--max-train-samples`, which is also
 the model a `prune-tuned-*` row starts from); `--pruning-end F` (prune-ft-* / prune-tuned-* rows) ends pruning at that
 fraction of training instead of 0.7; `--hidden-weight` (with `--kd`) also distils the teacher's hidden states;
-`--temperature` (with `--kd`) sets the logits-KD temperature (default 2); `--group-by-length` batches examples of
+`--attention-weight` (with `--kd`, cross-encoder rows) also distils its attention distributions (KL, layer by layer; eager
+attention); `--temperature` (with `--kd`) sets the logits-KD temperature (default 2); `--group-by-length` batches examples of
 similar length together (less padding, faster steps; its own row, `-gl`, distilled from and
 starting from the dense run trained so); `--min-heads-per-layer` (global or joint structured
 rows) keeps that many heads in every layer; `--augment N` (with `--kd`, GLUE) adds up to N teacher-labelled variants of each
 training example, words replaced by embedding neighbours (TinyBERT-style; hf_sparse/tasks/augment.py); `--teacher-epochs` (with `--max-train-samples`) starts from / distils
 from the dense row trained that many epochs instead of the run's own; `--classifier-pooling mean` (GLUE cross-encoder rows)
 gives the head the mean of the last hidden states instead of [CLS]; the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-kdt<t>][-mh<n>][-tep<n>][-aug<n>][-pe<f>][-poolmean][-gl][-fp32]_<task>_s<seed>.json
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-att<w>][-kdt<t>][-mh<n>][-tep<n>][-aug<n>][-pe<f>][-poolmean][-gl][-fp32]_<task>_s<seed>.json
 (`-fp32`: trained in fp32, its own row, distilled from and starting from the fp32 dense run); models go to out/transfer/ (not committed).
 """
 
@@ -71,6 +72,7 @@ OVERRIDES = (
     ("epochs", "epochs_override", "-ep{:g}", "--epochs {:g}", " ({:g} epochs)"),
     ("max_train_samples", "max_train_samples_override", "-n{:d}", "--max-train-samples {:d}", " ({:,} examples)"),
     ("hidden_weight", "hidden_weight_override", "-hid{:g}", "--hidden-weight {:g}", " (hidden-state KD {:g})"),
+    ("attention_weight", "attention_weight_override", "-att{:g}", "--attention-weight {:g}", " (attention KD {:g})"),
     ("temperature", "temperature_override", "-kdt{:g}", "--temperature {:g}", " (KD temperature {:g})"),
     ("min_heads_per_layer", "min_heads_per_layer_override", "-mh{:d}", "--min-heads-per-layer {:d}", " (>= {:d} heads per layer)"),
     ("teacher_epochs", "teacher_epochs_override", "-tep{:g}", "--teacher-epochs {:g}", " (from the {:g}-epoch dense model)"),
@@ -178,6 +180,10 @@ def _row_arguments(
         if not kd:
             raise SystemExit("--hidden-weight distils the dense row's hidden states: it needs --kd")
         args += ["--hidden_weight", str(o.hidden_weight)]
+    if o.attention_weight is not None:
+        if not kd or bi_encoder:
+            raise SystemExit("--attention-weight distils the dense row's attention distributions: it needs --kd and a cross-encoder row")
+        args += ["--attention_weight", str(o.attention_weight)]
     if o.temperature is not None:
         if not kd:
             raise SystemExit("--temperature sets the logits-KD temperature: it needs --kd")
@@ -523,6 +529,10 @@ def main() -> int:
     )
     parser.add_argument(
         "--hidden-weight", type=float, help="with --kd, also distil the dense row's hidden states, layer by layer, with this weight (MSE)",
+    )
+    parser.add_argument(
+        "--attention-weight", type=float,
+        help="with --kd, also distil the dense row's attention distributions, layer by layer, with this weight (KL; TinyBERT's task-specific distillation)",
     )
     parser.add_argument(
         "--temperature", type=float, help="with --kd, the logits-KD temperature instead of the default 2 (the row's label shows it)",

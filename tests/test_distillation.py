@@ -65,6 +65,8 @@ def test_hidden_and_attention_zero_when_equal():
     assert hidden_state_loss(hidden, hidden) == 0
     attn = tuple(torch.softmax(torch.randn(2, 3, 5, 5), -1) for _ in range(3))
     assert attention_loss(attn, attn).abs() < 1e-6
+    with pytest.raises(ValueError, match=r"student layer 0 with teacher layer 0.*\(2, 2, 5, 5\) and \(2, 3, 5, 5\).*same number of heads"):
+        attention_loss(tuple(a[:, :2] for a in attn), attn)
     # a 3-layer student against a 6-layer teacher maps to teacher layers 2, 4, 6 by default
     teacher = tuple(torch.randn(2, 5, 8) for _ in range(7))
     student = (teacher[0], teacher[2], teacher[4], teacher[6])

@@ -120,6 +120,38 @@ def test_hidden_state_distillation_is_wired(checkpoints, data_dir, tmp_path, mon
     assert set(calls) == {(3, 3)}  # embeddings + both layers of student and teacher
 
 
+def test_attention_distillation_is_wired(checkpoints, data_dir, tmp_path, monkeypatch):
+    import hf_sparse.distillation.trainer as distillation_trainer
+
+    calls = []
+    real = distillation_trainer.attention_loss
+
+    def recording(student_attentions, teacher_attentions, attention_mask=None, layer_map=None):
+        loss = real(student_attentions, teacher_attentions, attention_mask, layer_map)
+        calls.append(([tuple(a.shape) for a in student_attentions], [tuple(a.shape) for a in teacher_attentions], float(loss.detach())))
+        return loss
+
+    monkeypatch.setattr(distillation_trainer, "attention_loss", recording)
+    finetune(checkpoints, data_dir, tmp_path / "dense", "--model", str(checkpoints / "dense"), "--task", "mrpc")
+    teacher = str(tmp_path / "dense" / "model")
+    upstream = checkpoints / "upstream"
+    results = finetune(checkpoints, data_dir, tmp_path / "att", "--model", str(upstream), "--task", "mrpc", "--teacher", teacher,
+                       "--attention_weight", "0.5", "--logging_steps", "2")
+    assert results["mode"] == "sparse-transfer+kd+attention" and results["arguments"]["attention_weight"] == 0.5
+    assert results["pattern_verified"]
+    assert len(calls) == results["steps"]  # once per training step, never in evaluation
+    for student_shapes, teacher_shapes, loss in calls:  # both models returned every layer's [batch, heads, query, key]
+        assert student_shapes == teacher_shapes and len(student_shapes) == 2 and len(student_shapes[0]) == 4
+        assert loss > 0  # the sparse student attends differently from the dense teacher
+    assert any("loss_attention" in entry for entry in results["log_history"])
+    # the saved student loads with the default attention, and gives the same logits as with eager attention
+    saved = tmp_path / "att" / "model"
+    default = SparseBertForSequenceClassification.from_pretrained(saved).eval()
+    eager = SparseBertForSequenceClassification.from_pretrained(saved, attn_implementation="eager").eval()
+    ids = torch.tensor([[2, 5, 7, 9, 3, 11, 12, 3]])
+    torch.testing.assert_close(default(input_ids=ids).logits, eager(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_prune_at_finetune_from_dense(checkpoints, data_dir, tmp_path):
     results = finetune(
         checkpoints, data_dir, tmp_path / "p", "--model", str(checkpoints / "dense"), "--task", "mrpc",
@@ -299,6 +331,8 @@ def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
         (["--task", "mrpc", "--head_learning_rate", "0"], "head_learning_rate must be > 0"),
         (["--task", "mrpc", "--hidden_weight", "1"], "hidden_weight needs --teacher"),
         (["--task", "mrpc", "--hidden_weight", "-1", "--teacher", "x"], "hidden_weight must be >= 0"),
+        (["--task", "mrpc", "--attention_weight", "1"], "attention_weight needs --teacher"),
+        (["--task", "mrpc", "--attention_weight", "-1", "--teacher", "x"], "attention_weight must be >= 0"),
         (["--task", "mrpc", "--prune_scope", "model"], "prune_scope must be 'layer' or 'global'"),
         (["--task", "mrpc", "--prune_method", "movement", "--prune_scope", "global"], "prune_scope='global' applies to prune_method"),
         (["--task", "mrpc", "--prune_method", "structured", "--prune_min_heads_per_layer", "1"], "need --prune_scope global or --prune_allocation joint"),
@@ -422,6 +456,7 @@ def test_lock_finds_the_sparse_encoder_inside_a_sentence_transformer(checkpoints
         (["--task", "stsb", "--qat", "true"], "does not support qat"),
         (["--task", "stsb", "--head_learning_rate", "1e-3"], "does not support head_learning_rate"),
         (["--task", "stsb", "--hidden_weight", "1", "--teacher", "x"], "does not support hidden_weight"),
+        (["--task", "stsb", "--attention_weight", "1", "--teacher", "x"], "does not support attention_weight"),
     ],
 )
 def test_bi_encoder_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):

@@ -84,6 +84,10 @@ def attention_loss(
     total = 0.0
     for s_idx, t_idx in pairs:
         p_t = teacher_attentions[t_idx]
+        if p_t.shape != student_attentions[s_idx].shape:
+            raise ValueError(f"attention distillation pairs student layer {s_idx} with teacher layer {t_idx}, whose attentions "
+                             f"have shapes {tuple(student_attentions[s_idx].shape)} and {tuple(p_t.shape)} "
+                             "[batch, heads, query, key]: the models need the same number of heads")
         kl = (p_t * ((p_t + eps).log() - (student_attentions[s_idx] + eps).log())).sum(-1)  # [b, h, q]
         if attention_mask is not None:
             weights = attention_mask[:, None, :].to(kl.dtype).expand_as(kl)

@@ -86,6 +86,10 @@ class FinetuneArguments:
     temperature: float = field(default=2.0, metadata={"help": "KD temperature"})
     hidden_weight: float = field(default=0.0, metadata={"help": "weight of the hidden-state MSE to the teacher, layer by layer "
                                  "(needs --teacher with as many layers, or a multiple; cross-encoder head)"})
+    attention_weight: float = field(default=0.0, metadata={"help": "weight of the KL from the teacher's attention distributions to the "
+                                    "student's, layer by layer (TinyBERT's task-specific attention distillation; needs --teacher "
+                                    "with as many heads per layer and as many layers, or a multiple; cross-encoder head; both "
+                                    "models run eager attention and the student's attention dropout is off)"})
     fic_weight: float = field(default=0.0, metadata={"help": "CAP FiC contrastive weight (needs --teacher; classification tasks)"})
     contrastive_pooling: str = field(default="cls", metadata={"help": "FiC's sentence vector: cls (CAP) or mean"})
     head: str = field(default="cross-encoder", metadata={"help": f"{' | '.join(HEADS)}: one vector for the joined input, or "
@@ -147,6 +151,10 @@ class FinetuneArguments:
             raise ValueError(f"hidden_weight must be >= 0, got {self.hidden_weight}")
         if self.hidden_weight and self.teacher is None:
             raise ValueError("hidden_weight needs --teacher (the fine-tuned model whose hidden states are distilled)")
+        if self.attention_weight < 0:
+            raise ValueError(f"attention_weight must be >= 0, got {self.attention_weight}")
+        if self.attention_weight and self.teacher is None:
+            raise ValueError("attention_weight needs --teacher (the fine-tuned model whose attention distributions are distilled)")
         if self.fic_weight and self.teacher is None:
             raise ValueError("fic_weight needs --teacher (the fine-tuned model FiC contrasts with)")
         check_contrastive_pooling(self.contrastive_pooling)
@@ -158,7 +166,7 @@ class FinetuneArguments:
             if self.task not in BI_ENCODER_TASKS:
                 raise ValueError(f"the bi-encoder head supports {', '.join(BI_ENCODER_TASKS)} (a score between two sentences), not {self.task!r}")
             unsupported = [name for name, on in (("prune_method", self.prune_method), ("qat", self.qat), ("head_learning_rate", self.head_learning_rate),
-                                                     ("hidden_weight", self.hidden_weight)) if on]
+                                                     ("hidden_weight", self.hidden_weight), ("attention_weight", self.attention_weight)) if on]
             if unsupported:
                 raise ValueError(f"the bi-encoder head does not support {', '.join(unsupported)} yet")
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
@@ -203,7 +211,7 @@ def load_model(args: FinetuneArguments, num_labels: int):
     squad = args.task == "squad"
     sparse_class = SparseBertForQuestionAnswering if squad else SparseBertForSequenceClassification
     dense_class = AutoModelForQuestionAnswering if squad else AutoModelForSequenceClassification
-    head_kwargs = {"num_labels": 2 if squad else num_labels}  # QA heads need 2 (start, end)
+    head_kwargs = {"num_labels": 2 if squad else num_labels, **_attention_kwargs(args)}  # QA heads need 2 (start, end)
     if config.model_type == "sparse_bert":
         model = sparse_class.from_pretrained(args.model, **head_kwargs)
         return _with_pooling(model, args.classifier_pooling), True, True
@@ -213,6 +221,12 @@ def load_model(args: FinetuneArguments, num_labels: int):
         dense = dense_class.from_pretrained(args.model, **head_kwargs)
         return _with_pooling(sparse_class.from_dense(dense), args.classifier_pooling), True, False
     return dense_class.from_pretrained(args.model, **head_kwargs), False, False
+
+
+def _attention_kwargs(args: FinetuneArguments) -> dict:
+    """`from_pretrained` kwargs of the student and the teacher: attention distillation needs attentions, which only eager
+    attention returns."""
+    return {"attn_implementation": "eager"} if args.attention_weight else {}
 
 
 def _with_pooling(model, classifier_pooling: str):
@@ -379,7 +393,7 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
     else:
         task = get_glue_task(args.task)
         model, sparse, sparse_source = load_model(args, task.num_labels)
-        labeller = AutoModelForSequenceClassification.from_pretrained(args.teacher) if args.augment_copies else None
+        labeller = AutoModelForSequenceClassification.from_pretrained(args.teacher, **_attention_kwargs(args)) if args.augment_copies else None
         _, train, dev, max_length, n_examples = glue_datasets(args, tokenizer, training_args.seed, model, labeller)
         eval_dataset, compute_metrics = dev, glue_compute_metrics(args.task)
     upstream = reference_masks(model) if sparse and not args.prune_method else None
@@ -408,10 +422,10 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
     )
     if args.teacher:
         teacher_class = AutoModelForQuestionAnswering if args.task == "squad" else AutoModelForSequenceClassification
-        teacher = labeller if labeller is not None else teacher_class.from_pretrained(args.teacher)  # loaded once
+        teacher = labeller if labeller is not None else teacher_class.from_pretrained(args.teacher, **_attention_kwargs(args))  # loaded once
         distillation = DistillationConfig(
             task_weight=args.task_weight, kd_weight=args.kd_weight, temperature=args.temperature, fic_weight=args.fic_weight,
-            hidden_weight=args.hidden_weight,
+            hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
             contrastive_pooling=args.contrastive_pooling,
         )
         trainer = DistillationTrainer(teacher=teacher, distillation=distillation, **common)
@@ -512,6 +526,8 @@ def _mode(args: FinetuneArguments, sparse_source: bool) -> str:
         parts.append("kd")
     if args.hidden_weight:
         parts.append("hidden")
+    if args.attention_weight:
+        parts.append("attention")
     if args.augment_copies:
         parts.append(f"augmented-x{args.augment_copies}")
     if args.fic_weight:
