@@ -15,7 +15,9 @@ methods, started from the dense row's fine-tuned model instead of the pre-traine
 `prune-*-global-<s>` (any of those ranked over all layers at once, so layers end with uneven widths),
 `prune-*-structured[-movement|-fisher]-joint[-global]-<s>` (heads and neurons ranked together by score per weight under
 one budget of s% of their weights, instead of s% of the heads and s% of the neurons),
-`dense-layers-<n>` (the first n dense layers: an equal-non-zero baseline). `--kd` distils from the dense row's fine-tuned model (same head) of the
+`dense-layers-<n>` (the first n dense layers: an equal-non-zero baseline), `masked-pretrained-[<recipe>-]<s>` /
+`masked-tuned-[<recipe>-]<s>` (the masks of the `upstream-[<recipe>-]<s>` checkpoint on the pre-trained MiniLM's weights /
+on the dense row's fine-tuned weights, head kept; pattern locked: the upstream pattern without the upstream weights). `--kd` distils from the dense row's fine-tuned model (same head) of the
 same task and seed 1 (run that first); `--qat` adds 8-bit quantization-aware training; `--bi-encoder` (stsb)
 fine-tunes a sentence-transformers bi-encoder instead of a cross-encoder (each sentence encoded alone, cosine of the
 mean-pooled vectors). Every row of a task uses the same budget (TASK_BUDGETS:
@@ -44,6 +46,7 @@ import argparse
 import dataclasses
 import json
 import re
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -140,16 +143,19 @@ def _row_arguments(
     args: list[str] = []
     if row == "dense":
         args += ["--model", str(minilm_folder())]
-    elif match := re.fullmatch(r"upstream-(\d+)", row):
-        model = ROOT / "out" / f"prune_ofa_{match[1]}" / "model"
-        if not model.is_dir():
-            raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --sparsity {match[1]}` first")
-        args += ["--model", str(model)]
-    elif row in (recipes := {upstream_row(p.stem): p.stem for p in (ROOT / "recipes").glob("*.yaml")}):
-        model = ROOT / "out" / recipes[row] / "model"
-        if not model.is_dir():
-            raise SystemExit(f"{model} is missing: run `python benchmarks/upstream.py --recipe {recipes[row]}` first")
-        args += ["--model", str(model)]
+    elif (upstream := _upstream_model(row)) is not None:
+        args += ["--model", str(upstream)]
+    elif (match := re.fullmatch(r"masked-(pretrained|tuned)-(.+)", row)) and (upstream := _upstream_model(f"upstream-{match[2]}")) is not None:
+        if bi_encoder:
+            raise SystemExit("masked-* rows are cross-encoder rows (their tuned weights come from the cross-encoder dense row)")
+        if match[1] == "pretrained":
+            dense, tuned, start = minilm_folder(), False, MODELS / "starts" / f"{row}_from-minilm"
+        else:
+            dense = _dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length)
+            tuned, start = True, MODELS / "starts" / f"{row}_from-{dense.parent.name}"
+        if not start.is_dir():
+            masked_start(upstream, dense, tuned, task, start)
+        args += ["--model", str(start)]
     elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement|structured-fisher)-(joint-)?)?(global-)?(\d+)", row):
         start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length)
         method = match[2].replace("-", "_") if match[2] else "magnitude"
@@ -165,7 +171,7 @@ def _row_arguments(
     elif match := re.fullmatch(r"dense-layers-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
     else:
-        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, prune-ft|tuned-[structured[-movement|-fisher]-[joint-]][global-]<s>, dense-layers-<n>")
+        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, masked-pretrained|tuned-[<recipe>-]<s>, prune-ft|tuned-[structured[-movement|-fisher]-[joint-]][global-]<s>, dense-layers-<n>")
     if kd:
         args += ["--teacher", str(_dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length))]
     if qat:
@@ -206,6 +212,49 @@ def _row_arguments(
         "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "50",
         "--dataloader_num_workers", "0", *(_group_by_length() if group_by_length else []),
     ]
+
+
+def _upstream_model(row: str) -> Path | None:
+    """The checkpoint of an upstream row (`upstream-<s>`, `upstream-<recipe>-<s>`), None for other rows; exits naming
+    the command that makes it if it is missing."""
+    if match := re.fullmatch(r"upstream-(\d+)", row):
+        model, command = ROOT / "out" / f"prune_ofa_{match[1]}" / "model", f"python benchmarks/upstream.py --sparsity {match[1]}"
+    elif row in (recipes := {upstream_row(p.stem): p.stem for p in (ROOT / "recipes").glob("*.yaml")}):
+        model, command = ROOT / "out" / recipes[row] / "model", f"python benchmarks/upstream.py --recipe {recipes[row]}"
+    else:
+        return None
+    if not model.is_dir():
+        raise SystemExit(f"{model} is missing: run `{command}` first")
+    return model
+
+
+def masked_start(upstream: Path, dense: Path, tuned: bool, task: str, out: Path) -> Path:
+    """Writes to `out` a sparse_bert checkpoint with the masks of the `upstream` checkpoint on the weights of the dense
+    checkpoint `dense` (zeroed where a mask is 0), and `dense`'s tokenizer: the pre-trained MiniLM (`tuned` False: the base
+    model, the task head starts new) or the dense row's fine-tuned model (`tuned` True: its task head kept). Separates the upstream pattern from the
+    upstream weights. Written to a temporary folder, then renamed: `out` is complete or absent."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from hf_sparse import SparseBertForQuestionAnswering, SparseBertForSequenceClassification, SparseBertModel
+    from hf_sparse.transfer import reference_masks
+
+    upstream_config = AutoConfig.from_pretrained(upstream)
+    dense_config = AutoConfig.from_pretrained(dense)
+    if dense_config.model_type != "bert":
+        raise SystemExit(f"{dense}: model_type {dense_config.model_type!r}; masked rows put the masks on a plain BERT checkpoint")
+    cls = (SparseBertForQuestionAnswering if task == "squad" else SparseBertForSequenceClassification) if tuned else SparseBertModel
+    prefix = "" if cls is SparseBertModel else "bert."
+    masks = {prefix + name: mask for name, mask in reference_masks(upstream).items()}
+    model = cls.from_dense(
+        str(dense), masks=masks, sparsity_pattern=upstream_config.sparsity_pattern, target_sparsity=upstream_config.target_sparsity,
+        prunable_modules=upstream_config.prunable_modules,
+    )
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    AutoTokenizer.from_pretrained(dense).save_pretrained(partial)
+    partial.rename(out)
+    return out
 
 
 def _dense_model(
@@ -350,7 +399,7 @@ def _percent(score: float, task: str) -> float:
 
 
 def _row_sparsity(row: str) -> float:
-    match = re.fullmatch(r"(?:upstream(?:-[a-z][a-z0-9-]*)?|prune-(?:ft|tuned)(?:-structured(?:-movement|-fisher)?(?:-joint)?)?(?:-global)?)-(\d+)", row)
+    match = re.fullmatch(r"(?:(?:upstream|masked-(?:pretrained|tuned))(?:-[a-z][a-z0-9-]*)?|prune-(?:ft|tuned)(?:-structured(?:-movement|-fisher)?(?:-joint)?)?(?:-global)?)-(\d+)", row)
     return int(match[1]) / 100 if match else 0.0
 
 
@@ -512,7 +561,7 @@ def _plot(runs, tasks) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | prune-ft|tuned-[structured[-movement|-fisher]-[joint-]][global-]<s> | dense-layers-<n>")
+    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | masked-pretrained|tuned-[<recipe>-]<s> | prune-ft|tuned-[structured[-movement|-fisher]-[joint-]][global-]<s> | dense-layers-<n>")
     parser.add_argument("--task", choices=list(TASK_BUDGETS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")

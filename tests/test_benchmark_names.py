@@ -440,3 +440,63 @@ def test_classifier_pooling_rows(tmp_path, monkeypatch):
         transfer._row_arguments("upstream-90", "squad", 1, False, classifier_pooling="mean")
     with pytest.raises(SystemExit, match="--classifier-pooling is mean"):
         transfer._row_arguments("upstream-90", "stsb", 1, False, classifier_pooling="cls")
+
+
+def test_masked_rows_put_the_upstream_masks_on_dense_weights(tmp_path, monkeypatch, tiny_tokenizer):
+    import torch
+    from conftest import build
+    from transformers import AutoModelForSequenceClassification, BertModel
+
+    from hf_sparse import SparseBertForSequenceClassification, SparseBertModel
+    from hf_sparse.transfer import mask_drift, reference_masks
+
+    root = tmp_path / "root"
+    (root / "recipes").mkdir(parents=True)
+    monkeypatch.setattr(transfer, "ROOT", root)
+    monkeypatch.setattr(transfer, "MODELS", root / "out" / "transfer")
+    upstream = root / "out" / "prune_ofa_90" / "model"
+    build("SparseBertForMaskedLM", 0.8, seed=1).save_pretrained(upstream)
+    pretrained = tmp_path / "minilm"
+    build("SparseBertModel", 0.0, seed=2).to_dense().save_pretrained(pretrained)
+    tiny_tokenizer.save_pretrained(pretrained)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: pretrained)
+    tuned = root / "out" / "transfer" / "dense-gl-fp32_stsb_s1" / "model"
+    build("SparseBertForSequenceClassification", 0.0, seed=3, num_labels=1).to_dense().save_pretrained(tuned)
+    tiny_tokenizer.save_pretrained(tuned)
+
+    def start_of(row):
+        argv = transfer._row_arguments(row, "stsb", 1, True, precision="fp32", group_by_length=True)
+        assert argv[argv.index("--teacher") + 1] == str(tuned)
+        return Path(argv[argv.index("--model") + 1])
+
+    def check_weights(sparse_encoder, dense_encoder):
+        for name, module in sparse_encoder.named_modules():
+            if hasattr(module, "weight_mask"):
+                keep = module.weight_mask.bool()
+                dense_weight = dense_encoder.get_submodule(name).weight
+                assert torch.equal(module.weight[keep], dense_weight[keep]) and not module.weight[~keep].any()
+
+    start = start_of("masked-tuned-90")
+    assert start == root / "out" / "transfer" / "starts" / "masked-tuned-90_from-dense-gl-fp32_stsb_s1"
+    model = SparseBertForSequenceClassification.from_pretrained(start)
+    assert mask_drift(model, reference_masks(upstream)) == []
+    dense = AutoModelForSequenceClassification.from_pretrained(tuned)
+    check_weights(model.bert.encoder, dense.bert.encoder)
+    assert torch.equal(model.classifier.weight, dense.classifier.weight)  # the fine-tuned head is kept
+    assert (start / "vocab.txt").exists()
+
+    start = start_of("masked-pretrained-90")
+    assert start.name == "masked-pretrained-90_from-minilm"
+    base = SparseBertModel.from_pretrained(start)
+    assert mask_drift(base, reference_masks(upstream)) == []
+    check_weights(base.encoder, BertModel.from_pretrained(pretrained).encoder)
+    assert not list((root / "out" / "transfer" / "starts").glob("*.partial"))
+    assert transfer._row_sparsity("masked-tuned-90") == transfer._row_sparsity("masked-pretrained-pairs-90") == 0.9
+
+    with pytest.raises(SystemExit, match="prune_ofa_97/model is missing"):
+        start_of("masked-tuned-97")
+    with pytest.raises(SystemExit, match="unknown row 'masked-tuned-pairs-90'"):
+        start_of("masked-tuned-pairs-90")  # no recipe of that name in this root
+    (root / "out" / "transfer" / "dense-bi_stsb_s1" / "model").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="masked-\\* rows are cross-encoder rows"):
+        transfer._row_arguments("masked-tuned-90", "stsb", 1, True, bi_encoder=True)
