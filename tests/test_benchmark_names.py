@@ -120,31 +120,28 @@ def test_fp32_runs_are_their_own_rows_with_their_own_teacher(tmp_path, monkeypat
         transfer.run_name(row, "sst2", 1, True, False, False, {"precision": "bf16"})
 
 
-def test_attention_weight_needs_kd_and_a_cross_encoder(tmp_path, monkeypatch):
+@pytest.mark.parametrize("weight", ["hidden_weight", "attention_weight"])
+def test_distillation_weights_need_kd(tmp_path, monkeypatch, weight):
     monkeypatch.setattr(transfer, "MODELS", tmp_path)
     monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
-    with pytest.raises(SystemExit, match="needs --kd and a cross-encoder row"):
-        transfer._row_arguments("prune-ft-structured-60", "stsb", 1, False, attention_weight=1.0)
+    with pytest.raises(SystemExit, match="needs --kd"):
+        transfer._row_arguments("prune-ft-structured-60", "stsb", 1, False, **{weight: 1.0})
     (tmp_path / "dense_stsb_s1" / "model").mkdir(parents=True)
+    argv = transfer._row_arguments("prune-ft-structured-60", "stsb", 1, True, **{weight: 1.0})
+    assert argv[argv.index(f"--{weight}") + 1] == "1.0"
+
+
+def test_attention_weight_needs_a_cross_encoder_and_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
     (tmp_path / "dense-bi_stsb_s1" / "model").mkdir(parents=True)
     with pytest.raises(SystemExit, match="needs --kd and a cross-encoder row"):
         transfer._row_arguments("prune-ft-structured-60", "stsb", 1, True, bi_encoder=True, attention_weight=1.0)
-    argv = transfer._row_arguments("prune-ft-structured-60", "stsb", 1, True, attention_weight=1.0, hidden_weight=1.0)
-    assert argv[argv.index("--attention_weight") + 1] == "1.0" and argv[argv.index("--hidden_weight") + 1] == "1.0"
     name, command = transfer.run_name("upstream-pairs-90", "stsb", 1, True, False, False,
                                       {"hidden_weight": 1, "attention_weight": 1, "group_by_length": True, "precision": "fp32"})
     assert name == "upstream-pairs-90-kd-hid1-att1-gl-fp32_stsb_s1"
     assert command.endswith("--kd --hidden-weight 1 --attention-weight 1 --group-by-length --precision fp32")
-
-
-def test_hidden_weight_needs_kd(tmp_path, monkeypatch):
-    monkeypatch.setattr(transfer, "MODELS", tmp_path)
-    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
-    with pytest.raises(SystemExit, match="needs --kd"):
-        transfer._row_arguments("prune-ft-structured-60", "sst2", 1, False, hidden_weight=1.0)
-    (tmp_path / "dense_sst2_s1" / "model").mkdir(parents=True)
-    argv = transfer._row_arguments("prune-ft-structured-60", "sst2", 1, True, hidden_weight=1.0)
-    assert argv[argv.index("--hidden_weight") + 1] == "1.0"
+    assert transfer.parse_run_name(name.removesuffix("_stsb_s1"))[4]["attention_weight"] == 1.0
 
 
 @pytest.mark.parametrize(
