@@ -83,6 +83,7 @@ class UpstreamRecipe:
     snc_weight: float = 0.0
     contrastive_temperature: float = 0.1
     contrastive_pooling: str = "cls"  # "cls" (CAP) or "mean" (how sentence encoders like MiniLM-L6 pool)
+    nsp_weight: float = 0.0  # BERT's next-sentence prediction on the student's [CLS] (needs segment_pairs)
     # optimisation
     max_steps: int = 1500
     learning_rate: float = 1e-4
@@ -113,6 +114,14 @@ class UpstreamRecipe:
         check_contrastive_pooling(self.contrastive_pooling)
         if not 0.0 <= self.random_segment_fraction <= 1.0:
             raise ValueError(f"random_segment_fraction={self.random_segment_fraction}; expected a fraction in [0, 1]")
+        if self.nsp_weight < 0:
+            raise ValueError(f"nsp_weight={self.nsp_weight}; expected >= 0")
+        if self.nsp_weight and not (self.segment_pairs and 0.0 < self.random_segment_fraction < 1.0):
+            raise ValueError(
+                f"nsp_weight={self.nsp_weight} needs segment_pairs: true and 0 < random_segment_fraction < 1 (got segment_pairs="
+                f"{self.segment_pairs}, random_segment_fraction={self.random_segment_fraction}): next-sentence prediction "
+                "tells continuing second segments from unrelated ones"
+            )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
@@ -197,7 +206,8 @@ def pair_blocks(tokenizer, texts: list[str], length: int, random_fraction: float
     The tokenised texts are concatenated and cut into spans of `length - 3` tokens; each span is split at a point drawn
     uniformly from its middle half (A = the head, B = the rest, so B continues A). In `random_fraction` of the blocks B
     is instead the same-length tail of another, randomly chosen span: unrelated text, as in BERT's pre-training input.
-    Returns `{"input_ids", "token_type_ids"}`, two `[n, length]` tensors; the same seed gives the same blocks.
+    Returns `{"input_ids", "token_type_ids"}`, two `[n, length]` tensors, and `"next_sentence_label"`, `[n]`: 0 where B
+    continues A, 1 where it is unrelated (BERT's convention). The same seed gives the same blocks.
     """
     if length < 7:
         raise ValueError(f"pair blocks need length >= 7 (3 special tokens and two segments of >= 2), got {length}")
@@ -222,25 +232,84 @@ def pair_blocks(tokenizer, texts: list[str], length: int, random_fraction: float
         input_ids[i, cut + 2 : length - 1] = second[cut:]
         input_ids[i, length - 1] = tokenizer.sep_token_id
         token_type_ids[i, cut + 2 :] = 1
-    return {"input_ids": input_ids, "token_type_ids": token_type_ids}
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "next_sentence_label": unrelated.long()}
 
 
 class BlockDataset(torch.utils.data.Dataset):
-    """Training blocks for the MLM collator: `input_ids` rows, with their `token_type_ids` when the blocks are pairs."""
+    """Training blocks for the MLM collator: `input_ids` rows, with their `token_type_ids` when the blocks are pairs
+    and, for next-sentence prediction, one `next_sentence_label` per block."""
 
-    def __init__(self, blocks: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None):
+    def __init__(self, blocks: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None, next_sentence_label: Optional[torch.Tensor] = None):
         if token_type_ids is not None and token_type_ids.shape != blocks.shape:
             raise ValueError(f"token_type_ids {tuple(token_type_ids.shape)} do not match the blocks {tuple(blocks.shape)}")
-        self.blocks = blocks
-        self.token_type_ids = token_type_ids
+        if next_sentence_label is not None and tuple(next_sentence_label.shape) != (len(blocks),):
+            raise ValueError(f"next_sentence_label {tuple(next_sentence_label.shape)}: expected one label per block, ({len(blocks)},)")
+        self.columns = {"input_ids": blocks, "token_type_ids": token_type_ids, "next_sentence_label": next_sentence_label}
+        self.columns = {name: values for name, values in self.columns.items() if values is not None}
 
     def __len__(self):
-        return len(self.blocks)
+        return len(self.columns["input_ids"])
 
     def __getitem__(self, i):
-        if self.token_type_ids is None:
-            return {"input_ids": self.blocks[i]}
-        return {"input_ids": self.blocks[i], "token_type_ids": self.token_type_ids[i]}
+        return {name: values[i] for name, values in self.columns.items()}
+
+
+class NextSentenceHead(torch.nn.Module):
+    """BERT's next-sentence-prediction head on the student's [CLS] vector: a pooler (dense + tanh) and a 2-way
+    classifier (0: the second segment continues the first, 1: it is unrelated). It trains with the student while the
+    student is pruned and is not saved with it: it only makes the encoder compare the two segments."""
+
+    def __init__(self, hidden_size: int, initializer_range: float):
+        super().__init__()
+        self.dense = torch.nn.Linear(hidden_size, hidden_size)
+        self.classifier = torch.nn.Linear(hidden_size, 2)
+        for layer in (self.dense, self.classifier):
+            torch.nn.init.normal_(layer.weight, std=initializer_range)
+            torch.nn.init.zeros_(layer.bias)
+
+    def forward(self, first_token: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.tanh(self.dense(first_token)))
+
+
+@torch.no_grad()
+def evaluate_nsp(model, head: NextSentenceHead, blocks: dict, batch_size: int = 32) -> dict:
+    """Next-sentence accuracy of `model` (an MLM model with `.bert`) and `head` on `pair_blocks` output."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(blocks["input_ids"]), batch_size):
+        ids = blocks["input_ids"][start : start + batch_size]
+        hidden = model.bert(input_ids=ids, token_type_ids=blocks["token_type_ids"][start : start + batch_size]).last_hidden_state
+        correct += int((head(hidden[:, 0]).argmax(-1) == blocks["next_sentence_label"][start : start + batch_size]).sum())
+    n = len(blocks["input_ids"])
+    return {"nsp_accuracy": round(correct / n, 4), "blocks": n, "unrelated_fraction": round(float(blocks["next_sentence_label"].float().mean()), 4)}
+
+
+class UpstreamTrainer(DistillationTrainer):
+    """The distillation trainer plus BERT's next-sentence loss, `nsp_weight` * CE(head(student [CLS]), label), when
+    the batches carry `next_sentence_label`; the head is the student's `next_sentence_head`."""
+
+    def __init__(self, *args, nsp_weight: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nsp_weight = nsp_weight
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("next_sentence_label", None)
+        if labels is None or not self.nsp_weight or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        student = self.unwrapped_student
+        captured = {}  # the student's last hidden states, from its own forward pass (teachers are other modules)
+
+        def keep_hidden(module, args, output) -> None:  # returns None: the output goes on unchanged
+            captured["hidden"] = output[0]
+
+        handle = student.bert.register_forward_hook(keep_hidden)
+        try:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        finally:
+            handle.remove()
+        nsp = self.nsp_weight * torch.nn.functional.cross_entropy(student.next_sentence_head(captured["hidden"][:, 0]), labels)
+        self.record_term("nsp", nsp)
+        return (loss + nsp, outputs) if return_outputs else loss + nsp
 
 
 @torch.no_grad()
@@ -266,6 +335,7 @@ def _head_warmup_trainer_class():
         """MLM loss with the encoder frozen: no encoder backward, logits only at masked positions."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = {k: v for k, v in inputs.items() if k != "next_sentence_label"}  # the head warm-up is MLM only
             if not hasattr(model, "bert"):  # wrapped for DDP: the plain forward keeps gradients in sync
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs["labels"]
@@ -319,10 +389,11 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
     train_texts = read_corpus([data_dir / f for f in recipe.train_files])
     if recipe.segment_pairs:
         pairs = pair_blocks(tokenizer, train_texts, recipe.max_seq_length, recipe.random_segment_fraction, recipe.seed)
-        train_set = BlockDataset(pairs["input_ids"], pairs["token_type_ids"])
+        train_set = BlockDataset(pairs["input_ids"], pairs["token_type_ids"], pairs["next_sentence_label"] if recipe.nsp_weight else None)
     else:
         train_set = BlockDataset(token_blocks(tokenizer, train_texts, recipe.max_seq_length))
-    eval_blocks = token_blocks(tokenizer, read_corpus([data_dir / recipe.eval_file]), recipe.max_seq_length)[: recipe.eval_blocks]
+    eval_texts = read_corpus([data_dir / recipe.eval_file])
+    eval_blocks = token_blocks(tokenizer, eval_texts, recipe.max_seq_length)[: recipe.eval_blocks]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=recipe.mlm_probability)
     torch.manual_seed(1234)  # the same masked eval set for every run
     eval_batches = [collator([{"input_ids": b} for b in eval_blocks[i : i + 32]]) for i in range(0, len(eval_blocks), 32)]
@@ -356,8 +427,11 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
     student = SparseBertForMaskedLM.from_dense(
         copy.deepcopy(teacher), sparsity_pattern=method.pattern, target_sparsity=recipe.final_sparsity
     ).train()
+    if recipe.nsp_weight:
+        student.next_sentence_head = NextSentenceHead(student.config.hidden_size, student.config.initializer_range)
     callback = PruningCallback(method, recipe.schedule(), student)
-    trainer = DistillationTrainer(
+    trainer = UpstreamTrainer(
+        nsp_weight=recipe.nsp_weight,
         model=student,
         args=_training_args(output_dir / "checkpoints", recipe),
         train_dataset=train_set,
@@ -379,6 +453,10 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
     )
     trainer.train(resume_from_checkpoint=True if resume else None)
     metrics["student"] = evaluate_mlm(student, eval_batches)
+    if recipe.nsp_weight:  # held-out pairs from the evaluation file, then the head goes: it is not part of the model
+        eval_pairs = pair_blocks(tokenizer, eval_texts, recipe.max_seq_length, recipe.random_segment_fraction, seed=1234)
+        metrics["student_nsp"] = evaluate_nsp(student, student.next_sentence_head, {k: v[: recipe.eval_blocks] for k, v in eval_pairs.items()})
+        del student.next_sentence_head
     metrics["sparsity"] = round(student.sparsity(), 6)
     metrics["pruning_history"] = callback.history
     metrics["steps"] = recipe.max_steps

@@ -40,6 +40,12 @@ def test_recipe_yaml_round_trip_and_errors(tmp_path):
     (tmp_path / "fraction.yaml").write_text("segment_pairs: true\nrandom_segment_fraction: 1.5\n")
     with pytest.raises(ValueError, match=r"fraction.yaml: random_segment_fraction=1.5; expected a fraction in \[0, 1\]"):
         UpstreamRecipe.from_yaml(tmp_path / "fraction.yaml")
+    with pytest.raises(ValueError, match="nsp_weight=-1; expected >= 0"):
+        UpstreamRecipe(nsp_weight=-1)
+    for pairs, fraction in ((False, 0.5), (True, 0.0), (True, 1.0)):
+        with pytest.raises(ValueError, match=rf"nsp_weight=1.0 needs segment_pairs: true .*segment_pairs={pairs}, random_segment_fraction={fraction}"):
+            UpstreamRecipe(nsp_weight=1.0, segment_pairs=pairs, random_segment_fraction=fraction)
+    assert UpstreamRecipe(nsp_weight=1.0, segment_pairs=True).nsp_weight == 1.0
 
 
 SHIPPED_RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
@@ -112,6 +118,7 @@ def test_pair_blocks_take_unrelated_second_segments_at_the_asked_rate():
         source = (int(second[0]) - 2) // body  # the stretch B was taken from, and at the same offset as A's end
         assert torch.equal(second, torch.arange(2 + source * body + len(first), 2 + (source + 1) * body))
         unrelated += source != i
+        assert int(blocks["next_sentence_label"][i]) == int(source != i)  # BERT's labels: 1 = unrelated
     assert 160 <= unrelated <= 240  # 400 draws at 0.5
     everything = pair_blocks(_NumberTokenizer(), texts, length, random_fraction=1.0, seed=0)
     assert all((int(row[row.tolist().index(1) + 1]) - 2) // body != i for i, row in enumerate(everything["input_ids"]))
@@ -127,17 +134,54 @@ def test_pair_blocks_and_block_dataset_errors():
         pair_blocks(_NumberTokenizer(), _numbered_texts(30), 20)
     with pytest.raises(ValueError, match=r"token_type_ids \(2, 5\) do not match the blocks \(2, 6\)"):
         BlockDataset(torch.zeros(2, 6, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"next_sentence_label \(3,\): expected one label per block, \(2,\)"):
+        BlockDataset(torch.zeros(2, 6, dtype=torch.long), torch.zeros(2, 6, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+
+
+def test_next_sentence_labels_reach_the_loss(tiny_tokenizer, tmp_path):
+    from transformers import DataCollatorForLanguageModeling, TrainingArguments
+
+    from conftest import build
+    from hf_sparse.distillation import DistillationConfig
+    from hf_sparse.upstream import NextSentenceHead, UpstreamTrainer
+
+    texts = [" ".join(f"w{(7 * i + j) % 90}" for j in range(40)) for i in range(20)]
+    pairs = pair_blocks(tiny_tokenizer, texts, 16, random_fraction=0.5, seed=0)
+    dataset = BlockDataset(pairs["input_ids"], pairs["token_type_ids"], pairs["next_sentence_label"])
+    collator = DataCollatorForLanguageModeling(tiny_tokenizer, mlm_probability=0.15)
+    batch = collator([dataset[i] for i in range(8)])
+    assert torch.equal(batch["next_sentence_label"], pairs["next_sentence_label"][:8])  # the collator keeps them
+    assert torch.equal(batch["token_type_ids"], pairs["token_type_ids"][:8])
+
+    student = build("SparseBertForMaskedLM", 0.5, vocab_size=tiny_tokenizer.vocab_size).train()
+    student.next_sentence_head = NextSentenceHead(student.config.hidden_size, student.config.initializer_range)
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False, per_device_train_batch_size=8)
+    trainer = UpstreamTrainer(model=student, args=args, train_dataset=dataset, data_collator=collator, nsp_weight=0.5,
+                              distillation=DistillationConfig(task_weight=1.0, kd_weight=0.0))
+    torch.manual_seed(0)
+    loss = trainer.compute_loss(student, dict(batch))
+    hidden = student.bert(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"]).last_hidden_state
+    mlm = student(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"], labels=batch["labels"]).loss
+    nsp = torch.nn.functional.cross_entropy(student.next_sentence_head(hidden[:, 0]), batch["next_sentence_label"])
+    torch.testing.assert_close(loss, mlm + 0.5 * nsp)  # dropout is 0 in the tiny config: the passes agree
+    loss.backward()
+    assert student.next_sentence_head.classifier.weight.grad.abs().sum() > 0
+    assert student.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    assert set(trainer._term_counts) == {"task", "nsp"}
+    # without labels in the batch (or with nsp_weight 0) it is the distillation trainer's loss
+    plain = {k: v for k, v in batch.items() if k != "next_sentence_label"}
+    torch.testing.assert_close(trainer.compute_loss(student, plain), mlm)
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("segment_pairs", [False, True], ids=["one-segment", "pairs"])
-def test_short_upstream_run_on_minilm(tmp_path, capsys, segment_pairs):
+@pytest.mark.parametrize("segment_pairs, nsp", [(False, False), (True, False), (True, True)], ids=["one-segment", "pairs", "pairs-nsp"])
+def test_short_upstream_run_on_minilm(tmp_path, capsys, segment_pairs, nsp):
     code = cli_main([
         "prune", "--recipe", "recipes/prune_ofa_90.yaml", "--output-dir", str(tmp_path / "run"),
         "--set", "max_steps=6", "--set", "head_warmup_steps=2", "--set", "eval_blocks=16",
         "--set", "pruning_frequency=2", "--set", "logging_steps=2", "--set", "save_steps=100",
         "--set", "per_device_train_batch_size=4", "--set", "method=block", "--set", "block=[1, 4]",
-        "--set", f"segment_pairs={str(segment_pairs).lower()}",
+        "--set", f"segment_pairs={str(segment_pairs).lower()}", "--set", f"nsp_weight={1.0 if nsp else 0.0}",
     ])
     assert code == 0, capsys.readouterr().err
     model_dir = tmp_path / "run" / "model"
@@ -167,3 +211,12 @@ def test_short_upstream_run_on_minilm(tmp_path, capsys, segment_pairs):
     limit = 6e-6 * dense_types.abs().amax(dim=1)
     assert moved[0] > 1e-5
     assert (moved[1] > 1e-5) if segment_pairs else (moved[1] <= limit[1] * 1.01)
+    # next-sentence prediction: its loss is logged, it is scored on held-out pairs, and its head is not saved
+    logged = [entry for entry in metrics["loss_log"] if "loss_nsp" in entry]
+    assert (len(logged) == 3 and all(0 < entry["loss_nsp"] < 5 for entry in logged)) if nsp else not logged
+    if nsp:
+        assert metrics["student_nsp"]["blocks"] == 16 and 0 <= metrics["student_nsp"]["nsp_accuracy"] <= 1
+    else:
+        assert "student_nsp" not in metrics
+    (saved_file,) = model_dir.glob("*.safetensors")
+    assert not [k for k in load_file(saved_file) if "next_sentence" in k]

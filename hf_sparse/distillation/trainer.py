@@ -125,6 +125,11 @@ class DistillationTrainer(Trainer):
             self._term_sums, self._term_counts = {}, {}
         super().log(logs, *args, **kwargs)
 
+    def record_term(self, name: str, value: torch.Tensor) -> None:
+        """Averages a loss term into the next training log as `loss_<name>`."""
+        self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach()
+        self._term_counts[name] = self._term_counts.get(name, 0) + 1
+
     def _take_snapshot(self, model) -> None:
         if model.sparsity() > 0:  # the dense model is PrC's job
             self.snapshots.append(_frozen_copy(model))
@@ -209,10 +214,9 @@ class DistillationTrainer(Trainer):
                     raise ValueError("FiC needs one class label per example")
                 terms["fic"] = cfg.fic_weight * contrastive_loss(anchors, fic, same_label_positives(labels, labels), t)
         loss = 0.0
-        for name, value in terms.items():  # each term is averaged into the next training log as loss_<name>
+        for name, value in terms.items():
             loss = loss + value
-            self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach()
-            self._term_counts[name] = self._term_counts.get(name, 0) + 1
+            self.record_term(name, value)
         if not torch.is_tensor(loss):
             raise ValueError("every loss term is disabled or unavailable: set task_weight or a distillation weight")
         return (loss, outputs) if return_outputs else loss
