@@ -28,5 +28,7 @@ assert dist.get_world_size() == 2
 masks = {k: v.to(torch.uint8) for k, v in model.get_masks().items()}
 weights = {k + ".weight": m.weight.detach().contiguous() for k, m in model.masked_linears().items()}
 save_file({**masks, **weights}, str(out / f"rank{rank}.safetensors"))
-# a gloo group still alive at interpreter exit can abort a rank ("terminate called without an active exception")
+# a gloo group still alive at interpreter exit can abort a rank ("terminate called without an active exception"),
+# and so can one rank tearing it down while the other still writes: both finish first, then both destroy it
+dist.barrier()
 dist.destroy_process_group()

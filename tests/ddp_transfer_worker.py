@@ -35,5 +35,7 @@ rank = dist.get_rank()
 if rank == 0:
     save_file(initial, str(out / "initial.safetensors"))
 save_file(tensors(model), str(out / f"rank{rank}.safetensors"))
-# a gloo group still alive at interpreter exit can abort a rank ("terminate called without an active exception")
+# a gloo group still alive at interpreter exit can abort a rank ("terminate called without an active exception"),
+# and so can one rank tearing it down while the other still writes: both finish first, then both destroy it
+dist.barrier()
 dist.destroy_process_group()
