@@ -153,9 +153,7 @@ def _row_arguments(
         else:
             dense = _dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length)
             tuned, start = True, MODELS / "starts" / f"{row}_from-{dense.parent.name}"
-        if not start.is_dir():
-            masked_start(upstream, dense, tuned, task, start)
-        args += ["--model", str(start)]
+        args += ["--model", str(masked_start(upstream, dense, tuned, task, start))]
     elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement|structured-fisher)-(joint-)?)?(global-)?(\d+)", row):
         start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length)
         method = match[2].replace("-", "_") if match[2] else "magnitude"
@@ -232,7 +230,8 @@ def masked_start(upstream: Path, dense: Path, tuned: bool, task: str, out: Path)
     """Writes to `out` a sparse_bert checkpoint with the masks of the `upstream` checkpoint on the weights of the dense
     checkpoint `dense` (zeroed where a mask is 0), and `dense`'s tokenizer: the pre-trained MiniLM (`tuned` False: the base
     model, the task head starts new) or the dense row's fine-tuned model (`tuned` True: its task head kept). Separates the upstream pattern from the
-    upstream weights. Written to a temporary folder, then renamed: `out` is complete or absent."""
+    upstream weights. Rebuilt for every run (seconds), so a regenerated upstream or dense checkpoint is never paired with
+    an older start; written to a temporary folder that then replaces `out`, so `out` is always complete."""
     from transformers import AutoConfig, AutoTokenizer
 
     from hf_sparse import SparseBertForQuestionAnswering, SparseBertForSequenceClassification, SparseBertModel
@@ -253,6 +252,7 @@ def masked_start(upstream: Path, dense: Path, tuned: bool, task: str, out: Path)
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     AutoTokenizer.from_pretrained(dense).save_pretrained(partial)
+    shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return out
 

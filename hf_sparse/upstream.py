@@ -293,6 +293,7 @@ class UpstreamTrainer(DistillationTrainer):
         self.nsp_weight = nsp_weight
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)  # the caller's batch stays as it was
         labels = inputs.pop("next_sentence_label", None)
         if labels is None or not self.nsp_weight or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

@@ -482,6 +482,9 @@ def test_masked_rows_put_the_upstream_masks_on_dense_weights(tmp_path, monkeypat
     assert torch.equal(model.classifier.weight, dense.classifier.weight)  # the fine-tuned head is kept
     assert AutoTokenizer.from_pretrained(start).get_vocab() == tiny_tokenizer.get_vocab()  # the dense model's tokenizer
 
+    (start / "stale").write_text("from an earlier upstream checkpoint")
+    assert start_of("masked-tuned-90") == start and not (start / "stale").exists()  # rebuilt for every run
+
     start = start_of("masked-pretrained-90")
     assert start.name == "masked-pretrained-90_from-minilm"
     base = SparseBertModel.from_pretrained(start)

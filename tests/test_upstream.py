@@ -159,7 +159,8 @@ def test_next_sentence_labels_reach_the_loss(tiny_tokenizer, tmp_path):
     trainer = UpstreamTrainer(model=student, args=args, train_dataset=dataset, data_collator=collator, nsp_weight=0.5,
                               distillation=DistillationConfig(task_weight=1.0, kd_weight=0.0))
     torch.manual_seed(0)
-    loss = trainer.compute_loss(student, dict(batch))
+    loss = trainer.compute_loss(student, batch)
+    assert "next_sentence_label" in batch  # the caller's batch is left as it was
     hidden = student.bert(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"]).last_hidden_state
     mlm = student(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"], labels=batch["labels"]).loss
     nsp = torch.nn.functional.cross_entropy(student.next_sentence_head(hidden[:, 0]), batch["next_sentence_label"])
