@@ -231,7 +231,7 @@ def masked_start(upstream: Path, dense: Path, tuned: bool, task: str, out: Path)
     checkpoint `dense` (zeroed where a mask is 0), and `dense`'s tokenizer: the pre-trained MiniLM (`tuned` False: the base
     model, the task head starts new) or the dense row's fine-tuned model (`tuned` True: its task head kept). Separates the upstream pattern from the
     upstream weights. Rebuilt for every run (seconds), so a regenerated upstream or dense checkpoint is never paired with
-    an older start; written to a temporary folder that then replaces `out`, so `out` is always complete."""
+    an older start; written to a temporary folder that then replaces `out`, so `out` is complete or absent, never partial."""
     from transformers import AutoConfig, AutoTokenizer
 
     from hf_sparse import SparseBertForQuestionAnswering, SparseBertForSequenceClassification, SparseBertModel

@@ -147,14 +147,12 @@ class FinetuneArguments:
             )
         if not 0 < self.target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
-        if self.hidden_weight < 0:
-            raise ValueError(f"hidden_weight must be >= 0, got {self.hidden_weight}")
-        if self.hidden_weight and self.teacher is None:
-            raise ValueError("hidden_weight needs --teacher (the fine-tuned model whose hidden states are distilled)")
-        if self.attention_weight < 0:
-            raise ValueError(f"attention_weight must be >= 0, got {self.attention_weight}")
-        if self.attention_weight and self.teacher is None:
-            raise ValueError("attention_weight needs --teacher (the fine-tuned model whose attention distributions are distilled)")
+        for name, distilled in (("hidden_weight", "hidden states"), ("attention_weight", "attention distributions")):
+            weight = getattr(self, name)
+            if weight < 0:
+                raise ValueError(f"{name} must be >= 0, got {weight}")
+            if weight and self.teacher is None:
+                raise ValueError(f"{name} needs --teacher (the fine-tuned model whose {distilled} are distilled)")
         if self.fic_weight and self.teacher is None:
             raise ValueError("fic_weight needs --teacher (the fine-tuned model FiC contrasts with)")
         check_contrastive_pooling(self.contrastive_pooling)
