@@ -13,17 +13,32 @@ from hf_sparse import SparseBertConfig
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-def have_exporters() -> bool:
-    """Whether Optimum's ONNX (optimum-onnx) and OpenVINO (optimum-intel) exporters run here (the default environment)."""
+def have_onnx_exporter() -> bool:
+    """Whether Optimum's ONNX exporter (optimum-onnx, transformers 4.57) and ONNX Runtime run here."""
     from hf_sparse.deploy.onnx import ExportError, _optimum_onnxruntime
-    from hf_sparse.deploy.openvino import _optimum_intel
 
     try:
         _optimum_onnxruntime()
+        return True
+    except ExportError:
+        return False
+
+
+def have_openvino_exporter() -> bool:
+    """Whether optimum-intel's OpenVINO exporter runs here (1.27 on transformers 4.57, 2.x on transformers 5.0-5.5)."""
+    from hf_sparse.deploy.onnx import ExportError
+    from hf_sparse.deploy.openvino import _optimum_intel
+
+    try:
         _optimum_intel()
         return True
     except ExportError:
         return False
+
+
+def have_exporters() -> bool:
+    """Whether both exporters run here (the default environment)."""
+    return have_onnx_exporter() and have_openvino_exporter()
 
 
 HEAD_NAMES = [

@@ -12,7 +12,7 @@ import transformers
 from hf_sparse import SparseBertForMaskedLM
 from hf_sparse.cli import main
 
-from conftest import dummy_inputs, have_exporters, tiny_config
+from conftest import dummy_inputs, have_exporters, have_openvino_exporter, tiny_config
 
 
 class Result:
@@ -160,6 +160,34 @@ def test_compact_command(tmp_path, run_cli, tiny_tokenizer):
     assert "heads 8 -> 4" in result.stdout and (tmp_path / "c" / "model.safetensors").is_file()
     again = run_cli("compact", tmp_path / "m", tmp_path / "c")
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+@pytest.mark.skipif(
+    not have_openvino_exporter(), reason="needs optimum-intel (the default or the transformers5-openvino environment)"
+)
+def test_openvino_export_and_bench_commands(tmp_path, run_cli, tiny_tokenizer):
+    """The OpenVINO route alone: what a transformers 5 environment with optimum-intel 2.x can run."""
+    from conftest import build
+
+    build("SparseBertForSequenceClassification", sparsity=0.9).save_pretrained(tmp_path / "m")
+    tiny_tokenizer.save_pretrained(tmp_path / "m")
+    result = run_cli(
+        "export", tmp_path / "m", "--to", "openvino", "--quantize", "int8", "--calibration", "sst2",
+        "--calibration-samples", "16", "--out", tmp_path / "ov",
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads((tmp_path / "ov" / "export_info.json").read_text())
+    assert info["int8"]["mode"] == "static (NNCF)" and info["int8"]["weights_behind_transpose"] == 0
+    assert (tmp_path / "ov" / "openvino_model_int8.xml").is_file()
+    result = run_cli(
+        "bench", tmp_path / "m", "--seq", "16", "--runs", "2", "--rounds", "2",
+        "--runtimes", "torch-fp32", "ov-fp32", "ov-int8-sparse", "--json", tmp_path / "bench.json",
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [r["runtime"] for r in rows] == ["torch-fp32", "ov-fp32", "ov-int8-sparse"]
+    assert all(r["median_ms"] > 0 and r["runs"] == 2 for r in rows)
+    assert sum(rows[2]["kernels"].values()) >= 12 and all(k.lower().endswith("i8") for k in rows[2]["kernels"])
 
 
 @pytest.mark.skipif(not have_exporters(), reason="needs optimum-onnx and optimum-intel (default environment)")

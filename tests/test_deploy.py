@@ -6,14 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HEAD_NAMES as HEADS, build, dummy_inputs, have_exporters, output_tensor
+from conftest import HEAD_NAMES as HEADS, build, dummy_inputs, have_onnx_exporter, have_openvino_exporter, output_tensor
 from hf_sparse.deploy.onnx import ExportError, export_onnx
 
-HAVE_EXPORTERS = have_exporters()
+HAVE_ONNX, HAVE_OPENVINO = have_onnx_exporter(), have_openvino_exporter()
 
-needs_exporters = pytest.mark.skipif(
-    not HAVE_EXPORTERS, reason="needs optimum-onnx and optimum-intel (default environment); their error is tested below"
+needs_onnx = pytest.mark.skipif(
+    not HAVE_ONNX, reason="needs optimum-onnx (transformers 4.57: the default environment); its error is tested below"
 )
+needs_openvino = pytest.mark.skipif(
+    not HAVE_OPENVINO,
+    reason="needs optimum-intel (the default or the transformers5-openvino environment); its error is tested below",
+)
+needs_exporters = pytest.mark.skipif(
+    not (HAVE_ONNX and HAVE_OPENVINO), reason="needs optimum-onnx and optimum-intel (the default environment)"
+)
+BACKENDS = [pytest.param("onnx", marks=needs_onnx), pytest.param("openvino", marks=needs_openvino)]
 
 
 def _save(model, folder, tokenizer):
@@ -58,46 +66,65 @@ def _ov(path, feeds):
     return compiled({k: v.numpy() for k, v in feeds.items()})[0]
 
 
-@needs_exporters
-@pytest.mark.parametrize("head", HEADS)
-def test_pytorch_onnx_openvino_agree_for_every_head(tmp_path, tiny_tokenizer, head):
+def _export_fp32(backend, folder, out):
+    """Exports `folder` without quantization; returns the fp32 model file and a runner for it."""
+    if backend == "onnx":
+        return export_onnx(folder, out, quantize=None) / "model.onnx", _ort
     from hf_sparse.deploy.openvino import export_openvino
 
+    return export_openvino(folder, out, quantize=None) / "openvino_model.xml", _ov
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", HEADS)
+def test_exports_agree_with_pytorch_for_every_head(tmp_path, tiny_tokenizer, head, backend):
     model = build(head, sparsity=0.9)
     folder = _save(model, tmp_path / "m", tiny_tokenizer)
-    onnx_dir = export_onnx(folder, tmp_path / "onnx", quantize=None)
-    ov_dir = export_openvino(folder, tmp_path / "ov", quantize=None)
+    path, run = _export_fp32(backend, folder, tmp_path / backend)
     feeds = _feeds(head)
     with torch.no_grad():
         expected = output_tensor(model(**feeds)).numpy()
-    np.testing.assert_allclose(_ort(onnx_dir / "model.onnx", feeds), expected, atol=1e-5, err_msg="ONNX Runtime")
-    np.testing.assert_allclose(_ov(ov_dir / "openvino_model.xml", feeds), expected, atol=1e-5, err_msg="OpenVINO")
-    # the folders load without hf-sparse's model type: config.json is plain BERT
-    for folder in (onnx_dir, ov_dir):
-        config = json.loads((folder / "config.json").read_text())
-        assert config["model_type"] == "bert" and config["architectures"] == [head.replace("SparseBert", "Bert")]
-        assert (folder / "tokenizer.json").is_file()
+    np.testing.assert_allclose(run(path, feeds), expected, atol=1e-5, err_msg=backend)
+    # the folder loads without hf-sparse's model type: config.json is plain BERT
+    config = json.loads((path.parent / "config.json").read_text())
+    assert config["model_type"] == "bert" and config["architectures"] == [head.replace("SparseBert", "Bert")]
+    assert (path.parent / "tokenizer.json").is_file()
+    info = json.loads((path.parent / "export_info.json").read_text())
+    assert info["task"] and abs(info["measured_sparsity"] - 0.9) < 0.01
+    assert info["versions"]["transformers"] and info["versions"]["optimum-onnx" if backend == "onnx" else "optimum-intel"]
 
 
-@needs_exporters
-def test_optimum_model_classes_load_the_exports(tmp_path, tiny_tokenizer):
-    from optimum.intel import OVModelForSequenceClassification
+@needs_onnx
+def test_optimum_onnxruntime_class_loads_the_export(tmp_path, tiny_tokenizer):
     from optimum.onnxruntime import ORTModelForSequenceClassification
+
+    model = _scaled("SparseBertForSequenceClassification")
+    folder = _save(model, tmp_path / "m", tiny_tokenizer)
+    export_onnx(folder, tmp_path / "onnx")
+    feeds = _feeds("SparseBertForSequenceClassification")
+    with torch.no_grad():
+        expected = model(**feeds).logits
+    ort = ORTModelForSequenceClassification.from_pretrained(tmp_path / "onnx", file_name="model_quantized.onnx")
+    scale = float(expected.abs().max())
+    assert scale > 0.2
+    torch.testing.assert_close(torch.as_tensor(ort(**feeds).logits), expected, atol=0.1 * scale, rtol=0)
+
+
+@needs_openvino
+def test_optimum_intel_classes_load_the_export(tmp_path, tiny_tokenizer):
+    from optimum.intel import OVModelForSequenceClassification
 
     from hf_sparse.deploy.openvino import export_openvino
 
     model = _scaled("SparseBertForSequenceClassification")
     folder = _save(model, tmp_path / "m", tiny_tokenizer)
-    export_onnx(folder, tmp_path / "onnx")
     export_openvino(folder, tmp_path / "ov", calibration=_tiny_texts())
     feeds = _feeds("SparseBertForSequenceClassification")
     with torch.no_grad():
         expected = model(**feeds).logits
-    ort = ORTModelForSequenceClassification.from_pretrained(tmp_path / "onnx", file_name="model_quantized.onnx")
+    fp32 = OVModelForSequenceClassification.from_pretrained(tmp_path / "ov", ov_config={"INFERENCE_PRECISION_HINT": "f32"})
+    torch.testing.assert_close(torch.as_tensor(fp32(**feeds).logits), expected, atol=1e-5, rtol=0)
     ov = OVModelForSequenceClassification.from_pretrained(tmp_path / "ov", file_name="openvino_model_int8.xml")
-    scale = float(expected.abs().max())
-    assert scale > 0.2
-    torch.testing.assert_close(torch.as_tensor(ort(**feeds).logits), expected, atol=0.1 * scale, rtol=0)
     # NNCF also quantizes activations (LayerNorm outputs, attention matmuls) per tensor, which a tiny random
     # model does not survive; its accuracy is checked on real MiniLM (test_real_deploy.py) instead
     got = torch.as_tensor(ov(**feeds).logits)
@@ -114,14 +141,13 @@ def _quantized_op_types(path) -> set:
     return {node.op_type for node in graph.node if dequantized & set(node.input)}
 
 
-@needs_exporters
+@needs_onnx
 @pytest.mark.parametrize("head", ["SparseBertForSequenceClassification", "SparseBertForQuestionAnswering"])
-def test_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
+def test_onnx_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
     import onnx
     from onnx import numpy_helper
 
     from hf_sparse.deploy.onnx import needs_reduced_range
-    from hf_sparse.deploy.openvino import compile_model, executed_kernels, export_openvino, weight_layout
 
     model = _scaled(head)
     folder = _save(model, tmp_path / "m", tiny_tokenizer)
@@ -129,7 +155,6 @@ def test_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
     reduced = needs_reduced_range()
     dynamic = export_onnx(folder, tmp_path / "dyn", reduce_range=reduced)
     static = export_onnx(folder, tmp_path / "static", static=True, calibration=_tiny_texts(), reduce_range=reduced)
-    ov_dir = export_openvino(folder, tmp_path / "ov", calibration=_tiny_texts())
     feeds = _feeds(head)
     with torch.no_grad():
         expected = output_tensor(model(**feeds)).numpy()
@@ -137,9 +162,9 @@ def test_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
     assert scale > 0.2
     np.testing.assert_allclose(_ort(dynamic / "model_quantized.onnx", feeds), expected, atol=0.15 * scale)
     # static INT8 fixes activation ranges from calibration text, which a tiny random model's outputs do not
-    # stay within; static ORT and NNCF accuracy is checked on real MiniLM and SST-2 (test_real_deploy.py)
-    for got in (_ort(static / "model_quantized.onnx", feeds), _ov(ov_dir / "openvino_model_int8.xml", feeds)):
-        assert got.shape == expected.shape and np.isfinite(got).all()
+    # stay within; static ORT accuracy is checked on real MiniLM and SST-2 (test_real_deploy.py)
+    got = _ort(static / "model_quantized.onnx", feeds)
+    assert got.shape == expected.shape and np.isfinite(got).all()
     info = json.loads((static / "export_info.json").read_text())
     assert info["int8"] == {
         "mode": "static", "weights": "int8 per-channel symmetric (pruned weights stay 0)"
@@ -157,7 +182,26 @@ def test_int8_exports_keep_zeros_and_match(tmp_path, tiny_tokenizer, head):
         int8 = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
         assert sum((w == 0).mean() >= 0.85 for w in int8) >= 2 * 6, folder
         assert max(int(np.abs(w.astype(np.int16)).max()) for w in int8) == (64 if reduced else 127), folder
-    # OpenVINO: every encoder weight is an int8 constant feeding MatMul(transpose_b) directly, no Transpose
+
+
+@needs_openvino
+@pytest.mark.parametrize("head", ["SparseBertForSequenceClassification", "SparseBertForQuestionAnswering"])
+def test_openvino_int8_weights_feed_their_matmuls_directly(tmp_path, tiny_tokenizer, head):
+    from hf_sparse.deploy.openvino import compile_model, executed_kernels, export_openvino, weight_layout
+
+    model = _scaled(head)
+    folder = _save(model, tmp_path / "m", tiny_tokenizer)
+    ov_dir = export_openvino(folder, tmp_path / "ov", calibration=_tiny_texts())
+    feeds = _feeds(head)
+    with torch.no_grad():
+        expected = output_tensor(model(**feeds)).numpy()
+    # NNCF's static ranges come from calibration text, which a tiny random model's outputs do not stay within;
+    # its accuracy is checked on real MiniLM and SST-2 (test_real_deploy.py)
+    got = _ov(ov_dir / "openvino_model_int8.xml", feeds)
+    assert got.shape == expected.shape and np.isfinite(got).all()
+    info = json.loads((ov_dir / "export_info.json").read_text())
+    assert info["int8"]["mode"] == "static (NNCF)" and info["int8"]["calibration_samples"] == 32
+    # every encoder weight is an int8 constant feeding MatMul(transpose_b) directly, no Transpose
     layout = weight_layout(ov_dir / "openvino_model_int8.xml")
     assert layout["int8_weights"] >= 2 * 6 and layout["behind_transpose"] == 0
     kernels = executed_kernels(compile_model(ov_dir / "openvino_model_int8.xml", sparse_rate=0.5), {k: v.numpy() for k, v in feeds.items()})
@@ -242,10 +286,9 @@ def test_qat_ranges_export_runs_what_qat_simulated(tmp_path, tiny_tokenizer, hea
     assert not any((tmp_path / x).exists() for x in "abcdef")
 
 
-@needs_exporters
-def test_compacted_model_exports(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compacted_model_exports(tmp_path, tiny_tokenizer, backend):
     from hf_sparse.deploy.compact import compact
-    from hf_sparse.deploy.openvino import export_openvino
     from hf_sparse.pruning.structured import StructuredPruning
     import hf_sparse
 
@@ -255,19 +298,16 @@ def test_compacted_model_exports(tmp_path, tiny_tokenizer):
     compact(folder, tmp_path / "c")
     compacted = hf_sparse.SparseBertForSequenceClassification.from_pretrained(tmp_path / "c")
     assert compacted.config.is_compacted
-    onnx_dir = export_onnx(tmp_path / "c", tmp_path / "onnx", quantize=None)
-    ov_dir = export_openvino(tmp_path / "c", tmp_path / "ov", quantize=None)
+    path, run = _export_fp32(backend, tmp_path / "c", tmp_path / backend)
     feeds = _feeds("SparseBertForSequenceClassification")
     with torch.no_grad():
         expected = model(**feeds).logits.numpy()
-    np.testing.assert_allclose(_ort(onnx_dir / "model.onnx", feeds), expected, atol=1e-5)
-    np.testing.assert_allclose(_ov(ov_dir / "openvino_model.xml", feeds), expected, atol=1e-5)
+    np.testing.assert_allclose(run(path, feeds), expected, atol=1e-5)
 
 
-@needs_exporters
-def test_mean_pooled_head_exports_and_compacts(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mean_pooled_head_exports_and_compacts(tmp_path, tiny_tokenizer, backend):
     from hf_sparse.deploy.compact import compact
-    from hf_sparse.deploy.openvino import export_openvino
     from hf_sparse.pruning.structured import StructuredPruning
     import hf_sparse
 
@@ -285,24 +325,29 @@ def test_mean_pooled_head_exports_and_compacts(tmp_path, tiny_tokenizer):
     with torch.no_grad():
         np.testing.assert_allclose(compacted(**feeds).logits.numpy(), expected, atol=1e-5)
     for source in (folder, tmp_path / "c"):
-        onnx_dir = export_onnx(source, tmp_path / f"onnx-{source.name}", quantize=None)
-        ov_dir = export_openvino(source, tmp_path / f"ov-{source.name}", quantize=None)
-        np.testing.assert_allclose(_ort(onnx_dir / "model.onnx", feeds), expected, atol=1e-5)
-        np.testing.assert_allclose(_ov(ov_dir / "openvino_model.xml", feeds), expected, atol=1e-5)
+        path, run = _export_fp32(backend, source, tmp_path / f"{backend}-{source.name}")
+        np.testing.assert_allclose(run(path, feeds), expected, atol=1e-5)
 
 
-@needs_exporters
-def test_export_refuses_bad_input(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_export_refuses_bad_input(tmp_path, tiny_tokenizer, backend):
+    from hf_sparse.deploy.openvino import export_openvino
+
+    export = export_onnx if backend == "onnx" else export_openvino
     folder = _save(build("SparseBertForSequenceClassification"), tmp_path / "m", tiny_tokenizer)
-    export_onnx(folder, tmp_path / "onnx", quantize=None)
+    export(folder, tmp_path / "out", quantize=None)
     with pytest.raises(ExportError, match="exists"):
-        export_onnx(folder, tmp_path / "onnx")
+        export(folder, tmp_path / "out")
     with pytest.raises(ExportError, match="quantize must be"):
-        export_onnx(folder, tmp_path / "x", quantize="int4")
+        export(folder, tmp_path / "x", quantize="int4")
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ExportError, match="not a sparse_bert checkpoint"):
-        export_onnx(tmp_path / "plain", tmp_path / "y")
+        export(tmp_path / "plain", tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_calibration_texts_come_from_real_data():
     from hf_sparse.deploy.calibration import calibration_texts
 
     with pytest.raises(ValueError, match="unknown calibration source"):
@@ -311,7 +356,6 @@ def test_export_refuses_bad_input(tmp_path, tiny_tokenizer):
     assert len(texts) == 4 and all(isinstance(a, str) and a and b is None for a, b in texts)
     pairs = calibration_texts("mrpc", 3)
     assert all(a and b for a, b in pairs)
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 @pytest.mark.parametrize(
@@ -332,7 +376,7 @@ def test_reduced_range_is_for_x86_without_vnni(flags, reduced):
     assert needs_reduced_range(flags) is reduced
 
 
-@needs_exporters
+@needs_onnx
 def test_reduce_range_can_be_forced_either_way(tmp_path, tiny_tokenizer):
     import onnx
     from onnx import numpy_helper
@@ -350,24 +394,32 @@ def test_reduce_range_can_be_forced_either_way(tmp_path, tiny_tokenizer):
     assert not (tmp_path / "qat").exists()
 
 
-@pytest.mark.skipif(HAVE_EXPORTERS, reason="tests the message where the exporters cannot run (the transformers 5 environment)")
-def test_export_fails_clearly_without_optimum(tmp_path):
+@pytest.mark.skipif(HAVE_ONNX, reason="tests the message where optimum-onnx cannot run (the transformers 5 environments)")
+def test_onnx_export_fails_clearly_without_optimum_onnx(tmp_path):
+    import transformers
+
+    with pytest.raises(ExportError, match=f"optimum-onnx.*transformers {transformers.__version__}"):
+        export_onnx(tmp_path / "m", tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.skipif(HAVE_OPENVINO, reason="tests the message where optimum-intel cannot run (the transformers5 environment)")
+def test_openvino_export_fails_clearly_without_optimum_intel(tmp_path):
     import transformers
 
     from hf_sparse.deploy.openvino import export_openvino
 
-    with pytest.raises(ExportError, match=f"transformers {transformers.__version__}"):
-        export_onnx(tmp_path / "m", tmp_path / "onnx")
-    with pytest.raises(ExportError, match=f"transformers {transformers.__version__}"):
+    with pytest.raises(ExportError, match=f"optimum-intel.*openvino-transformers5.*transformers {transformers.__version__}"):
         export_openvino(tmp_path / "m", tmp_path / "ov")
+    assert not (tmp_path / "ov").exists()
 
 
-@needs_exporters
-def test_failed_export_leaves_nothing_and_restores_optimum(tmp_path, tiny_tokenizer, monkeypatch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_failed_export_leaves_nothing_and_restores_optimum(tmp_path, tiny_tokenizer, monkeypatch, backend):
     from optimum.exporters.tasks import TasksManager
-    from optimum.onnxruntime import ORTQuantizer
 
     from hf_sparse.deploy.onnx import check_export
+    from hf_sparse.deploy.openvino import export_openvino
     from hf_sparse.deploy.optimum_support import as_transformers_library
 
     model = build("SparseBertForSequenceClassification", sparsity=0.9)
@@ -376,9 +428,16 @@ def test_failed_export_leaves_nothing_and_restores_optimum(tmp_path, tiny_tokeni
     def broken(*args, **kwargs):
         raise RuntimeError("quantizer crashed")
 
-    monkeypatch.setattr(ORTQuantizer, "quantize", broken)
+    if backend == "onnx":
+        from optimum.onnxruntime import ORTQuantizer as quantizer
+    else:
+        from optimum.intel import OVQuantizer as quantizer
+    monkeypatch.setattr(quantizer, "quantize", broken)
     with pytest.raises(RuntimeError, match="quantizer crashed"):  # after the fp32 export was staged
-        export_onnx(folder, tmp_path / "out")
+        if backend == "onnx":
+            export_onnx(folder, tmp_path / "out")
+        else:
+            export_openvino(folder, tmp_path / "out", calibration=_tiny_texts())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "vocab.txt"]  # no out/, no .out.tmp-* left
     # the library-name patch is undone on errors too
     original = TasksManager.__dict__["_infer_library_from_model_or_model_class"]

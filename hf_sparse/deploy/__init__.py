@@ -9,4 +9,5 @@
 
 Everything that needs Optimum is imported lazily, so the package works without the `onnx` /
 `openvino` extras (transformers 5 included) and fails with `ExportError` only when an export is asked for.
+OpenVINO export also runs on transformers 5.0-5.5 with optimum-intel 2.x (`openvino-transformers5` extra).
 """

@@ -48,8 +48,9 @@ def _optimum_intel():
         import optimum.intel as intel
     except Exception as err:
         raise ExportError(
-            f"OpenVINO export needs optimum-intel with openvino and nncf (`pip install hf-sparse[openvino]`), which "
-            f"supports transformers 4.57.x; this environment has transformers {transformers.__version__} "
+            "OpenVINO export needs optimum-intel with openvino and nncf: optimum-intel 1.27 with transformers 4.57.x "
+            "(`pip install hf-sparse[openvino]`) or optimum-intel 2.2 with transformers 5.0-5.5 "
+            f"(`pip install hf-sparse[openvino-transformers5]`); this environment has transformers {transformers.__version__} "
             f"({type(err).__name__}: {err})"
         ) from None
     return intel, export_from_model

@@ -29,20 +29,37 @@ _lock = threading.RLock()
 _registered: set[str] = set()
 
 
+def _bert_export_config(backend: str) -> type:
+    """Optimum's BERT export config for `backend`.
+
+    optimum-intel 2.x ships its own `BertOpenVINOConfig` and no longer needs optimum-onnx (it has no
+    `optimum.exporters.onnx`); optimum-intel 1.x exports BERT with optimum-onnx's `BertOnnxConfig`.
+    """
+    if backend == "openvino":
+        try:
+            from optimum.exporters.openvino.model_configs import BertOpenVINOConfig
+
+            return BertOpenVINOConfig
+        except ImportError:
+            pass
+    from optimum.exporters.onnx.model_configs import BertOnnxConfig
+
+    return BertOnnxConfig
+
+
 def register_sparse_bert(backend: str) -> None:
     """Registers BERT's export config for `sparse_bert` with Optimum's `TasksManager` (idempotent).
 
     Args:
         backend: "onnx" or "openvino".
     """
-    from optimum.exporters.onnx.model_configs import BertOnnxConfig
     from optimum.exporters.tasks import TasksManager
 
     with _lock:
         if backend in _registered:
             return
 
-        class SparseBertExportConfig(BertOnnxConfig):
+        class SparseBertExportConfig(_bert_export_config(backend)):
             """BERT's export config: a SparseBert takes and returns what BERT does."""
 
         TasksManager.create_register(backend, overwrite_existing=True)("sparse_bert", *sorted(set(EXPORT_TASKS.values())))(
