@@ -18,13 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def http_error(cls, message):
-    """huggingface_hub 1.x+ errors need a response object; 0.x ones do not."""
+    """huggingface_hub 1.x+ errors need a response object (httpx's in 1.x, httpx2's in 2.x); 0.x ones do not."""
     try:
         return cls(message)
     except TypeError:
-        import httpx2
+        try:
+            import httpx2 as httpx
+        except ImportError:
+            import httpx
 
-        return cls(message, response=httpx2.Response(404, request=httpx2.Request("GET", "http://hub.invalid/api")))
+        return cls(message, response=httpx.Response(404, request=httpx.Request("GET", "http://hub.invalid/api")))
 
 
 class FakeHub:
