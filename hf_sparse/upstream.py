@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 import yaml
+from transformers.modeling_outputs import MaskedLMOutput
 
 from .distillation import DistillationConfig, DistillationTrainer, check_contrastive_pooling
 from .models.sparse_bert.modeling_sparse_bert import SparseBertForMaskedLM
@@ -254,6 +255,13 @@ class BlockDataset(torch.utils.data.Dataset):
         return {name: values[i] for name, values in self.columns.items()}
 
 
+@dataclass
+class MaskedLMWithNextSentenceOutput(MaskedLMOutput):
+    """The student's MLM output plus its next-sentence logits, computed inside its forward (see `UpstreamTrainer`)."""
+
+    next_sentence_logits: Optional[torch.FloatTensor] = None
+
+
 class NextSentenceHead(torch.nn.Module):
     """BERT's next-sentence-prediction head on the student's [CLS] vector: a pooler (dense + tanh) and a 2-way
     classifier (0: the second segment continues the first, 1: it is unrelated). It trains with the student while the
@@ -298,17 +306,23 @@ class UpstreamTrainer(DistillationTrainer):
         if labels is None or not self.nsp_weight or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         student = self.unwrapped_student
-        captured = {}  # the student's last hidden states, from its own forward pass (teachers are other modules)
+        captured = {}  # the student's [CLS] vector, from its own forward pass (teachers are other modules)
 
-        def keep_hidden(module, args, output) -> None:  # returns None: the output goes on unchanged
-            captured["hidden"] = output[0]
+        def keep_cls(module, args, output) -> None:  # on student.bert; returns None: the output goes on unchanged
+            captured["cls"] = output[0][:, 0]
 
-        handle = student.bert.register_forward_hook(keep_hidden)
+        def add_nsp_logits(module, args, output) -> MaskedLMWithNextSentenceOutput:
+            # the head runs inside the student's forward, so under DDP its parameters belong to the forward's outputs
+            # (a parameter used only after the forward has its gradient marked ready twice)
+            return MaskedLMWithNextSentenceOutput(**output, next_sentence_logits=module.next_sentence_head(captured.pop("cls")))
+
+        handles = [student.bert.register_forward_hook(keep_cls), student.register_forward_hook(add_nsp_logits)]
         try:
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         finally:
-            handle.remove()
-        nsp = self.nsp_weight * torch.nn.functional.cross_entropy(student.next_sentence_head(captured["hidden"][:, 0]), labels)
+            for handle in handles:
+                handle.remove()
+        nsp = self.nsp_weight * torch.nn.functional.cross_entropy(outputs["next_sentence_logits"], labels)
         self.record_term("nsp", nsp)
         return (loss + nsp, outputs) if return_outputs else loss + nsp
 

@@ -221,3 +221,21 @@ def test_short_upstream_run_on_minilm(tmp_path, capsys, segment_pairs, nsp):
         assert "student_nsp" not in metrics
     (saved_file,) = model_dir.glob("*.safetensors")
     assert not [k for k in load_file(saved_file) if "next_sentence" in k]
+
+
+@pytest.mark.parametrize("launcher, port", [("torchrun", 29541), ("accelerate", 29543)])
+def test_next_sentence_head_trains_in_sync_under_two_process_ddp(tmp_path, launcher, port):
+    """The head runs outside the DDP-wrapped forward; its gradients must still be averaged over the ranks."""
+    from safetensors.torch import load_file
+
+    from conftest import run_two_process_worker
+
+    run_two_process_worker("ddp_nsp_worker.py", tmp_path, port=port, launcher=launcher)
+    rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
+    initial = load_file(str(tmp_path / "initial.safetensors"))
+    assert rank0.keys() == rank1.keys() and set(initial) < set(rank0)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert not torch.equal(rank0["head.classifier.weight"], initial["head.classifier.weight"])  # the head did train
+    logged = json.loads((tmp_path / "log_history.json").read_text())
+    assert sum("loss_nsp" in entry for entry in logged) == 4, logged
