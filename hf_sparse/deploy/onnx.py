@@ -56,7 +56,8 @@ def _optimum_onnxruntime():
     except Exception as err:  # ImportError, or a version clash raised while importing
         raise ExportError(
             f"ONNX export needs optimum-onnx with onnxruntime (`pip install hf-sparse[onnx]`), which supports "
-            f"transformers 4.57.x; this environment has transformers {transformers.__version__} ({type(err).__name__}: {err})"
+            f"transformers 4.57.x; this environment has transformers {transformers.__version__} ({type(err).__name__}: {err}). "
+            "On transformers 5.0-5.5, OpenVINO export works (`pip install hf-sparse[openvino-transformers5]`, `--to openvino`)"
         ) from None
     return ort, onnx_export_from_model, ORTQuantizer, AutoQuantizationConfig, AutoCalibrationConfig
 
