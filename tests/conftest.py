@@ -113,10 +113,15 @@ def output_tensor(outputs):
 
 @pytest.fixture
 def tiny_tokenizer(tmp_path):
+    return make_tiny_tokenizer(tmp_path)
+
+
+def make_tiny_tokenizer(folder: Path):
+    """A WordPiece tokenizer over the special tokens and w0..w93, its vocab.txt written into `folder`."""
     from transformers import BertTokenizerFast
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
-    vocab = tmp_path / "vocab.txt"
+    vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(words) + "\n")
     return BertTokenizerFast(str(vocab))  # positional: transformers 5 ignores the vocab_file keyword (all [UNK])
 

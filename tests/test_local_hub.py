@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from hf_sparse.hub.local_hub import OLAH_ENV, LocalHub, default_olah_executable, mirror_commit
 
-from conftest import build, dummy_inputs
+from conftest import build, dummy_inputs, make_tiny_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "org/tiny-sparse"
@@ -98,14 +98,6 @@ def test_local_hub_names_the_setup_script_when_olah_is_missing(tmp_path, monkeyp
 # --- through the server -------------------------------------------------------------------------
 
 
-def _tiny_tokenizer(folder: Path):
-    from transformers import BertTokenizerFast
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]  # as conftest's tiny_tokenizer
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    return BertTokenizerFast(str(folder / "vocab.txt"))  # positional: transformers 5 ignores vocab_file=
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """The tiny model, its tokenizer and a README committed as org/tiny-sparse, served by olah."""
@@ -116,7 +108,7 @@ def hub(tmp_path_factory):
     model = build(HEAD, sparsity=0.8)
     folder = tmp / "tiny-sparse"
     folder.mkdir()
-    tokenizer = _tiny_tokenizer(tmp)
+    tokenizer = make_tiny_tokenizer(tmp)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (folder / "README.md").write_text(README)
@@ -322,7 +314,7 @@ def _tiny_zoo_model(tmp: Path, sparsity: float, seed: int):
     (tmp / "results").mkdir(parents=True)
     model = build(HEAD, sparsity=sparsity, seed=seed)
     model.save_pretrained(tmp / "model")
-    _tiny_tokenizer(tmp).save_pretrained(tmp / "model")
+    make_tiny_tokenizer(tmp).save_pretrained(tmp / "model")
     row = f"upstream-{round(100 * sparsity)}"
     run = {"row": row, "kd": True, "task": "mrpc", "seed": 1, "main_metric": "f1", "train_examples": 10, "epochs": 1,
            "metrics": {"f1": 0.75, "accuracy": 0.7}, "command": f"python benchmarks/transfer.py --row {row} --task mrpc --seed 1 --kd"}
@@ -457,7 +449,7 @@ def test_bi_encoder_publish_round_trip_with_sentence_transformers(hub):
     tmp = hub["tmp"] / "zoo-bi"
     (tmp / "results").mkdir(parents=True)
     build("SparseBertForMaskedLM", sparsity=0.8, seed=5).save_pretrained(tmp / "up")
-    _tiny_tokenizer(tmp).save_pretrained(tmp / "up")
+    make_tiny_tokenizer(tmp).save_pretrained(tmp / "up")
     model, _ = build_bi_encoder(str(tmp / "up"), max_length=32)
     model.save(str(tmp / "model"))
     run = {"row": "upstream-80", "kd": False, "head": "bi-encoder", "task": "stsb", "seed": 1, "main_metric": "combined",
