@@ -48,8 +48,9 @@ def snapshot(model):
         dict(gradient_accumulation_steps=2, per_device_train_batch_size=2),
         dict(bf16=True),  # autocast on CPU
         dict(torch_compile=True, torch_compile_backend="aot_eager"),
+        dict(gradient_checkpointing=True),  # the masked forward runs again in the backward pass
     ],
-    ids=["adamw_weight_decay", "grad_accumulation", "bf16_autocast", "torch_compile"],
+    ids=["adamw_weight_decay", "grad_accumulation", "bf16_autocast", "torch_compile", "gradient_checkpointing"],
 )
 def test_pattern_lock_has_zero_drift(tmp_path, mode):
     model = build(HEAD, sparsity=0.9)

@@ -174,6 +174,57 @@ def test_next_sentence_labels_reach_the_loss(tiny_tokenizer, tmp_path):
     torch.testing.assert_close(trainer.compute_loss(student, plain), mlm)
 
 
+def _train_with_next_sentence_loss(tokenizer, out_dir, **modes):
+    """4 steps of the upstream trainer with the next-sentence loss on a tiny student: the trainer, the log entries with
+    `loss_nsp` and the head's initial classifier weight."""
+    from transformers import DataCollatorForLanguageModeling, TrainingArguments
+
+    from conftest import build
+    from hf_sparse.distillation import DistillationConfig
+    from hf_sparse.upstream import NextSentenceHead, UpstreamTrainer
+
+    texts = [" ".join(f"w{(7 * i + j) % 90}" for j in range(40)) for i in range(20)]
+    pairs = pair_blocks(tokenizer, texts, 16, random_fraction=0.5, seed=0)
+    dataset = BlockDataset(pairs["input_ids"], pairs["token_type_ids"], pairs["next_sentence_label"])
+    torch.manual_seed(0)
+    student = build("SparseBertForMaskedLM", 0.5, vocab_size=tokenizer.vocab_size)
+    student.next_sentence_head = NextSentenceHead(student.config.hidden_size, student.config.initializer_range)
+    initial_head = student.next_sentence_head.classifier.weight.detach().clone()
+    args = TrainingArguments(
+        str(out_dir), use_cpu=True, report_to=[], remove_unused_columns=False, per_device_train_batch_size=4,
+        learning_rate=5e-3, max_steps=4, logging_steps=1, save_strategy="no", seed=0, disable_tqdm=True, **modes,
+    )
+    trainer = UpstreamTrainer(
+        model=student, args=args, train_dataset=dataset, nsp_weight=1.0,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15),
+        distillation=DistillationConfig(task_weight=1.0, kd_weight=0.0),
+    )
+    trainer.train()
+    return trainer, [e for e in trainer.state.log_history if "loss_nsp" in e], initial_head
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [dict(torch_compile=True, torch_compile_backend="aot_eager"), dict(gradient_checkpointing=True)],
+    ids=["torch_compile", "gradient_checkpointing"],
+)
+def test_next_sentence_loss_trains_the_same_under_compile_and_checkpointing(tiny_tokenizer, tmp_path, mode):
+    """The head runs from forward hooks on the student: they must fire, and give the same training, in these modes."""
+    plain_trainer, plain_log, initial_head = _train_with_next_sentence_loss(tiny_tokenizer, tmp_path / "plain")
+    trainer, log, _ = _train_with_next_sentence_loss(tiny_tokenizer, tmp_path / "mode", **mode)
+    plain, student = plain_trainer.model, trainer.model
+    if mode.get("torch_compile"):
+        assert type(trainer.model_wrapped).__name__ == "OptimizedModule"  # the student ran compiled
+    else:
+        assert student.is_gradient_checkpointing
+    assert len(log) == len(plain_log) == 4
+    for entry, expected in zip(log, plain_log):
+        assert entry["loss_nsp"] == pytest.approx(expected["loss_nsp"], rel=1e-4)
+    assert not torch.allclose(student.next_sentence_head.classifier.weight, initial_head)  # the head trained
+    for (name, value), (_, expected) in zip(student.state_dict().items(), plain.state_dict().items()):
+        torch.testing.assert_close(value, expected, atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.real
 @pytest.mark.parametrize("segment_pairs, nsp", [(False, False), (True, False), (True, True)], ids=["one-segment", "pairs", "pairs-nsp"])
 def test_short_upstream_run_on_minilm(tmp_path, capsys, segment_pairs, nsp):
