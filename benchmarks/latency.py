@@ -66,8 +66,11 @@ def build_variant(shape: str, variant: str, folder: Path) -> tuple[Path, float]:
     return folder, sparsity
 
 
-def run(shapes, batches, runs: int, rounds: int = 5) -> dict:
+def run(shapes, batches, runs: int, rounds: int = 5, selected=None) -> dict:
+    """`selected`: the runtimes to time (default: all of `RUNTIMES`; torch-fp32 is always timed, it is the baseline)."""
     from hf_sparse.deploy.bench import RUNTIMES, benchmark, cpu_description
+
+    selected = set(RUNTIMES if selected is None else selected) | {"torch-fp32"}
 
     results = {"cpu": cpu_description(), "runs_per_row": runs, "rounds": rounds, "seq": 128, "rows": [],
                "started": time.strftime("%Y-%m-%d %H:%M")}
@@ -80,6 +83,7 @@ def run(shapes, batches, runs: int, rounds: int = 5) -> dict:
                     folder, sparsity = (dense, dense_sparsity) if variant == "dense" else build_variant(shape, variant, Path(tmp) / "model")
                     for batch in batches:
                         runtimes = RUNTIMES if (batch == 1 or shape == "minilm-l6") else BATCH16_BERT_BASE
+                        runtimes = [r for r in runtimes if r in selected]
                         rows = benchmark(
                             folder, [batch], 128, runtimes=runtimes, runs=runs, rounds=rounds, work_dir=Path(tmp) / "exports",
                             reference_dir=None if variant == "dense" else dense,
@@ -116,7 +120,8 @@ def summarise(results: dict) -> str:
                 lines.append(f"| {variant} | {by[runtimes[0]]['sparsity']:.2f} | " + " | ".join(cells) + f" | {mb} |")
             lines.append("")
     sparse_kernels = sorted({k for r in rows if r["runtime"] == "ov-int8-sparse" for k in r.get("kernels", {})})
-    lines.append(f"FullyConnected kernels run by `ov-int8-sparse`: {', '.join(sparse_kernels)}.")
+    if sparse_kernels:
+        lines.append(f"FullyConnected kernels run by `ov-int8-sparse`: {', '.join(sparse_kernels)}.")
     best = max((r for r in rows if r["shape"] == "bert-base" and r["batch"] == 1 and r["variant"] == "unstructured-90"),
                key=lambda r: r["speedup_vs_baseline"], default=None)
     if best:
@@ -151,6 +156,9 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main() -> None:
+    from hf_sparse.deploy.bench import RUNTIMES
+    from hf_sparse.deploy.onnx import _versions
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="MiniLM-L6 only, batch 1")
     parser.add_argument("--runs", type=int, default=20)
@@ -160,14 +168,22 @@ def main() -> None:
         "--tag", help="a second machine's run: writes latency[_quick]_<tag>.{json,md,png} and the README block "
         "latency-table[-quick]-<tag> (e.g. avx2), leaving the main table as it is",
     )
+    parser.add_argument(
+        "--runtimes", nargs="+", choices=RUNTIMES, help="time only these runtimes (and torch-fp32, the baseline), e.g. where "
+        "ONNX Runtime is not installed",
+    )
     args = parser.parse_args()
     if args.tag is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.tag):
         parser.error(f"--tag must be lower-case letters, digits and dashes, got {args.tag!r}")
     shapes = ["minilm-l6"] if args.quick else ["bert-base", "minilm-l6"]
     batches = [1] if args.quick else [1, 16]
     torch.set_num_threads(torch.get_num_threads())
-    results = run(shapes, batches, args.runs, args.rounds)
-    results["command"] = "python benchmarks/latency.py" + (" --quick" if args.quick else "") + (f" --tag {args.tag}" if args.tag else "")
+    results = run(shapes, batches, args.runs, args.rounds, args.runtimes)
+    results["command"] = (
+        "python benchmarks/latency.py" + (" --quick" if args.quick else "") + (f" --tag {args.tag}" if args.tag else "")
+        + (f" --runtimes {' '.join(args.runtimes)}" if args.runtimes else "")
+    )
+    results["versions"] = _versions("torch", "transformers", "optimum", "optimum-onnx", "optimum-intel", "onnxruntime", "openvino", "nncf")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = ("latency_quick" if args.quick else "latency") + (f"_{args.tag}" if args.tag else "")

@@ -27,3 +27,27 @@ def test_a_plain_bert_folder_of_an_unknown_head_is_refused_by_name(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForPreTraining"]}))
     with pytest.raises(ValueError, match=r"config.json: architecture 'BertForPreTraining' is not a BERT head hf-sparse knows"):
         Runners(tmp_path, tmp_path / "work").model()
+
+
+def test_latency_script_times_only_the_selected_runtimes_and_always_the_baseline(monkeypatch, tmp_path):
+    """`benchmarks/latency.py --runtimes` (e.g. an environment without ONNX Runtime): what reaches the timer, and the table."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import latency
+
+    asked = []
+
+    def fake_benchmark(folder, batches, seq, runtimes, **kwargs):
+        asked.append(list(runtimes))
+        return [{"runtime": r, "batch": batches[0], "median_ms": 10.0 if r == "torch-fp32" else 2.0,
+                 "speedup_vs_baseline": 1.0 if r == "torch-fp32" else 5.0, "bytes": 1e6} for r in runtimes]
+
+    monkeypatch.setattr("hf_sparse.deploy.bench.benchmark", fake_benchmark)
+    monkeypatch.setattr(latency, "build_variant", lambda shape, variant, folder: (folder, 0.0 if variant == "dense" else 0.9))
+    results = latency.run(["minilm-l6"], [1], runs=1, rounds=1, selected=["ov-fp32", "ov-int8"])
+    assert asked == [["torch-fp32", "ov-fp32", "ov-int8"]] * len(latency.VARIANTS)  # in RUNTIMES' order, baseline first
+    table = latency.summarise(results)
+    assert "| variant | sparsity | torch-fp32 | ov-fp32 | ov-int8 | INT8 MB (ORT / OV) |" in table
+    assert "ov-int8-sparse" not in table  # no kernel line for a runtime that did not run

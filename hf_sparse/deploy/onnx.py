@@ -196,6 +196,7 @@ def _versions(*names: str) -> dict:
             pass
     return found
 
+
 def read_qat_ranges(ranges_path: PathLike) -> dict[str, tuple[float, float]]:
     """The input range of each layer in a `qat_ranges.json` (written by `hf-sparse finetune --qat`).
 
