@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs hf-sparse and runs the main job: the whole pipeline on real weights and data, small budget
-# (prune once -> sparse transfer -> ONNX INT8 -> publish to the local Hub -> load back; ~10 min on 2 cores).
+# (prune once -> sparse transfer -> ONNX fp32 + INT8 and OpenVINO INT8 -> publish to the local Hub -> load back;
+# ~6 min on 2 cores, README "Two commands").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh default
