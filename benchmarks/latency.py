@@ -113,12 +113,14 @@ def summarise(results: dict) -> str:
             runtimes = list(dict.fromkeys(r["runtime"] for r in sub))
             base = next(r["median_ms"] for r in sub if r["variant"] == "dense" and r["runtime"] == "torch-fp32")
             lines += [f"**{shape}, batch {batch}** (dense torch-fp32: {base:.1f} ms)", ""]
-            lines.append("| variant | sparsity | " + " | ".join(runtimes) + " | INT8 MB (ORT / OV) |")
+            int8 = [rt for rt in ("ort-int8", "ov-int8") if rt in runtimes]
+            size_header = "INT8 MB (" + " / ".join({"ort-int8": "ORT", "ov-int8": "OV"}[rt] for rt in int8) + ")" if int8 else "INT8 MB"
+            lines.append("| variant | sparsity | " + " | ".join(runtimes) + f" | {size_header} |")
             lines.append("|---|---|" + "---|" * len(runtimes) + "---|")
             for variant in dict.fromkeys(r["variant"] for r in sub):
                 by = {r["runtime"]: r for r in sub if r["variant"] == variant}
                 cells = [f"{by[rt]['speedup_vs_baseline']:.2f}x" if rt in by else "" for rt in runtimes]
-                mb = " / ".join(f"{by[rt]['bytes'] / 1e6:.0f}" for rt in ("ort-int8", "ov-int8") if rt in by)
+                mb = " / ".join(f"{by[rt]['bytes'] / 1e6:.0f}" if rt in by else "" for rt in int8)
                 lines.append(f"| {variant} | {by[runtimes[0]]['sparsity']:.2f} | " + " | ".join(cells) + f" | {mb} |")
             lines.append("")
     sparse_kernels = sorted({k for r in rows if r["runtime"] == "ov-int8-sparse" for k in r.get("kernels", {})})

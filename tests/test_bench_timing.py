@@ -49,5 +49,6 @@ def test_latency_script_times_only_the_selected_runtimes_and_always_the_baseline
     results = latency.run(["minilm-l6"], [1], runs=1, rounds=1, selected=["ov-fp32", "ov-int8"])
     assert asked == [["torch-fp32", "ov-fp32", "ov-int8"]] * len(latency.VARIANTS)  # in RUNTIMES' order, baseline first
     table = latency.summarise(results)
-    assert "| variant | sparsity | torch-fp32 | ov-fp32 | ov-int8 | INT8 MB (ORT / OV) |" in table
+    assert "| variant | sparsity | torch-fp32 | ov-fp32 | ov-int8 | INT8 MB (OV) |" in table
+    assert "| structured-90-compact | 0.90 | 1.00x | 5.00x | 5.00x | 1 |" in table
     assert "ov-int8-sparse" not in table  # no kernel line for a runtime that did not run
