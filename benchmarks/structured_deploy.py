@@ -11,7 +11,7 @@ exports it (ONNX Runtime INT8 dynamic, OpenVINO NNCF INT8 calibrated on the task
 OpenVINO fp32, the fastest on CPUs without VNNI),
 and in ONE run measures every artifact's full-dev-set score and batch-1 (and batch-16) latency at
 seq 128, the artifacts timed in turns (`--rounds`). Speed-ups divide the dense model's torch-fp32 median by the artifact's. Writes
-benchmarks/results/structured_deploy_<row>_<task>[_s<seed>].json and the README block `structured-<row>-<task>[-s<seed>]`
+benchmarks/results/structured_deploy_<row>_<task>[_s<seed>].json and the benchmarks/README.md block `structured-<row>-<task>[-s<seed>]`
 (the seed suffix only for seeds other than 1: seed 1's names are the ones published).
 """
 

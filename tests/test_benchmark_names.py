@@ -500,3 +500,29 @@ def test_masked_rows_put_the_upstream_masks_on_dense_weights(tmp_path, monkeypat
     (root / "out" / "transfer" / "dense-bi_stsb_s1" / "model").mkdir(parents=True)
     with pytest.raises(SystemExit, match="masked-\\* rows are cross-encoder rows"):
         transfer._row_arguments("masked-tuned-90", "stsb", 1, True, bi_encoder=True)
+
+
+def test_readme_blocks_are_found_in_either_readme_and_links_follow_the_file(tmp_path, monkeypatch):
+    import readme_block
+
+    root, bench = tmp_path / "README.md", tmp_path / "benchmarks" / "README.md"
+    bench.parent.mkdir()
+    root.write_text("intro\n<!-- a -->\nold\n<!-- /a -->\nend\n")
+    bench.write_text("<!-- b -->\nold\n<!-- /b -->\n")
+    monkeypatch.setattr(readme_block, "README", root)
+    monkeypatch.setattr(readme_block, "BENCHMARKS_README", bench)
+    plot = "![plot](benchmarks/results/x.png)"
+    assert readme_block.update_readme_block("a", plot)
+    assert readme_block.update_readme_block("b", plot)
+    assert root.read_text() == f"intro\n<!-- a -->\n{plot}\n<!-- /a -->\nend\n"
+    assert bench.read_text() == "<!-- b -->\n![plot](results/x.png)\n<!-- /b -->\n"
+    assert not readme_block.update_readme_block("c", plot)  # no markers: nothing written
+    assert root.read_text().count("<!--") == 2 and bench.read_text().count("<!--") == 2
+
+
+def test_every_fixed_readme_block_is_in_exactly_one_readme():
+    import readme_block
+
+    texts = readme_block.README.read_text() + readme_block.BENCHMARKS_README.read_text()
+    for name in ("format-table", "upstream-table", "batch-order", "transfer-table", "stsb-heads-table", "latency-table"):
+        assert texts.count(f"<!-- {name} -->") == 1 and texts.count(f"<!-- /{name} -->") == 1, name
