@@ -6,6 +6,7 @@ Each block lives in one of the two files. Blocks write links relative to the rep
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +23,8 @@ def update_readme_block(name: str, block: str, readme: Path | None = None) -> bo
         if start in text and end in text:
             break
     else:
+        print(f"no <!-- {name} --> block in README.md or benchmarks/README.md: add its markers to publish the table there",
+              file=sys.stderr)
         return False
     if path.resolve().parent == BENCHMARKS_README.parent:
         block = block.replace("](benchmarks/results/", "](results/")
