@@ -407,6 +407,9 @@ def _precision(run: dict) -> str:
     return run.get("precision", "bf16")  # results files from before `precision` was recorded ran in bf16
 
 
+SUMMARY_ROWS = ("dense", "upstream-90 + KD")  # the project README's summary: the target, row for row
+
+
 def write_table() -> str:
     runs: dict[tuple[str, str], list[dict]] = {}
     baseline: dict[str, list[str]] = {}  # label -> its dense rows, preferred first
@@ -438,6 +441,7 @@ def write_table() -> str:
 
     header = "| row | encoder non-zeros | " + " | ".join(f"{t} ({runs_metric(runs, t)})" for t in tasks) + " | mean vs dense (tasks run) |"
     lines = [header, "|---|---:|" + "---:|" * len(tasks) + "---:|"]
+    summary = lines[:]  # the rows of SUMMARY_ROWS that ran, for the project README
     for label in labels:
         cells, ratios, nonzeros = [], [], None
         for t in tasks:
@@ -453,6 +457,8 @@ def write_table() -> str:
                 ratios.append(statistics.mean(scores) / reference)
         ratio = f"{100 * statistics.mean(ratios):.1f}% ({len(ratios)})" if ratios else "–"
         lines.append(f"| {label} | {nonzeros:,} | " + " | ".join(cells) + f" | {ratio} |")
+        if label in SUMMARY_ROWS:
+            summary.append(lines[-1])
     budget_lines = []
     for t in tasks:
         budget = [r for (_, task), rs in runs.items() if task == t for r in rs if r.get("epochs_override") is None and r.get("max_train_samples_override") is None]  # the task's own budget
@@ -488,6 +494,8 @@ def write_table() -> str:
     from readme_block import update_readme_block
 
     update_readme_block("transfer-table", text + "\n\n![score vs sparsity](benchmarks/results/transfer.png)")
+    if len(summary) > 2:
+        update_readme_block("transfer-summary", "\n".join(summary))
     heads = stsb_heads_table(runs)
     if heads:
         update_readme_block("stsb-heads-table", heads)

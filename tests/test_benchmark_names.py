@@ -376,6 +376,34 @@ def test_table_keeps_fp32_runs_apart_and_compares_them_with_the_fp32_dense_run(t
     # mrpc against the fp32 dense run (78 / 80), rte against the bf16 one where no fp32 dense run exists (50 / 55)
     assert f"| upstream-90 (fp32) | 100 | 78.0 (1 seed) | 50.0 (1 seed) | {100 * (0.78 / 0.80 + 0.50 / 0.55) / 2:.1f}% (2) |" in text
     assert written["transfer-table"].startswith(text)
+    # the summary keeps the plain dense row only: there is no upstream-90 + KD run, and the fp32 rows are other rows
+    assert written["transfer-summary"].splitlines()[2:] == ["| dense | 1,000 | 85.0 (1 seed) | 55.0 (1 seed) | 100.0% (2) |"]
+
+
+def test_table_summary_holds_the_dense_and_90_kd_rows_as_the_table_does(tmp_path, monkeypatch):
+    import json
+
+    import readme_block
+
+    written = {}
+    monkeypatch.setattr(transfer, "RUNS", tmp_path / "transfer")
+    monkeypatch.setattr(transfer, "RESULTS", tmp_path)
+    monkeypatch.setattr(transfer, "_plot", lambda runs, tasks: None)
+    monkeypatch.setattr(readme_block, "update_readme_block", lambda name, block: written.setdefault(name, block))
+    (tmp_path / "transfer").mkdir()
+    common = {"main_metric": "accuracy", "qat": False, "train_seconds": 60.0, "eval_seconds": 1.0, "task": "rte",
+              "train_examples": 2490, "epochs": 3, "max_length": 128}
+    runs = [("dense_rte_s1", "dense", False, 0.56), ("dense_rte_s2", "dense", False, 0.54),
+            ("upstream-90-kd_rte_s1", "upstream-90", True, 0.53), ("upstream-90_rte_s1", "upstream-90", False, 0.52),
+            ("upstream-80-kd_rte_s1", "upstream-80", True, 0.54)]
+    for name, row, kd, score in runs:
+        data = {**common, "row": row, "kd": kd, "score": score, "encoder_nonzeros": 100}
+        (tmp_path / "transfer" / f"{name}.json").write_text(json.dumps(data))
+    text = transfer.write_table()
+    summary = written["transfer-summary"].splitlines()
+    assert summary[:2] == text.splitlines()[2:4]  # the table's header and separator
+    assert summary[2:] == ["| dense | 100 | 55.0 ± 1.4 (2 seeds) | 100.0% (1) |", "| upstream-90 + KD | 100 | 53.0 (1 seed) | 96.4% (1) |"]
+    assert all(line in text.splitlines() for line in summary)
 
 
 def test_table_compares_a_grouped_run_with_the_grouped_dense_run(tmp_path, monkeypatch):
