@@ -552,5 +552,5 @@ def test_every_fixed_readme_block_is_in_exactly_one_readme():
     import readme_block
 
     texts = readme_block.README.read_text() + readme_block.BENCHMARKS_README.read_text()
-    for name in ("format-table", "upstream-table", "batch-order", "transfer-table", "stsb-heads-table", "latency-table"):
+    for name in ("format-table", "upstream-table", "batch-order", "transfer-table", "transfer-summary", "stsb-heads-table", "latency-table"):
         assert texts.count(f"<!-- {name} -->") == 1 and texts.count(f"<!-- /{name} -->") == 1, name
