@@ -348,9 +348,9 @@ def test_grouped_runs_batch_by_length_and_distil_from_the_dense_run_trained_so(t
         transfer.run_name(row, "sst2", 1, True, False, False, {"group_by_length": False})
 
 
-def test_table_keeps_fp32_runs_apart_and_compares_them_with_the_fp32_dense_run(tmp_path, monkeypatch):
-    import json
-
+@pytest.fixture
+def table_files(tmp_path, monkeypatch):
+    """transfer.py's table over results files in a temporary folder: (that folder, the README blocks it wrote)."""
     import readme_block
 
     written = {}
@@ -359,6 +359,13 @@ def test_table_keeps_fp32_runs_apart_and_compares_them_with_the_fp32_dense_run(t
     monkeypatch.setattr(transfer, "_plot", lambda runs, tasks: None)
     monkeypatch.setattr(readme_block, "update_readme_block", lambda name, block: written.setdefault(name, block))
     (tmp_path / "transfer").mkdir()
+    return tmp_path / "transfer", written
+
+
+def test_table_keeps_fp32_runs_apart_and_compares_them_with_the_fp32_dense_run(table_files):
+    import json
+
+    runs_dir, written = table_files
     common = {"main_metric": "accuracy", "kd": False, "qat": False, "train_seconds": 60.0, "eval_seconds": 1.0,
               "train_examples": 2490, "epochs": 3, "max_length": 128}
     runs = [("dense_mrpc_s1", "dense", "mrpc", 0.85, 1000, None), ("dense-fp32_mrpc_s1", "dense", "mrpc", 0.80, 1000, "fp32"),
@@ -368,7 +375,7 @@ def test_table_keeps_fp32_runs_apart_and_compares_them_with_the_fp32_dense_run(t
             ("upstream-90-fp32_rte_s1", "upstream-90", "rte", 0.50, 100, "fp32")]
     for name, row, task, score, nonzeros, precision in runs:
         data = {**common, "task": task, "row": row, "score": score, "encoder_nonzeros": nonzeros, **({"precision": precision} if precision else {})}
-        (tmp_path / "transfer" / f"{name}.json").write_text(json.dumps(data))
+        (runs_dir / f"{name}.json").write_text(json.dumps(data))
     text = transfer.write_table()
     assert "| dense | 1,000 | 85.0 (1 seed) | 55.0 (1 seed) | 100.0% (2) |" in text
     assert "| dense (fp32) | 1,000 | 80.0 (1 seed) | – | 100.0% (1) |" in text
@@ -380,17 +387,10 @@ def test_table_keeps_fp32_runs_apart_and_compares_them_with_the_fp32_dense_run(t
     assert written["transfer-summary"].splitlines()[2:] == ["| dense | 1,000 | 85.0 (1 seed) | 55.0 (1 seed) | 100.0% (2) |"]
 
 
-def test_table_summary_holds_the_dense_and_90_kd_rows_as_the_table_does(tmp_path, monkeypatch):
+def test_table_summary_holds_the_dense_and_90_kd_rows_as_the_table_does(table_files):
     import json
 
-    import readme_block
-
-    written = {}
-    monkeypatch.setattr(transfer, "RUNS", tmp_path / "transfer")
-    monkeypatch.setattr(transfer, "RESULTS", tmp_path)
-    monkeypatch.setattr(transfer, "_plot", lambda runs, tasks: None)
-    monkeypatch.setattr(readme_block, "update_readme_block", lambda name, block: written.setdefault(name, block))
-    (tmp_path / "transfer").mkdir()
+    runs_dir, written = table_files
     common = {"main_metric": "accuracy", "qat": False, "train_seconds": 60.0, "eval_seconds": 1.0, "task": "rte",
               "train_examples": 2490, "epochs": 3, "max_length": 128}
     runs = [("dense_rte_s1", "dense", False, 0.56), ("dense_rte_s2", "dense", False, 0.54),
@@ -398,7 +398,7 @@ def test_table_summary_holds_the_dense_and_90_kd_rows_as_the_table_does(tmp_path
             ("upstream-80-kd_rte_s1", "upstream-80", True, 0.54)]
     for name, row, kd, score in runs:
         data = {**common, "row": row, "kd": kd, "score": score, "encoder_nonzeros": 100}
-        (tmp_path / "transfer" / f"{name}.json").write_text(json.dumps(data))
+        (runs_dir / f"{name}.json").write_text(json.dumps(data))
     text = transfer.write_table()
     summary = written["transfer-summary"].splitlines()
     assert summary[:2] == text.splitlines()[2:4]  # the table's header and separator
@@ -406,16 +406,10 @@ def test_table_summary_holds_the_dense_and_90_kd_rows_as_the_table_does(tmp_path
     assert all(line in text.splitlines() for line in summary)
 
 
-def test_table_compares_a_grouped_run_with_the_grouped_dense_run(tmp_path, monkeypatch):
+def test_table_compares_a_grouped_run_with_the_grouped_dense_run(table_files):
     import json
 
-    import readme_block
-
-    monkeypatch.setattr(transfer, "RUNS", tmp_path / "transfer")
-    monkeypatch.setattr(transfer, "RESULTS", tmp_path)
-    monkeypatch.setattr(transfer, "_plot", lambda runs, tasks: None)
-    monkeypatch.setattr(readme_block, "update_readme_block", lambda name, block: None)
-    (tmp_path / "transfer").mkdir()
+    runs_dir, _ = table_files
     common = {"main_metric": "accuracy", "kd": False, "qat": False, "train_seconds": 60.0, "eval_seconds": 1.0,
               "train_examples": 2490, "epochs": 3, "max_length": 128, "precision": "fp32"}
     runs = [("dense-fp32_mrpc_s1", "dense", "mrpc", 0.80, None), ("dense-gl-fp32_mrpc_s1", "dense", "mrpc", 0.84, True),
@@ -423,7 +417,7 @@ def test_table_compares_a_grouped_run_with_the_grouped_dense_run(tmp_path, monke
             ("upstream-90-gl-fp32_mrpc_s1", "upstream-90", "mrpc", 0.79, True), ("upstream-90-gl-fp32_rte_s1", "upstream-90", "rte", 0.50, True)]
     for name, row, task, score, grouped in runs:
         data = {**common, "task": task, "row": row, "score": score, "encoder_nonzeros": 100, "group_by_length": grouped}
-        (tmp_path / "transfer" / f"{name}.json").write_text(json.dumps(data))
+        (runs_dir / f"{name}.json").write_text(json.dumps(data))
     text = transfer.write_table()
     assert "| dense (grouped by length) (fp32) | 100 | 84.0 (1 seed) | – | 100.0% (1) |" in text
     # mrpc against the grouped dense run (79 / 84), rte against the random-batch one where no grouped dense run exists
