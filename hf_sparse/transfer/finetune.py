@@ -53,6 +53,7 @@ from ..pruning import (
 from ..pruning.structured import ALLOCATIONS
 from ..tasks.glue import GlueTask, get_glue_task, load_glue
 from ..tasks.metrics import glue_metrics, squad_metrics
+from ..upstream import resolve_model
 from .callback import MaskDriftError, SparsityCallback, mask_drift, reference_masks
 from .precision import training_precision, warn_if_bf16_is_slow
 from .qat import QAT_RANGES_FILE, QATConfig, convert_qat, prepare_qat
@@ -71,7 +72,6 @@ FLOOR_METHODS = ("structured", "structured_movement", "structured_fisher")  # ta
 GLOBAL_SCOPE_METHODS = ("magnitude", "structured", "structured_movement", "structured_fisher")  # movement is per layer, soft_movement global
 RESULTS_FILE = "results.json"
 HEADS = ("cross-encoder", "bi-encoder")
-MINILM = "minilm"  # --model shortcut for the packaged pre-trained weights
 
 
 @dataclass
@@ -125,10 +125,7 @@ class FinetuneArguments:
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "evaluate on the first N dev examples (default: all)"})
 
     def __post_init__(self):
-        if self.model == MINILM:
-            from ..upstream import minilm_folder
-
-            self.model = str(minilm_folder())
+        self.model = resolve_model(self.model)
         self.task = self.task.lower().replace("-", "")
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
