@@ -7,12 +7,13 @@
 Rows: `dense` (MiniLM-L6 as released), `upstream-<s>` (out/prune_ofa_<s>/model from
 benchmarks/upstream.py, pattern locked), `upstream-<recipe>-<s>` (the same from another upstream
 recipe, e.g. `upstream-sparsebert-90` = out/sparsebert_90/model), `prune-ft-<s>` (magnitude pruning to s% during
-fine-tuning, from dense: the downstream-pruning baseline), `prune-ft-structured-<s>` (s% of
+fine-tuning, from dense: the downstream-pruning baseline), `prune-ft-movement-<s>` / `prune-ft-soft-movement-<s>`
+(the same, weights ranked by accumulated movement `-W * dL/dW`, Sanh et al. 2020: per layer / over all layers), `prune-ft-structured-<s>` (s% of
 attention heads and FFN neurons removed during fine-tuning, ranked by L1 norm: compactable),
 `prune-ft-structured-movement-<s>` (the same, ranked by accumulated movement), `prune-ft-structured-fisher-<s>` (the same, ranked by
-the Fisher information of a gate on each unit's output), `prune-tuned-*` (the same four
+the Fisher information of a gate on each unit's output), `prune-tuned-*` (the same
 methods, started from the dense row's fine-tuned model instead of the pre-trained one: prune a fine-tuned model),
-`prune-*-global-<s>` (any of those ranked over all layers at once, so layers end with uneven widths),
+`prune-*-global-<s>` (magnitude or a structured method ranked over all layers at once, so layers end with uneven widths),
 `prune-*-structured[-movement|-fisher]-joint[-global]-<s>` (heads and neurons ranked together by score per weight under
 one budget of s% of their weights, instead of s% of the heads and s% of the neurons),
 `dense-layers-<n>` (the first n dense layers: an equal-non-zero baseline), `masked-pretrained-[<recipe>-]<s>` /
@@ -27,7 +28,7 @@ task's rate, `--head-learning-rate` sets the task head's own rate (pooler and cl
 `--max-train-samples` override the task's epochs and training examples (a longer-budget row; with `--kd` a row given
 `--max-train-samples` distils from the dense row trained with the same `--epochs` / `--max-train-samples`, which is also
 the model a `prune-tuned-*` row starts from); `--pruning-end F` (prune-ft-* / prune-tuned-* rows) ends pruning at that
-fraction of training instead of 0.7; `--hidden-weight` (with `--kd`) also distils the teacher's hidden states;
+fraction of training instead of 0.7; `--pruning-start F` starts it at that fraction instead of the first steps; `--hidden-weight` (with `--kd`) also distils the teacher's hidden states;
 `--attention-weight` (with `--kd`, cross-encoder rows) also distils its attention distributions (KL, layer by layer; eager
 attention); `--temperature` (with `--kd`) sets the logits-KD temperature (default 2); `--group-by-length` batches examples of
 similar length together (less padding, faster steps; its own row, `-gl`, distilled from and
@@ -36,7 +37,7 @@ rows) keeps that many heads in every layer; `--augment N` (with `--kd`, GLUE) ad
 training example, words replaced by embedding neighbours (TinyBERT-style; hf_sparse/tasks/augment.py); `--teacher-epochs` (with `--max-train-samples`) starts from / distils
 from the dense row trained that many epochs instead of the run's own; `--classifier-pooling mean` (GLUE cross-encoder rows)
 gives the head the mean of the last hidden states instead of [CLS]; the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-att<w>][-kdt<t>][-mh<n>][-tep<n>][-aug<n>][-pe<f>][-poolmean][-gl][-fp32]_<task>_s<seed>.json
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-att<w>][-kdt<t>][-mh<n>][-tep<n>][-aug<n>][-pe<f>][-ps<f>][-poolmean][-gl][-fp32]_<task>_s<seed>.json
 (`-fp32`: trained in fp32, its own row, distilled from and starting from the fp32 dense run); models go to out/transfer/ (not committed).
 """
 
@@ -81,6 +82,7 @@ OVERRIDES = (
     ("teacher_epochs", "teacher_epochs_override", "-tep{:g}", "--teacher-epochs {:g}", " (from the {:g}-epoch dense model)"),
     ("augment", "augment_override", "-aug{:d}", "--augment {:d}", " (+{:d} augmented per example)"),
     ("pruning_end", "pruning_end_override", "-pe{:g}", "--pruning-end {:g}", " (pruned by {:g} of training)"),
+    ("pruning_start", "pruning_start_override", "-ps{:g}", "--pruning-start {:g}", " (pruning from {:g} of training)"),
     ("classifier_pooling", "classifier_pooling_override", "-pool{}", "--classifier-pooling {}", " ({}-pooled head)"),
 )
 # what a tag's value looks like in a file name, and its type, by the tag's format: "{:g}" float, "{:d}" int, "{}" word
@@ -101,6 +103,26 @@ FP32_TAG, FP32_FLAG, FP32_LABEL = "-fp32", " --precision fp32", " (fp32)"
 # in another order: its own row, distilled from and compared with the dense run trained the same way.
 # In `overrides` it is "group_by_length": True (None: random batches).
 GROUPED_TAG, GROUPED_FLAG, GROUPED_LABEL = "-gl", " --group-by-length", " (grouped by length)"
+
+
+# prune-at-fine-tune rows: prune-<ft|tuned>-[<method>-][joint-][global-]<s>; no method: magnitude
+PRUNE_ROW = re.compile(
+    r"prune-(?P<start>ft|tuned)-(?:(?P<method>soft-movement|movement|structured-movement|structured-fisher|structured)-)?"
+    r"(?P<joint>joint-)?(?P<scope>global-)?(?P<sparsity>\d+)"
+)
+PRUNE_ROW_HELP = "prune-ft|tuned-[movement|soft-movement|structured[-movement|-fisher]-[joint-]][global-]<s>"
+
+
+def _prune_row(row: str) -> re.Match | None:
+    """The parts of a prune-at-fine-tune row; None for other rows; exits on a combination `finetune` refuses."""
+    if not (match := PRUNE_ROW.fullmatch(row)):
+        return None
+    method = match["method"] or "magnitude"
+    if match["joint"] and not method.startswith("structured"):
+        raise SystemExit(f"row {row!r}: joint- ranks heads and neurons together: it needs a structured method")
+    if match["scope"] and method.endswith("movement") and not method.startswith("structured"):
+        raise SystemExit(f"row {row!r}: movement ranks per layer, soft-movement over all layers; neither takes global-")
+    return match
 
 
 def upstream_row(recipe: str) -> str:
@@ -133,7 +155,15 @@ def _row_arguments(
             raise SystemExit("--pruning-end sets when pruning during fine-tuning reaches its target: it applies to prune-ft-* / prune-tuned-* rows")
         if not 0 < o.pruning_end <= 1:
             raise SystemExit(f"--pruning-end is a fraction of training in (0, 1], got {o.pruning_end:g}")
-    if o.min_heads_per_layer is not None and not re.fullmatch(r"prune-(ft|tuned)-structured(-movement|-fisher)?(-joint-global|-joint|-global)-\d+", row):
+    if o.pruning_start is not None:
+        if not row.startswith(("prune-ft-", "prune-tuned-")):
+            raise SystemExit("--pruning-start sets when pruning during fine-tuning begins: it applies to prune-ft-* / prune-tuned-* rows")
+        if not 0 < o.pruning_start < (0.7 if o.pruning_end is None else o.pruning_end):
+            raise SystemExit(f"--pruning-start is a fraction of training in (0, pruning end), got {o.pruning_start:g}")
+    prune = _prune_row(row)
+    if o.min_heads_per_layer is not None and not (
+        prune and (prune["method"] or "").startswith("structured") and (prune["joint"] or prune["scope"])
+    ):
         raise SystemExit("--min-heads-per-layer applies to prune-*-structured[-movement|-fisher]-{global,joint,joint-global}-<s> rows")
     if o.classifier_pooling is not None:
         if o.classifier_pooling != "mean":
@@ -154,22 +184,24 @@ def _row_arguments(
             dense = _dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length)
             tuned, start = True, MODELS / "starts" / f"{row}_from-{dense.parent.name}"
         args += ["--model", str(masked_start(upstream, dense, tuned, task, start))]
-    elif match := re.fullmatch(r"prune-(ft|tuned)-(?:(structured|structured-movement|structured-fisher)-(joint-)?)?(global-)?(\d+)", row):
-        start = minilm_folder() if match[1] == "ft" else _dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length)
-        method = match[2].replace("-", "_") if match[2] else "magnitude"
-        args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(match[5]) / 100)]
-        if match[3]:
+    elif prune:
+        start = minilm_folder() if prune["start"] == "ft" else _dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length)
+        method = prune["method"].replace("-", "_") if prune["method"] else "magnitude"
+        args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(prune["sparsity"]) / 100)]
+        if prune["joint"]:
             args += ["--prune_allocation", "joint"]
-        if match[4]:
+        if prune["scope"]:
             args += ["--prune_scope", "global"]
         if o.min_heads_per_layer is not None:
             args += ["--prune_min_heads_per_layer", str(o.min_heads_per_layer)]
         if o.pruning_end is not None:
             args += ["--pruning_end", str(o.pruning_end)]
+        if o.pruning_start is not None:
+            args += ["--pruning_start", str(o.pruning_start)]
     elif match := re.fullmatch(r"dense-layers-(\d+)", row):
         args += ["--model", str(minilm_folder()), "--num_layers", match[1]]
     else:
-        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, masked-pretrained|tuned-[<recipe>-]<s>, prune-ft|tuned-[structured[-movement|-fisher]-[joint-]][global-]<s>, dense-layers-<n>")
+        raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, masked-pretrained|tuned-[<recipe>-]<s>, {PRUNE_ROW_HELP}, dense-layers-<n>")
     if kd:
         args += ["--teacher", str(_dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length))]
     if qat:
@@ -399,7 +431,9 @@ def _percent(score: float, task: str) -> float:
 
 
 def _row_sparsity(row: str) -> float:
-    match = re.fullmatch(r"(?:(?:upstream|masked-(?:pretrained|tuned))(?:-[a-z][a-z0-9-]*)?|prune-(?:ft|tuned)(?:-structured(?:-movement|-fisher)?(?:-joint)?)?(?:-global)?)-(\d+)", row)
+    if match := PRUNE_ROW.fullmatch(row):
+        return int(match["sparsity"]) / 100
+    match = re.fullmatch(r"(?:upstream|masked-(?:pretrained|tuned))(?:-[a-z][a-z0-9-]*)?-(\d+)", row)
     return int(match[1]) / 100 if match else 0.0
 
 
@@ -569,7 +603,7 @@ def _plot(runs, tasks) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | masked-pretrained|tuned-[<recipe>-]<s> | prune-ft|tuned-[structured[-movement|-fisher]-[joint-]][global-]<s> | dense-layers-<n>")
+    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | masked-pretrained|tuned-[<recipe>-]<s> | " + PRUNE_ROW_HELP.replace(",", " |") + " | dense-layers-<n>")
     parser.add_argument("--task", choices=list(TASK_BUDGETS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")
@@ -621,6 +655,11 @@ def main() -> int:
         "--pruning-end", type=float,
         help="prune-ft-* / prune-tuned-* rows: the fraction of training by which pruning reaches its target (default 0.7); "
              "the rest fine-tunes the final pattern; the row's label shows it",
+    )
+    parser.add_argument(
+        "--pruning-start", type=float,
+        help="prune-ft-* / prune-tuned-* rows: the fraction of training before pruning begins (default 0: from the first "
+             "steps); movement rows gather their scores meanwhile; the row's label shows it",
     )
     parser.add_argument(
         "--classifier-pooling", choices=["mean"],

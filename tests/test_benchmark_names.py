@@ -151,7 +151,8 @@ def test_attention_weight_needs_a_cross_encoder_and_is_named(tmp_path, monkeypat
      ("prune-tuned-structured-movement-global-90", "structured_movement", "0.9"), ("prune-ft-global-80", "magnitude", "0.8"),
      ("prune-tuned-structured-fisher-90", "structured_fisher", "0.9"), ("prune-ft-structured-fisher-global-80", "structured_fisher", "0.8"),
      ("prune-tuned-structured-movement-joint-90", "structured_movement", "0.9"),
-     ("prune-ft-structured-joint-global-80", "structured", "0.8")],
+     ("prune-ft-structured-joint-global-80", "structured", "0.8"), ("prune-tuned-movement-90", "movement", "0.9"),
+     ("prune-ft-soft-movement-80", "soft_movement", "0.8")],
 )
 def test_prune_tuned_rows_start_from_the_dense_fine_tuned_model(tmp_path, monkeypatch, row, method, sparsity):
     monkeypatch.setattr(transfer, "MODELS", tmp_path)
@@ -175,6 +176,24 @@ def test_prune_tuned_rows_start_from_the_dense_fine_tuned_model(tmp_path, monkey
     assert transfer._row_sparsity(row) == float(sparsity)
 
 
+def test_movement_rows_reach_the_pruner_and_refuse_a_global_prefix(tmp_path, monkeypatch):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_sparse.transfer.finetune import FinetuneArguments
+
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    for row, method in (("prune-ft-movement-90", "movement"), ("prune-ft-soft-movement-90", "soft_movement")):
+        argv = transfer._row_arguments(row, "stsb", 1, False)
+        finetune_args, _ = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(
+            argv + ["--output_dir", str(tmp_path / "run")])
+        assert finetune_args.prune_method == method and finetune_args.prune_scope == "layer"
+    for row in ("prune-ft-movement-global-90", "prune-tuned-soft-movement-global-90"):
+        with pytest.raises(SystemExit, match="movement ranks per layer, soft-movement over all layers; neither takes global-"):
+            transfer._row_arguments(row, "stsb", 1, False)
+    with pytest.raises(SystemExit, match="--min-heads-per-layer applies to"):
+        transfer._row_arguments("prune-ft-soft-movement-90", "stsb", 1, False, min_heads_per_layer=1)
+
+
 def test_joint_rows_need_a_structured_method_and_reach_the_pruner(tmp_path, monkeypatch):
     from transformers import HfArgumentParser, TrainingArguments
 
@@ -182,8 +201,9 @@ def test_joint_rows_need_a_structured_method_and_reach_the_pruner(tmp_path, monk
 
     monkeypatch.setattr(transfer, "MODELS", tmp_path)
     monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
-    for row in ("prune-ft-joint-90", "prune-tuned-joint-global-90"):  # magnitude rows have no heads/neurons to split between
-        with pytest.raises(SystemExit, match="unknown row"):
+    # magnitude and movement rows rank single weights: no heads/neurons to split a budget between
+    for row in ("prune-ft-joint-90", "prune-tuned-joint-global-90", "prune-ft-movement-joint-90", "prune-ft-soft-movement-joint-90"):
+        with pytest.raises(SystemExit, match=f"row '{row}': joint- ranks heads and neurons together: it needs a structured method"):
             transfer._row_arguments(row, "sst2", 1, False)
     argv = transfer._row_arguments("prune-ft-structured-movement-joint-90", "sst2", 1, False, min_heads_per_layer=1)
     finetune_args, _ = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(
@@ -315,6 +335,30 @@ def test_pruning_end_applies_to_prune_at_finetune_rows_and_reaches_the_schedule(
     assert name == "prune-tuned-structured-movement-90-kd-ep2-n67349-hid1-pe0.35-gl-fp32_sst2_s1"
     assert command.endswith("--hidden-weight 1 --pruning-end 0.35 --group-by-length --precision fp32")
     assert transfer._override_label({"pruning_end": 0.35}) == " (pruned by 0.35 of training)"
+
+
+def test_pruning_start_applies_to_prune_at_finetune_rows_and_reaches_the_schedule(tmp_path, monkeypatch):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_sparse.transfer.finetune import FinetuneArguments
+
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    with pytest.raises(SystemExit, match="--pruning-start .* applies to prune-ft-\\* / prune-tuned-\\* rows"):
+        transfer._row_arguments("upstream-90", "stsb", 1, False, pruning_start=0.2)
+    for bad, end in ((0.0, None), (0.7, None), (0.4, 0.35)):
+        with pytest.raises(SystemExit, match=f"--pruning-start is a fraction of training in \\(0, pruning end\\), got {bad:g}"):
+            transfer._row_arguments("prune-ft-movement-90", "stsb", 1, False, pruning_start=bad, pruning_end=end)
+    argv = transfer._row_arguments("prune-ft-movement-90", "stsb", 1, False, pruning_start=0.2)
+    finetune_args, _ = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(
+        argv + ["--output_dir", str(tmp_path / "run")])
+    assert finetune_args.pruning_start == 0.2 and finetune_args.prune_method == "movement"
+    assert "--pruning_start" not in transfer._row_arguments("prune-ft-movement-90", "stsb", 1, False)
+    name, command = transfer.run_name("prune-ft-movement-90", "stsb", 1, True, False, False,
+                                      {"pruning_end": 0.8, "pruning_start": 0.2, "group_by_length": True, "precision": "fp32"})
+    assert name == "prune-ft-movement-90-kd-pe0.8-ps0.2-gl-fp32_stsb_s1"
+    assert command.endswith("--kd --pruning-end 0.8 --pruning-start 0.2 --group-by-length --precision fp32")
+    assert transfer.parse_run_name(name.removesuffix("_stsb_s1"))[4]["pruning_start"] == 0.2
+    assert transfer._override_label({"pruning_start": 0.2}) == " (pruning from 0.2 of training)"
 
 
 def test_grouped_runs_batch_by_length_and_distil_from_the_dense_run_trained_so(tmp_path, monkeypatch):

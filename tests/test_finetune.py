@@ -162,6 +162,19 @@ def test_prune_at_finetune_from_dense(checkpoints, data_dir, tmp_path):
     assert results["sparsity"] == pytest.approx(0.6, abs=1e-3)
 
 
+def test_movement_prune_at_finetune_waits_for_pruning_start(checkpoints, data_dir, tmp_path):
+    results = finetune(  # 24 examples, batch 4, 2 epochs: 12 steps; pruning from step 6 to step 8
+        checkpoints, data_dir, tmp_path / "p", "--model", str(checkpoints / "dense"), "--task", "mrpc", "--logging_steps", "1",
+        "--prune_method", "movement", "--target_sparsity", "0.6", "--num_train_epochs", "2", "--pruning_start", "0.5",
+    )
+    updates = json.loads((tmp_path / "p" / "pruning_history.json").read_text())  # one entry per mask update
+    assert [entry["step"] for entry in updates] == [6, 7, 8]  # steps 1-5 only gather movement scores
+    assert updates[0]["sparsity"] == 0 and 0 < updates[1]["sparsity"] < 0.6 and updates[2]["target"] == pytest.approx(0.6)
+    curve = [entry["sparsity"] for entry in results["log_history"] if "loss" in entry]  # logged every step
+    assert len(curve) == 12 and curve[:6] == [0.0] * 6 and curve[-1] == pytest.approx(0.6, abs=1e-3)
+    assert results["mode"] == "prune-at-finetune:movement" and results["sparsity"] == pytest.approx(0.6, abs=1e-3)
+
+
 def test_structured_prune_at_finetune_then_compact(checkpoints, data_dir, tmp_path):
     from hf_sparse.analysis import pattern_violations
     from hf_sparse.deploy.compact import compact
@@ -341,6 +354,8 @@ def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
          "with --prune_method structured or structured_movement"),
         (["--task", "mrpc", "--prune_method", "magnitude", "--prune_allocation", "joint"], "prune_allocation='joint' needs --prune_method structured"),
         (["--task", "mrpc", "--prune_min_heads_per_layer", "-1"], "must be >= 0"),
+        (["--task", "mrpc", "--pruning_start", "0.7"], "need 0 <= pruning_start < pruning_end <= 1, got pruning_start=0.7, pruning_end=0.7"),
+        (["--task", "mrpc", "--pruning_end", "1.2"], "need 0 <= pruning_start < pruning_end <= 1"),
         (["--task", "mrpc", "--classifier_pooling", "max"], "classifier_pooling must be one of cls, mean, got 'max'"),
         (["--task", "squad", "--classifier_pooling", "mean"], "classifier_pooling applies to the cross-encoder head on GLUE tasks"),
         (["--task", "stsb", "--head", "bi-encoder", "--classifier_pooling", "mean"], "classifier_pooling applies to the cross-encoder head"),

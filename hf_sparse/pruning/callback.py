@@ -107,6 +107,9 @@ class PruningCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None:
             logs["sparsity"] = round(self.model.sparsity(), 6)
+            # the Trainer stored its copy of `logs` before the callbacks ran: keep the curve in trainer_state.json too
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1]["sparsity"] = logs["sparsity"]
 
     def on_save(self, args, state, control, **kwargs):
         method_state = self.method.state_dict()

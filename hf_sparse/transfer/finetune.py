@@ -109,6 +109,8 @@ class FinetuneArguments:
     augment_neighbours: int = field(default=15, metadata={"help": "with --augment_copies: the candidates per word (nearest first)"})
     prune_method: Optional[str] = field(default=None, metadata={"help": f"prune at fine-tune time: {', '.join(PRUNE_METHODS)}"})
     target_sparsity: float = field(default=0.9, metadata={"help": "final sparsity with --prune_method"})
+    pruning_start: float = field(default=0.0, metadata={"help": "fraction of training before pruning starts (movement methods "
+                                 "gather their scores meanwhile)"})
     pruning_end: float = field(default=0.7, metadata={"help": "fraction of training at which pruning reaches its target"})
     prune_scope: str = field(default="layer", metadata={"help": "layer: every layer pruned to the target; global: one ranking "
                              f"over all layers, so layers end with uneven widths ({', '.join(GLOBAL_SCOPE_METHODS)})"})
@@ -148,6 +150,8 @@ class FinetuneArguments:
                 "prune_min_heads_per_layer / prune_min_neurons_per_layer need --prune_scope global or --prune_allocation joint, "
                 f"with --prune_method {' or '.join(FLOOR_METHODS)}"
             )
+        if not 0 <= self.pruning_start < self.pruning_end <= 1:
+            raise ValueError(f"need 0 <= pruning_start < pruning_end <= 1, got pruning_start={self.pruning_start:g}, pruning_end={self.pruning_end:g}")
         if not 0 < self.target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
         for name, distilled in (("hidden_weight", "hidden states"), ("attention_weight", "attention distributions")):
@@ -402,8 +406,10 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
     callbacks = []
     if args.prune_method:
         total = _total_steps(training_args, len(train))
-        end = max(1, int(args.pruning_end * total))
-        schedule = CubicSchedule(0.0, args.target_sparsity, start_step=0, end_step=end, frequency=max(1, end // 30))
+        start, end = int(args.pruning_start * total), max(1, int(args.pruning_end * total))
+        if start >= end:
+            raise ValueError(f"pruning_start={args.pruning_start:g} and pruning_end={args.pruning_end:g} of {total} steps leave no step to prune in")
+        schedule = CubicSchedule(0.0, args.target_sparsity, start_step=start, end_step=end, frequency=max(1, (end - start) // 30))
         options = {
             "min_heads_per_layer": args.prune_min_heads_per_layer, "min_neurons_per_layer": args.prune_min_neurons_per_layer,
             "allocation": args.prune_allocation,
