@@ -110,7 +110,7 @@ PRUNE_ROW = re.compile(
     r"prune-(?P<start>ft|tuned)-(?:(?P<method>soft-movement|movement|structured-movement|structured-fisher|structured)-)?"
     r"(?P<joint>joint-)?(?P<scope>global-)?(?P<sparsity>\d+)"
 )
-PRUNE_ROW_HELP = "prune-ft|tuned-[movement|soft-movement|structured[-movement|-fisher]-[joint-]][global-]<s>"
+PRUNE_ROW_HELP = "prune-ft|tuned-[movement-|soft-movement-|structured[-movement|-fisher]-[joint-]][global-]<s> (global-: magnitude or structured)"
 
 
 def _prune_row(row: str) -> re.Match | None:
@@ -156,9 +156,12 @@ def _row_arguments(
         if not 0 < o.pruning_end <= 1:
             raise SystemExit(f"--pruning-end is a fraction of training in (0, 1], got {o.pruning_end:g}")
     if o.pruning_start is not None:
-        if not row.startswith(("prune-ft-", "prune-tuned-")):
+        if _prune_row(row) is None:
             raise SystemExit("--pruning-start sets when pruning during fine-tuning begins: it applies to prune-ft-* / prune-tuned-* rows")
-        if not 0 < o.pruning_start < (0.7 if o.pruning_end is None else o.pruning_end):
+        from hf_sparse.transfer.finetune import FinetuneArguments
+
+        end = FinetuneArguments.__dataclass_fields__["pruning_end"].default if o.pruning_end is None else o.pruning_end
+        if not 0 < o.pruning_start < end:
             raise SystemExit(f"--pruning-start is a fraction of training in (0, pruning end), got {o.pruning_start:g}")
     prune = _prune_row(row)
     if o.min_heads_per_layer is not None and not (
@@ -603,7 +606,7 @@ def _plot(runs, tasks) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | masked-pretrained|tuned-[<recipe>-]<s> | " + PRUNE_ROW_HELP.replace(",", " |") + " | dense-layers-<n>")
+    parser.add_argument("--row", help="dense | upstream-<s> | upstream-<recipe>-<s> | masked-pretrained|tuned-[<recipe>-]<s> | " + PRUNE_ROW_HELP + " | dense-layers-<n>")
     parser.add_argument("--task", choices=list(TASK_BUDGETS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kd", action="store_true", help="distil from the dense row's fine-tuned model (seed 1)")
@@ -658,8 +661,8 @@ def main() -> int:
     )
     parser.add_argument(
         "--pruning-start", type=float,
-        help="prune-ft-* / prune-tuned-* rows: the fraction of training before pruning begins (default 0: from the first "
-             "steps); movement rows gather their scores meanwhile; the row's label shows it",
+        help="prune-ft-* / prune-tuned-* rows: the fraction of training before pruning begins, in (0, pruning end) "
+             "(without it pruning starts at the first step); movement rows gather their scores meanwhile; the row's label shows it",
     )
     parser.add_argument(
         "--classifier-pooling", choices=["mean"],

@@ -352,6 +352,8 @@ def test_pruning_start_applies_to_prune_at_finetune_rows_and_reaches_the_schedul
     finetune_args, _ = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(
         argv + ["--output_dir", str(tmp_path / "run")])
     assert finetune_args.pruning_start == 0.2 and finetune_args.prune_method == "movement"
+    argv = transfer._row_arguments("prune-ft-movement-90", "stsb", 1, False, pruning_start=0.75, pruning_end=0.9)  # a later end allows it
+    assert argv[argv.index("--pruning_start") + 1] == "0.75" and argv[argv.index("--pruning_end") + 1] == "0.9"
     assert "--pruning_start" not in transfer._row_arguments("prune-ft-movement-90", "stsb", 1, False)
     name, command = transfer.run_name("prune-ft-movement-90", "stsb", 1, True, False, False,
                                       {"pruning_end": 0.8, "pruning_start": 0.2, "group_by_length": True, "precision": "fp32"})

@@ -168,7 +168,7 @@ def test_movement_prune_at_finetune_waits_for_pruning_start(checkpoints, data_di
         "--prune_method", "movement", "--target_sparsity", "0.6", "--num_train_epochs", "2", "--pruning_start", "0.5",
     )
     updates = json.loads((tmp_path / "p" / "pruning_history.json").read_text())  # one entry per mask update
-    assert [entry["step"] for entry in updates] == [6, 7, 8]  # steps 1-5 only gather movement scores
+    assert [entry["step"] for entry in updates] == [6, 7, 8]  # no mask changes before step 6
     assert updates[0]["sparsity"] == 0 and 0 < updates[1]["sparsity"] < 0.6 and updates[2]["target"] == pytest.approx(0.6)
     curve = [entry["sparsity"] for entry in results["log_history"] if "loss" in entry]  # logged every step
     assert len(curve) == 12 and curve[:6] == [0.0] * 6 and curve[-1] == pytest.approx(0.6, abs=1e-3)
