@@ -155,15 +155,15 @@ def _row_arguments(
             raise SystemExit("--pruning-end sets when pruning during fine-tuning reaches its target: it applies to prune-ft-* / prune-tuned-* rows")
         if not 0 < o.pruning_end <= 1:
             raise SystemExit(f"--pruning-end is a fraction of training in (0, 1], got {o.pruning_end:g}")
+    prune = _prune_row(row)
     if o.pruning_start is not None:
-        if _prune_row(row) is None:
+        if prune is None:
             raise SystemExit("--pruning-start sets when pruning during fine-tuning begins: it applies to prune-ft-* / prune-tuned-* rows")
         from hf_sparse.transfer.finetune import FinetuneArguments
 
         end = FinetuneArguments.__dataclass_fields__["pruning_end"].default if o.pruning_end is None else o.pruning_end
         if not 0 < o.pruning_start < end:
             raise SystemExit(f"--pruning-start is a fraction of training in (0, pruning end), got {o.pruning_start:g}")
-    prune = _prune_row(row)
     if o.min_heads_per_layer is not None and not (
         prune and (prune["method"] or "").startswith("structured") and (prune["joint"] or prune["scope"])
     ):
