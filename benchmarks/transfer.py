@@ -150,12 +150,12 @@ def _row_arguments(
             raise SystemExit("--augment adds teacher-labelled variants of the training examples: it needs --kd and a GLUE cross-encoder row")
         if o.augment < 1:
             raise SystemExit(f"--augment must be >= 1, got {o.augment}")
+    prune = _prune_row(row)
     if o.pruning_end is not None:
-        if not row.startswith(("prune-ft-", "prune-tuned-")):
+        if prune is None:
             raise SystemExit("--pruning-end sets when pruning during fine-tuning reaches its target: it applies to prune-ft-* / prune-tuned-* rows")
         if not 0 < o.pruning_end <= 1:
             raise SystemExit(f"--pruning-end is a fraction of training in (0, 1], got {o.pruning_end:g}")
-    prune = _prune_row(row)
     if o.pruning_start is not None:
         if prune is None:
             raise SystemExit("--pruning-start sets when pruning during fine-tuning begins: it applies to prune-ft-* / prune-tuned-* rows")
