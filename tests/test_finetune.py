@@ -333,6 +333,46 @@ def test_squad_and_fewer_layers(checkpoints, data_dir, tmp_path):
     assert short["encoder_nonzeros"] == 4 * 36 * 36 + 2 * 36 * 37
 
 
+def test_squad_predictions_keep_dataset_order_when_training_is_grouped_by_length(tiny_tokenizer, tmp_path):
+    """transformers also groups the evaluation batches by length when training is grouped, and SQuAD's
+    post-processing matches logits to features by position: `predict_squad` predicts in dataset order."""
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from hf_sparse.tasks.squad import prepare_eval_features
+    from hf_sparse.transfer.finetune import predict_squad
+
+    rng = random.Random(1)
+    rows = []
+    for i, n in enumerate([6, 30, 10, 40, 4, 24, 16, 34]):  # contexts of different lengths
+        context = sentence(rng, n)
+        rows.append({"id": str(i), "title": "t", "context": context, "question": sentence(rng, 3),
+                     "answers": {"text": [context.split()[0]], "answer_start": [0]}})
+    examples = Dataset.from_list(rows)
+    features = examples.map(
+        prepare_eval_features, batched=True, fn_kwargs={"tokenizer": tiny_tokenizer, "max_length": 64, "stride": 16},
+        remove_columns=examples.column_names,
+    )
+    model = build("SparseBertForQuestionAnswering", max_position_embeddings=128)
+    grouped = {"group_by_length": True} if "group_by_length" in TrainingArguments.__dataclass_fields__ else {
+        "train_sampling_strategy": "group_by_length"}
+
+    def trainer(**sampling):
+        args = TrainingArguments(str(tmp_path), per_device_eval_batch_size=2, use_cpu=True, report_to="none", **sampling)
+        return Trainer(model=model, args=args, processing_class=tiny_tokenizer, data_collator=DataCollatorWithPadding(tiny_tokenizer))
+
+    expected, in_order = predict_squad(trainer(), examples, features)
+    grouped_trainer = trainer(**grouped)
+    answers, output = predict_squad(grouped_trainer, examples, features)
+    assert answers == expected
+    assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(output.predictions[:2], in_order.predictions[:2]))
+    assert all(getattr(grouped_trainer.args, name) == value for name, value in grouped.items())  # restored afterwards
+    # what it guards against: a plain `predict` under these arguments returns the features in another order
+    inputs = features.remove_columns(["example_id", "offset_mapping"])
+    plain = grouped_trainer.predict(inputs).predictions[0]
+    assert not torch.equal(torch.as_tensor(plain), torch.as_tensor(in_order.predictions[0]))
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

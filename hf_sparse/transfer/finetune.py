@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -327,13 +328,42 @@ def glue_compute_metrics(task_name: str):
     return compute
 
 
-def evaluate_squad(trainer, dev_examples, dev_features) -> dict:
+# (TrainingArguments field, its value when training batches are grouped by length, its default): 4.x, then 5.x.
+_GROUPED_SAMPLING = (("group_by_length", True, False), ("train_sampling_strategy", "group_by_length", "random"))
+
+
+@contextmanager
+def _evaluation_in_dataset_order(trainer):
+    """Evaluation batches in dataset order while inside. When training batches are grouped by length, transformers
+    (4.57 and 5.x) groups the evaluation batches too, and `trainer.predict` returns them in that order."""
+    args = trainer.args
+    grouped = {name: value for name, value, _ in _GROUPED_SAMPLING if getattr(args, name, None) == value}
+    for name, _, default in _GROUPED_SAMPLING:
+        if name in grouped:
+            setattr(args, name, default)
+    try:
+        yield
+    finally:
+        for name, value in grouped.items():
+            setattr(args, name, value)
+
+
+def predict_squad(trainer, dev_examples, dev_features):
+    """(answer text per example id, the `trainer.predict` output) for SQuAD features from `prepare_eval_features`.
+
+    The logits are matched to `dev_features` by position, so the features are predicted in dataset order whatever
+    the training arguments' batch grouping."""
     from ..tasks.squad import postprocess_predictions
 
     inputs = dev_features.remove_columns([c for c in ("example_id", "offset_mapping") if c in dev_features.column_names])
-    output = trainer.predict(inputs, metric_key_prefix="eval")
+    with _evaluation_in_dataset_order(trainer):
+        output = trainer.predict(inputs, metric_key_prefix="eval")
     start_logits, end_logits = output.predictions[:2]
-    answers = postprocess_predictions(dev_examples, dev_features, start_logits, end_logits)
+    return postprocess_predictions(dev_examples, dev_features, start_logits, end_logits), output
+
+
+def evaluate_squad(trainer, dev_examples, dev_features) -> dict:
+    answers, output = predict_squad(trainer, dev_examples, dev_features)
     references = {example["id"]: example["answers"]["text"] for example in dev_examples}
     metrics = squad_metrics(answers, references)
     metrics = {f"eval_{k}": v for k, v in metrics.items()}
