@@ -348,12 +348,10 @@ def _bf16(precision: str) -> bool:
 
 
 def group_by_length_arguments() -> dict:
-    """TrainingArguments fields for batches of similar-length examples: `group_by_length` in transformers 4, a
-    sampling strategy in 5."""
-    from transformers import TrainingArguments
+    """TrainingArguments fields for batches of similar-length examples (`hf_sparse.transfer.finetune`'s)."""
+    from hf_sparse.transfer.finetune import group_by_length_arguments as arguments
 
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return {"group_by_length": True} if "group_by_length" in names else {"train_sampling_strategy": "group_by_length"}
+    return arguments()
 
 
 def _group_by_length() -> list[str]:

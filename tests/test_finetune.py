@@ -340,7 +340,7 @@ def test_squad_predictions_keep_dataset_order_when_training_is_grouped_by_length
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from hf_sparse.tasks.squad import prepare_eval_features
-    from hf_sparse.transfer.finetune import predict_squad
+    from hf_sparse.transfer.finetune import group_by_length_arguments, predict_squad
 
     rng = random.Random(1)
     rows = []
@@ -354,8 +354,7 @@ def test_squad_predictions_keep_dataset_order_when_training_is_grouped_by_length
         remove_columns=examples.column_names,
     )
     model = build("SparseBertForQuestionAnswering", max_position_embeddings=128)
-    grouped = {"group_by_length": True} if "group_by_length" in TrainingArguments.__dataclass_fields__ else {
-        "train_sampling_strategy": "group_by_length"}
+    grouped = group_by_length_arguments()
 
     def trainer(**sampling):
         args = TrainingArguments(str(tmp_path), per_device_eval_batch_size=2, use_cpu=True, report_to="none", **sampling)

@@ -12,6 +12,7 @@ Modes, chosen by the arguments:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -330,6 +331,13 @@ def glue_compute_metrics(task_name: str):
 
 # (TrainingArguments field, its value when training batches are grouped by length, its default): 4.x, then 5.x.
 _GROUPED_SAMPLING = (("group_by_length", True, False), ("train_sampling_strategy", "group_by_length", "random"))
+
+
+def group_by_length_arguments() -> dict:
+    """TrainingArguments fields for batches of similar-length examples: `group_by_length` in transformers 4, a
+    sampling strategy in 5."""
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return next({name: value} for name, value, _ in _GROUPED_SAMPLING if name in names)
 
 
 @contextmanager
