@@ -575,28 +575,51 @@ def runs_metric(runs, task) -> str:
     return next(r["main_metric"] for (label, t), rs in runs.items() if t == task for r in rs[:1])
 
 
+# the plot's panels: (title, suffix of the row labels, x-axis note); a panel is drawn when its sparse rows ran
+PLOT_PANELS = (
+    ("bf16 autocast, random batches (AVX-512 CPU)", "", "dense, then Prune-OFA upstream-sparse + KD; dashed: bi-encoder, no KD"),
+    ("fp32, batches grouped by length (AVX2 CPU)", " (grouped by length) (fp32)", "dense, then Prune-OFA upstream-sparse + KD"),
+)
+
+
+def _plot_points(runs, task: str, sparse_label: str, dense_label: str) -> list[tuple[float, float, float]]:
+    """(sparsity %, mean score, std over seeds or 0) of the dense row and the upstream rows matching `sparse_label`."""
+    points = []
+    for (label, t), rs in runs.items():
+        if t == task and (re.fullmatch(sparse_label, label) or label == dense_label):
+            scores = [_percent(r["score"], task) for r in rs]
+            spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
+            points.append((_row_sparsity(label.split(" ")[0]) * 100, statistics.mean(scores), spread))
+    return sorted(points)
+
+
 def _plot(runs, tasks) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = [(t, t, r"upstream-\d+ \+ KD", "dense", "-") for t in tasks]
-    series += [(t, f"{t} bi-encoder", rf"upstream-\d+{re.escape(BI_ENCODER_LABEL)}", "dense" + BI_ENCODER_LABEL, "--") for t in tasks]
-    for t, name, sparse_label, dense_label, style in series:
-        points = sorted(
-            (_row_sparsity(label.split(" ")[0]) * 100, _percent(statistics.mean(r["score"] for r in rs), task))
-            for (label, task), rs in runs.items()
-            if task == t and (re.fullmatch(sparse_label, label) or label == dense_label)
-        )
-        if len(points) > 1 or (points and style == "-"):
-            ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=name)
-    ax.set_xlabel("encoder sparsity (%)  [dense, then Prune-OFA upstream-sparse: + KD; bi-encoder: no KD]")
-    ax.set_ylabel("dev score (main metric ×100)")
-    ax.set_title("MiniLM-L6 sparse transfer")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    panels = [
+        panel for panel in PLOT_PANELS
+        if any(re.fullmatch(rf"upstream-\d+ \+ KD{re.escape(panel[1])}", label) for label, _ in runs)
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), sharey=True, squeeze=False)
+    colors = {t: f"C{i}" for i, t in enumerate(tasks)}
+    for ax, (title, suffix, note) in zip(axes[0], panels):
+        series = [(t, t, rf"upstream-\d+ \+ KD{re.escape(suffix)}", "dense" + suffix, "-") for t in tasks]
+        if not suffix:
+            series += [(t, f"{t} bi-encoder", rf"upstream-\d+{re.escape(BI_ENCODER_LABEL)}", "dense" + BI_ENCODER_LABEL, "--")
+                       for t in tasks]
+        for t, name, sparse_label, dense_label, style in series:
+            points = _plot_points(runs, t, sparse_label, dense_label)
+            if len(points) > 1 or (points and style == "-"):
+                x, y, spread = zip(*points)
+                ax.errorbar(x, y, yerr=spread, fmt=style, marker="o", capsize=3, color=colors[t], label=name)
+        ax.set_xlabel(f"encoder sparsity (%)  [{note}]")
+        ax.set_title(f"MiniLM-L6 sparse transfer: {title}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("dev score (main metric ×100); bars: ± std over seeds")
     fig.tight_layout()
     fig.savefig(RESULTS / "transfer.png", dpi=120)
     plt.close(fig)

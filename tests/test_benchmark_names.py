@@ -594,3 +594,27 @@ def test_every_fixed_readme_block_is_in_exactly_one_readme():
     texts = readme_block.README.read_text() + readme_block.BENCHMARKS_README.read_text()
     for name in ("format-table", "upstream-table", "batch-order", "transfer-table", "transfer-summary", "stsb-heads-table", "latency-table"):
         assert texts.count(f"<!-- {name} -->") == 1 and texts.count(f"<!-- /{name} -->") == 1, name
+
+
+def test_plot_draws_one_panel_per_training_regime_with_seed_means_and_spreads(tmp_path, monkeypatch):
+    runs = {
+        ("dense", "mrpc"): [{"score": 0.86}, {"score": 0.88}],
+        ("upstream-90 + KD", "mrpc"): [{"score": 0.80}],
+        ("dense (grouped by length) (fp32)", "mrpc"): [{"score": 0.84}],
+        ("upstream-80 + KD (grouped by length) (fp32)", "mrpc"): [{"score": 0.79}, {"score": 0.81}, {"score": 0.80}],
+        ("prune-ft-90 + KD (grouped by length) (fp32)", "mrpc"): [{"score": 0.10}],  # not an upstream row: not drawn
+    }
+    points = transfer._plot_points(runs, "mrpc", r"upstream-\d+ \+ KD \(grouped by length\) \(fp32\)", "dense (grouped by length) (fp32)")
+    assert [(x, round(y, 6), round(s, 6)) for x, y, s in points] == [(0.0, 84.0, 0.0), (80.0, 80.0, 1.0)]
+    points = transfer._plot_points(runs, "mrpc", r"upstream-\d+ \+ KD", "dense")
+    assert [(x, round(y, 6)) for x, y, _ in points] == [(0.0, 87.0), (90.0, 80.0)] and round(points[0][2], 6) == round(2 ** 0.5, 6)
+    monkeypatch.setattr(transfer, "RESULTS", tmp_path)
+    transfer._plot(runs, ["mrpc"])
+    assert (tmp_path / "transfer.png").stat().st_size > 0
+    import matplotlib.image
+
+    both = matplotlib.image.imread(tmp_path / "transfer.png")
+    assert both.shape[1] > 2.5 * both.shape[0]  # two panels side by side: both regimes ran
+    transfer._plot({key: value for key, value in runs.items() if "fp32" not in key[0]}, ["mrpc"])
+    one = matplotlib.image.imread(tmp_path / "transfer.png")
+    assert one.shape[0] == both.shape[0] and one.shape[1] < 0.6 * both.shape[1]
