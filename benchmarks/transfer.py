@@ -575,7 +575,8 @@ def runs_metric(runs, task) -> str:
     return next(r["main_metric"] for (label, t), rs in runs.items() if t == task for r in rs[:1])
 
 
-# the plot's panels: (title, suffix of the row labels, x-axis note); a panel is drawn when its sparse rows ran
+# the plot's panels: (title, suffix of the row labels, x-axis note); a panel is drawn when its dense or sparse rows ran
+# (the first one when none did, so that `--table` always writes a plot)
 PLOT_PANELS = (
     ("bf16 autocast, random batches (AVX-512 CPU)", "", "dense, then Prune-OFA upstream-sparse + KD; dashed: bi-encoder, no KD"),
     ("fp32, batches grouped by length (AVX2 CPU)", " (grouped by length) (fp32)", "dense, then Prune-OFA upstream-sparse + KD"),
@@ -601,8 +602,8 @@ def _plot(runs, tasks) -> None:
 
     panels = [
         panel for panel in PLOT_PANELS
-        if any(re.fullmatch(rf"upstream-\d+ \+ KD{re.escape(panel[1])}", label) for label, _ in runs)
-    ]
+        if any(re.fullmatch(rf"(upstream-\d+ \+ KD|dense){re.escape(panel[1])}", label) for label, _ in runs)
+    ] or list(PLOT_PANELS[:1])
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), sharey=True, squeeze=False)
     colors = {t: f"C{i}" for i, t in enumerate(tasks)}
     for ax, (title, suffix, note) in zip(axes[0], panels):
@@ -618,7 +619,8 @@ def _plot(runs, tasks) -> None:
         ax.set_xlabel(f"encoder sparsity (%)  [{note}]")
         ax.set_title(f"MiniLM-L6 sparse transfer: {title}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     axes[0][0].set_ylabel("dev score (main metric ×100); bars: ± std over seeds")
     fig.tight_layout()
     fig.savefig(RESULTS / "transfer.png", dpi=120)

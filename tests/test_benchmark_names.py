@@ -618,3 +618,7 @@ def test_plot_draws_one_panel_per_training_regime_with_seed_means_and_spreads(tm
     transfer._plot({key: value for key, value in runs.items() if "fp32" not in key[0]}, ["mrpc"])
     one = matplotlib.image.imread(tmp_path / "transfer.png")
     assert one.shape[0] == both.shape[0] and one.shape[1] < 0.6 * both.shape[1]
+    transfer._plot({("dense (grouped by length) (fp32)", "mrpc"): [{"score": 0.84}]}, ["mrpc"])  # dense alone: its panel
+    assert matplotlib.image.imread(tmp_path / "transfer.png").shape == one.shape
+    transfer._plot({("prune-ft-90 + KD", "mrpc"): [{"score": 0.10}]}, ["mrpc"])  # no panel's rows: still a plot
+    assert matplotlib.image.imread(tmp_path / "transfer.png").shape == one.shape
