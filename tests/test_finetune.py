@@ -1,6 +1,7 @@
 """`hf-sparse finetune` / `run_finetune` end to end on tiny models and tiny task files in the real layouts."""
 
 import json
+import os
 import random
 import sys
 
@@ -80,6 +81,7 @@ def test_sparse_transfer_keeps_upstream_pattern(checkpoints, data_dir, tmp_path)
     assert [entry["step"] for entry in results["log_history"] if "loss" in entry] == [2, 4, 6]  # the training curve is kept
     assert set(results["metrics"]) >= {"accuracy", "f1"} and results["score"] == results["metrics"]["f1"]
     assert results["train_examples"] == 24 and results["steps"] == 6
+    assert results["cpu"]["cores"] == os.cpu_count()  # the CPU is recorded: its bf16 / AMX support decides the precision
     saved = SparseBertForSequenceClassification.from_pretrained(tmp_path / "ft" / "model")
     assert mask_drift(saved, reference_masks(checkpoints / "upstream")) == []
     assert results["sparsity"] == pytest.approx(0.8, abs=0.02)

@@ -37,6 +37,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from ..deploy.bench import cpu_description
 from ..distillation import DistillationConfig, DistillationTrainer, check_contrastive_pooling
 from ..models.sparse_bert.configuration_sparse_bert import CLASSIFIER_POOLINGS
 from ..models.sparse_bert.modeling_sparse_bert import (
@@ -537,6 +538,7 @@ def results_record(
         "eval_seconds": round(eval_seconds, 1),
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_description(),  # model and ISA flags (bf16 / AMX decide the precision and the kernels)
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "arguments": asdict(args),
         # the Trainer's logs (every logging_steps: losses, learning rate, sparsity), so curves can be read back
