@@ -512,14 +512,15 @@ def write_table() -> str:
             "the last column compares each row with the dense row of the same head (for a row with more training examples, "
             "the dense row trained on the same examples and epochs, where it ran; otherwise the task budget's; an `(fp32)` "
             "row with the `dense (fp32)` row of that budget where it ran, a `(grouped by length)` row with the dense row "
-            "trained so). Runs trained under bf16 autocast on an AVX-512 CPU "
+            "trained so). Runs trained under bf16 autocast on a CPU with native bf16 (an AVX-512 AMD EPYC; the runs whose "
+            "results file records its `cpu`: an Intel Xeon with AMX) "
             "unless the row says `(fp32)`: trained in fp32 on a CPU without native bf16, distilled from the fp32 dense row. "
             "Batches are drawn at random unless the row says `(grouped by length)`: the Trainer's `group_by_length` "
             "(similar lengths batched together, less padding), distilled from the dense row trained the same way:",
             "",
             *lines,
             "",
-            "| task | train examples | epochs | max length | lr | wall time per run (2 cores, bf16 autocast on AVX-512) |",
+            "| task | train examples | epochs | max length | lr | wall time per run (2 cores, bf16 autocast) |",
             "|---|---:|---:|---:|---:|---|",
             *budget_lines,
         ]
