@@ -513,7 +513,8 @@ def write_table() -> str:
             "the dense row trained on the same examples and epochs, where it ran; otherwise the task budget's; an `(fp32)` "
             "row with the `dense (fp32)` row of that budget where it ran, a `(grouped by length)` row with the dense row "
             "trained so). Runs trained under bf16 autocast on a CPU with native bf16 (an AVX-512 AMD EPYC; the runs whose "
-            "results file records its `cpu`: an Intel Xeon with AMX) "
+            "results file records its `cpu`, and seed 3 of `prune-tuned-structured-movement-90 + KD (2 epochs) (67,349 examples) "
+            "(hidden-state KD 1)`: an Intel Xeon with AMX) "
             "unless the row says `(fp32)`: trained in fp32 on a CPU without native bf16, distilled from the fp32 dense row. "
             "Batches are drawn at random unless the row says `(grouped by length)`: the Trainer's `group_by_length` "
             "(similar lengths batched together, less padding), distilled from the dense row trained the same way:",
