@@ -144,6 +144,22 @@ def minilm_dir() -> Path:
     return folder
 
 
+def end_two_process_worker() -> None:
+    """Ends a rank of a tests/ddp_*_worker.py once its files are written: both ranks meet, destroy the gloo group and
+    leave through `os._exit(0)`. Interpreter teardown could still abort a rank after a clean destroy ("terminate called
+    without an active exception", a c10d thread at exit; seen in clean-clone CI runs with every file already written).
+    The tests compare the files the ranks wrote; an abort before writing them still fails them."""
+    import sys
+
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def run_two_process_worker(worker: str, out: Path, port: int, launcher: str = "torchrun") -> None:
     """Runs tests/<worker> in 2 CPU processes (gloo) with `out` as its argument.
 

@@ -11,7 +11,7 @@ import transformers
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import build, make_pair_blocks, make_tiny_tokenizer  # noqa: E402
+from conftest import build, end_two_process_worker, make_pair_blocks, make_tiny_tokenizer  # noqa: E402
 
 from hf_sparse.distillation import DistillationConfig  # noqa: E402
 from hf_sparse.upstream import NextSentenceHead, UpstreamTrainer  # noqa: E402
@@ -42,6 +42,4 @@ save_file({**head, **encoder}, str(out / f"rank{rank}.safetensors"))
 if rank == 0:
     save_file({f"head.{k}": v.contiguous() for k, v in initial.items()}, str(out / "initial.safetensors"))
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history))
-# both ranks finish writing before either tears the gloo group down
-dist.barrier()
-dist.destroy_process_group()
+end_two_process_worker()  # both ranks have written their files

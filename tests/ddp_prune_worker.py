@@ -9,7 +9,7 @@ import transformers
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import build  # noqa: E402
+from conftest import build, end_two_process_worker  # noqa: E402
 from test_training import RandomTokens  # noqa: E402
 
 from hf_sparse.pruning import CubicSchedule, MovementPruning, PruningCallback  # noqa: E402
@@ -28,7 +28,4 @@ assert dist.get_world_size() == 2
 masks = {k: v.to(torch.uint8) for k, v in model.get_masks().items()}
 weights = {k + ".weight": m.weight.detach().contiguous() for k, m in model.masked_linears().items()}
 save_file({**masks, **weights}, str(out / f"rank{rank}.safetensors"))
-# a gloo group still alive at interpreter exit can abort a rank ("terminate called without an active exception"),
-# and so can one rank tearing it down while the other still writes: both finish first, then both destroy it
-dist.barrier()
-dist.destroy_process_group()
+end_two_process_worker()  # both ranks have written their files

@@ -9,7 +9,7 @@ import transformers
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import build  # noqa: E402
+from conftest import build, end_two_process_worker  # noqa: E402
 from test_training import RandomTokens  # noqa: E402
 
 from hf_sparse import SparsityCallback  # noqa: E402
@@ -35,7 +35,4 @@ rank = dist.get_rank()
 if rank == 0:
     save_file(initial, str(out / "initial.safetensors"))
 save_file(tensors(model), str(out / f"rank{rank}.safetensors"))
-# a gloo group still alive at interpreter exit can abort a rank ("terminate called without an active exception"),
-# and so can one rank tearing it down while the other still writes: both finish first, then both destroy it
-dist.barrier()
-dist.destroy_process_group()
+end_two_process_worker()  # both ranks have written their files
