@@ -51,7 +51,7 @@ def main() -> int:
     from transfer import TASK_BUDGETS, group_by_length_arguments
     from transfer_overhead import StepTimer
 
-    from hf_sparse.deploy.bench import cpu_description
+    from hf_sparse.cpu import cpu_description
     from hf_sparse.transfer.finetune import FinetuneArguments, glue_datasets
     from hf_sparse.transfer.precision import cpu_bf16_is_fast
     from hf_sparse.upstream import minilm_folder

@@ -45,7 +45,7 @@ def main() -> None:
 
     from transformers import BertForSequenceClassification
 
-    from hf_sparse.deploy.bench import cpu_description
+    from hf_sparse.cpu import cpu_description
     from hf_sparse.transfer.precision import cpu_bf16_is_fast
     from hf_sparse.upstream import minilm_folder
 

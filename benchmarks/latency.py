@@ -70,7 +70,8 @@ def build_variant(shape: str, variant: str, folder: Path) -> tuple[Path, float]:
 
 def run(shapes, batches, runs: int, rounds: int = 5, selected=None) -> dict:
     """`selected`: the runtimes to time (default: all of `RUNTIMES`; torch-fp32 is always timed, it is the baseline)."""
-    from hf_sparse.deploy.bench import RUNTIMES, benchmark, cpu_description
+    from hf_sparse.cpu import cpu_description
+    from hf_sparse.deploy.bench import RUNTIMES, benchmark
 
     selected = set(RUNTIMES if selected is None else selected) | {"torch-fp32"}
 

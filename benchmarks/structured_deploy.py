@@ -60,7 +60,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from hf_sparse.deploy.accuracy import glue_dev_score, onnx_predictor, openvino_predictor, torch_predictor
-    from hf_sparse.deploy.bench import Runners, cpu_description, make_inputs, timed_interleaved
+    from hf_sparse.cpu import cpu_description
+    from hf_sparse.deploy.bench import Runners, make_inputs, timed_interleaved
     from hf_sparse.deploy.compact import compact
     from hf_sparse.deploy.onnx import export_onnx
     from hf_sparse.deploy.openvino import export_openvino

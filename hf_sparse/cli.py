@@ -137,7 +137,8 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .deploy.bench import benchmark, cpu_description, format_table
+    from .cpu import cpu_description
+    from .deploy.bench import benchmark, format_table
 
     from .deploy.bench import RUNTIMES
 

@@ -107,7 +107,7 @@ def test_openvino_runs_its_sparse_int8_kernel_where_the_cpu_has_amx(tmp_path):
     Its sparse INT8 kernel exists for AMX CPUs only: there every encoder linear must run it once sparse
     decompression is on (and none without it); on a CPU without AMX it must never appear.
     """
-    from hf_sparse.deploy.bench import cpu_description
+    from hf_sparse.cpu import cpu_description
     from hf_sparse.deploy.openvino import compile_model, executed_kernels, export_openvino
 
     model = SparseBertModel.from_dense(minilm_dir()).eval()

@@ -12,7 +12,6 @@ runtimes of a batch size in turns (`timed_interleaved`), its baseline among them
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -255,30 +254,3 @@ def format_table(rows: list[dict]) -> str:
             f"{r.get('speedup_vs_baseline', float('nan')):.2f}x | {r['bytes'] / 1e6:.1f} | {kernels} |"
         )
     return "\n".join(lines)
-
-
-def cpu_isa_flags() -> list[str]:
-    """This CPU's flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
-
-
-def cpu_description() -> dict:
-    """CPU model and the ISA flags that decide which kernels run (AMX, AVX-512 VNNI / BF16, AVX2 / AVX-VNNI)."""
-    info = {"cores": os.cpu_count()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = cpu_isa_flags()
-    if flags:
-        info["flags"] = sorted({f for f in flags if f.startswith(("amx", "avx512_vnni", "avx512_bf16", "avx512f", "avx2", "avx_vnni"))})
-    return info

@@ -319,7 +319,7 @@ def needs_reduced_range(flags: Optional[Sequence[str]] = None) -> bool:
     (255 * 127 * 2 > 32767); 7-bit weights cannot saturate. `flags`: the CPU's flags (default: this CPU's
     /proc/cpuinfo; a CPU whose flags cannot be read is not treated as x86)."""
     if flags is None:
-        from .bench import cpu_isa_flags
+        from ..cpu import cpu_isa_flags
 
         flags = cpu_isa_flags()
     flags = set(flags)

@@ -37,7 +37,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..deploy.bench import cpu_description
+from ..cpu import cpu_description
 from ..distillation import DistillationConfig, DistillationTrainer, check_contrastive_pooling
 from ..models.sparse_bert.configuration_sparse_bert import CLASSIFIER_POOLINGS
 from ..models.sparse_bert.modeling_sparse_bert import (
