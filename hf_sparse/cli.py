@@ -138,9 +138,7 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .cpu import cpu_description
-    from .deploy.bench import benchmark, format_table
-
-    from .deploy.bench import RUNTIMES
+    from .deploy.bench import RUNTIMES, benchmark, format_table
 
     rows = benchmark(
         args.model, args.batch, args.seq, runtimes=args.runtimes or RUNTIMES, runs=args.runs, rounds=args.rounds,
