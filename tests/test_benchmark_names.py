@@ -1,5 +1,6 @@
 """The benchmark scripts agree on run names: what transfer.py writes is what structured_deploy.py reads back."""
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -622,3 +623,31 @@ def test_plot_draws_one_panel_per_training_regime_with_seed_means_and_spreads(tm
     assert matplotlib.image.imread(tmp_path / "transfer.png").shape == one.shape
     transfer._plot({("prune-ft-90 + KD", "mrpc"): [{"score": 0.10}]}, ["mrpc"])  # no panel's rows: still a plot
     assert matplotlib.image.imread(tmp_path / "transfer.png").shape == one.shape
+
+
+@pytest.mark.parametrize("script", ["transfer", "upstream"])
+def test_committed_tables_are_what_the_committed_results_give(tmp_path, monkeypatch, script):
+    """Regenerating the tables from the committed results files changes neither `results/<script>.md` nor either
+    README: a run whose results file was put back (or a table edited by hand) cannot leave a table behind that
+    disagrees with the files it claims to summarise."""
+    import readme_block
+    import upstream
+
+    module = {"transfer": transfer, "upstream": upstream}[script]
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    for file in module.RESULTS.glob("*.json"):  # upstream_*.json, representation.json (the STS-B heads table)
+        shutil.copy(file, results)
+    readmes = {readme_block.README: tmp_path / "README.md", readme_block.BENCHMARKS_README: tmp_path / "benchmarks" / "README.md"}
+    for committed, copy in readmes.items():
+        shutil.copy(committed, copy)
+    monkeypatch.setattr(module, "RESULTS", results)
+    monkeypatch.setattr(readme_block, "README", readmes[readme_block.README])
+    monkeypatch.setattr(readme_block, "BENCHMARKS_README", readmes[readme_block.BENCHMARKS_README])
+    monkeypatch.setattr(transfer, "_plot", lambda runs, tasks: None)
+
+    module.write_table()
+
+    assert (results / f"{script}.md").read_text() == (module.ROOT / "benchmarks" / "results" / f"{script}.md").read_text()
+    for committed, copy in readmes.items():
+        assert copy.read_text() == committed.read_text(), f"{committed.relative_to(module.ROOT)}: rerun `python benchmarks/{script}.py --table`"
