@@ -117,12 +117,17 @@ def tiny_tokenizer(tmp_path):
 
 
 def make_tiny_tokenizer(folder: Path):
-    """A WordPiece tokenizer over the special tokens and w0..w93, its vocab.txt written into `folder`."""
+    """A WordPiece tokenizer over the special tokens and w0..w93, its vocab.txt written into `folder`.
+
+    The file is written under a name of this process's own and moved into place: the two ranks of a DDP worker build
+    it in the same folder at once, and one must never read the file while the other has it truncated."""
     from transformers import BertTokenizerFast
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
     vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(words) + "\n")
+    partial = folder / f"vocab.txt.{os.getpid()}"
+    partial.write_text("\n".join(words) + "\n")
+    os.replace(partial, vocab)
     return BertTokenizerFast(str(vocab))  # positional: transformers 5 ignores the vocab_file keyword (all [UNK])
 
 
