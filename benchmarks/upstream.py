@@ -51,8 +51,9 @@ def write_table() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sparsity", type=int, choices=[50, 70, 80, 90, 95, 97], help="run recipes/prune_ofa_<s>.yaml")
     recipes = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+    sparsities = sorted(int(s) for name in recipes if (s := name.removeprefix("prune_ofa_")).isdigit())
+    parser.add_argument("--sparsity", type=int, choices=sparsities, help="run recipes/prune_ofa_<s>.yaml")
     parser.add_argument("--recipe", choices=recipes, help="run recipes/<name>.yaml")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
