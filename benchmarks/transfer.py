@@ -580,7 +580,7 @@ def runs_metric(runs, task) -> str:
 # the plot's panels: (title, suffix of the row labels, x-axis note); a panel is drawn when its dense or sparse rows ran
 # (the first one when none did, so that `--table` always writes a plot)
 PLOT_PANELS = (
-    ("bf16 autocast, random batches (AVX-512 CPU)", "", "dense, then Prune-OFA upstream-sparse + KD; dashed: bi-encoder, no KD"),
+    ("bf16 autocast, random batches (CPUs with native bf16)", "", "dense, then Prune-OFA upstream-sparse + KD; dashed: bi-encoder, no KD"),
     ("fp32, batches grouped by length (AVX2 CPU)", " (grouped by length) (fp32)", "dense, then Prune-OFA upstream-sparse + KD"),
 )
 
