@@ -98,10 +98,8 @@ class UpstreamRecipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "UpstreamRecipe":
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a recipe is a mapping of settings, got {type(data).__name__}")
+        """The recipe in the YAML file at `path` (its `base` resolved, see `read_recipe_settings`), then `overrides`."""
+        data = read_recipe_settings(path)
         data.update(overrides)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -154,6 +152,62 @@ class UpstreamRecipe:
         if self.method == "n:m":
             return OneShotSchedule(self.pruning_method().sparsity, step=start)
         return CubicSchedule(self.initial_sparsity, self.final_sparsity, start, max(end, start + 1), self.pruning_frequency)
+
+
+RECIPE_BASE_KEY = "base"
+
+
+def read_recipe_settings(path: str | Path) -> dict:
+    """The settings of the recipe YAML file at `path`, with its `base` resolved.
+
+    A recipe can start from another one: `base: prune_ofa_90.yaml` (a path relative to the recipe's own folder) takes
+    every setting of that recipe, and the file's own settings then replace or extend them. A base may have a base of
+    its own. The result keeps the base's order of settings, new ones last, and has no `base` key.
+
+    Raises:
+        ValueError: a file (the recipe or a base) is not a mapping of settings, `base` is not a file name, or the
+            chain of bases comes back to a recipe already in it.
+        FileNotFoundError: the recipe or a base does not exist (the message names the recipe that asks for it).
+    """
+    chain: list[Path] = []
+    path = Path(path)
+    layers = []
+    while True:
+        resolved = path.resolve()
+        if resolved in chain:
+            cycle = " -> ".join(str(p) for p in chain + [resolved])
+            raise ValueError(f"{chain[0]}: the chain of recipe bases comes back to {path}: {cycle}")
+        chain.append(resolved)
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a recipe is a mapping of settings, got {type(data).__name__}")
+        layers.append(data)
+        base = data.pop(RECIPE_BASE_KEY, None)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base:
+            raise ValueError(f"{path}: `{RECIPE_BASE_KEY}` names a recipe file relative to this one, got {base!r}")
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise FileNotFoundError(f"{path}: its base recipe {base_path} does not exist")
+        path = base_path
+    settings: dict = {}
+    for data in reversed(layers):
+        settings.update(data)
+    return settings
+
+
+def render_recipe(path: str | Path) -> str:
+    """The recipe file at `path` as one self-contained YAML text: its opening comment lines, then every setting with
+    the `base` resolved (what a model card shows, and what a repository without the run's `recipe.yaml` gets)."""
+    comments = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        comments.append(line)
+    settings = yaml.safe_dump(read_recipe_settings(path), sort_keys=False)
+    return "\n".join(comments + [settings.rstrip("\n")]) + "\n"
 
 
 def resolve_model(model: str) -> str:

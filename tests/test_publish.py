@@ -142,6 +142,21 @@ def test_upstream_card_has_mlm_result_recipe_and_transfer_table(project, tmp_pat
     assert "upstream-90 + KD | mrpc" in card.text
 
 
+def test_a_recipe_with_a_base_is_shown_and_published_with_every_setting(project, tmp_path):
+    import yaml
+
+    (project / "recipes" / "r80.yaml").write_text("# r, to 80%\nbase: r.yaml\nname: r80\nfinal_sparsity: 0.8\n")
+    folder = assemble_repo(upstream_entry(recipe="recipes/r80.yaml"), project / "out" / "up", tmp_path / "repo", "org/tiny-80", project)
+    card = (folder / "README.md").read_text()
+    assert "```yaml\n# r, to 80%\nname: r80\nfinal_sparsity: 0.8\n```" in card and "base:" not in card
+    assert yaml.safe_load((folder / "recipe.yaml").read_text()) == {"name": "r80", "final_sparsity": 0.8}
+
+    (project / "recipes" / "broken.yaml").write_text("base: missing.yaml\nname: broken\n")
+    with pytest.raises(CardError, match=r"tiny-90: recipe .*broken.yaml cannot be read: .*broken.yaml: its base recipe .*missing.yaml does not exist"):
+        assemble_repo(upstream_entry(recipe="recipes/broken.yaml"), project / "out" / "up", tmp_path / "broken", "org/b", project)
+    assert not (tmp_path / "broken").exists()  # nothing written
+
+
 def test_bi_encoder_repo_is_a_sentence_transformers_model_with_its_card(project, tmp_path):
     import torch
     from sentence_transformers import SentenceTransformer

@@ -1,5 +1,6 @@
 """The upstream recipe: YAML parsing, and a short real run on MiniLM-L6 + WikiText-2 / SQuAD passages."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 from hf_sparse import SparseBertForMaskedLM
 from hf_sparse.analysis import pattern_violations
 from hf_sparse.cli import main as cli_main
-from hf_sparse.upstream import BlockDataset, UpstreamRecipe, minilm_folder, pair_blocks, read_corpus
+from hf_sparse.upstream import BlockDataset, UpstreamRecipe, minilm_folder, pair_blocks, read_corpus, read_recipe_settings, render_recipe
 
 from conftest import DATA_DIR, make_pair_blocks
 
@@ -46,6 +47,43 @@ def test_recipe_yaml_round_trip_and_errors(tmp_path):
         with pytest.raises(ValueError, match=rf"nsp_weight=1.0 needs segment_pairs: true .*segment_pairs={pairs}, random_segment_fraction={fraction}"):
             UpstreamRecipe(nsp_weight=1.0, segment_pairs=pairs, random_segment_fraction=fraction)
     assert UpstreamRecipe(nsp_weight=1.0, segment_pairs=True).nsp_weight == 1.0
+
+
+def test_a_recipe_builds_on_its_base(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: a\nfinal_sparsity: 0.9\nmax_steps: 100\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nname: b\nseed: 7\n")
+    (tmp_path / "c.yaml").write_text("# c\nbase: sub/b.yaml\nname: c\nfinal_sparsity: 0.5\n")
+    settings = read_recipe_settings(tmp_path / "c.yaml")
+    assert settings == {"name": "c", "final_sparsity": 0.5, "max_steps": 100, "seed": 7}
+    assert list(settings) == ["name", "final_sparsity", "max_steps", "seed"]  # the base's order, new settings last
+    recipe = UpstreamRecipe.from_yaml(tmp_path / "c.yaml", seed=3)
+    assert (recipe.name, recipe.final_sparsity, recipe.max_steps, recipe.seed) == ("c", 0.5, 100, 3)
+    assert render_recipe(tmp_path / "c.yaml") == "# c\nname: c\nfinal_sparsity: 0.5\nmax_steps: 100\nseed: 7\n"
+
+    files = {"loop1": "base: loop2.yaml\n", "loop2": "base: loop1.yaml\n", "self": "base: self.yaml\n",
+             "missing": "base: nowhere.yaml\n", "number": "base: 90\n", "list_base": "- 1\n", "on_list": "base: list_base.yaml\n",
+             "typo": "base: a.yaml\nfinal_sparsty: 0.8\n"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    for name, error, message in [
+        ("loop1", ValueError, r"loop1.yaml: the chain of recipe bases comes back to .*loop2.yaml -> .*loop1.yaml"),
+        ("self", ValueError, "self.yaml: the chain of recipe bases comes back to"),
+        ("missing", FileNotFoundError, r"missing.yaml: its base recipe .*nowhere.yaml does not exist"),
+        ("number", ValueError, r"number.yaml: `base` names a recipe file relative to this one, got 90"),
+        ("on_list", ValueError, "list_base.yaml: a recipe is a mapping of settings, got list"),
+        ("typo", ValueError, r"typo.yaml: unknown recipe settings \['final_sparsty'\]"),
+    ]:
+        with pytest.raises(error, match=message):
+            UpstreamRecipe.from_yaml(tmp_path / f"{name}.yaml")
+
+
+def test_the_shipped_variants_differ_from_their_base_only_where_they_say():
+    base = dataclasses.asdict(UpstreamRecipe.from_yaml("recipes/prune_ofa_90.yaml"))
+    for sparsity in (50, 60, 70, 80, 95, 97):
+        variant = dataclasses.asdict(UpstreamRecipe.from_yaml(f"recipes/prune_ofa_{sparsity}.yaml"))
+        changed = {key: value for key, value in variant.items() if base[key] != value}
+        assert changed == {"name": f"prune_ofa_{sparsity}", "final_sparsity": sparsity / 100}
 
 
 SHIPPED_RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))

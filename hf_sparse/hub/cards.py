@@ -18,6 +18,8 @@ from typing import Optional
 
 import yaml
 
+from ..upstream import render_recipe
+
 TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "template.md"
 KINDS = ("upstream", "finetuned", "converted")
 TASKS = ("sst2", "cola", "mrpc", "rte", "stsb", "squad")
@@ -369,7 +371,11 @@ def _recipe_section(entry: ZooEntry, root: Path) -> str:
     path = root / entry.recipe
     if not path.is_file():
         raise CardError(f"{entry.name}: recipe {path} not found")
-    return f"Upstream recipe (`{entry.recipe}`, also in this repository as `recipe.yaml`):\n\n```yaml\n{path.read_text().strip()}\n```"
+    try:
+        text = render_recipe(path)
+    except (ValueError, FileNotFoundError, yaml.YAMLError) as error:
+        raise CardError(f"{entry.name}: recipe {path} cannot be read: {error}") from error
+    return f"Upstream recipe (`{entry.recipe}`, also in this repository as `recipe.yaml`):\n\n```yaml\n{text.strip()}\n```"
 
 
 def _exports_section(exports: tuple[str, ...], repo_id: str, ort_class: str) -> str:

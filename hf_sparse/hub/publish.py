@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..upstream import render_recipe
 from .cards import ZooEntry, render_card, sparsity_plot
 
 # files of a checkpoint folder that belong in a published repo (training artefacts such as
@@ -96,7 +97,7 @@ def assemble_repo(entry: ZooEntry, model_dir: str | Path, out_dir: str | Path, r
     for name in exports + module_folders:
         shutil.copytree(model_dir / name, out_dir / name, dirs_exist_ok=True)
     if entry.recipe and not (out_dir / "recipe.yaml").exists():
-        shutil.copy2(root / entry.recipe, out_dir / "recipe.yaml")
+        (out_dir / "recipe.yaml").write_text(render_recipe(root / entry.recipe))  # its `base` resolved: self-contained
     (out_dir / "README.md").write_text(card)
     sparsity_plot(report, out_dir / "sparsity.png")
     return out_dir
