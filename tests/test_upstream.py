@@ -84,6 +84,10 @@ def test_the_shipped_variants_differ_from_their_base_only_where_they_say():
         variant = dataclasses.asdict(UpstreamRecipe.from_yaml(f"recipes/prune_ofa_{sparsity}.yaml"))
         changed = {key: value for key, value in variant.items() if base[key] != value}
         assert changed == {"name": f"prune_ofa_{sparsity}", "final_sparsity": sparsity / 100}
+    for name, expected in (("long", {"max_steps": 3000}), ("structured", {"method": "structured_movement"})):
+        variant = dataclasses.asdict(UpstreamRecipe.from_yaml(f"recipes/prune_ofa_{name}_90.yaml"))
+        changed = {key: value for key, value in variant.items() if base[key] != value}
+        assert changed == {"name": f"prune_ofa_{name}_90", **expected}
 
 
 SHIPPED_RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
