@@ -16,6 +16,8 @@ methods, started from the dense row's fine-tuned model instead of the pre-traine
 `prune-*-global-<s>` (magnitude or a structured method ranked over all layers at once, so layers end with uneven widths),
 `prune-*-structured[-movement|-fisher]-joint[-global]-<s>` (heads and neurons ranked together by score per weight under
 one budget of s% of their weights, instead of s% of the heads and s% of the neurons),
+`prune-*-structured[-movement|-fisher]-<u>-magnitude-<s>` (hybrid: u% of the heads and neurons removed, then the
+smallest-magnitude weights inside the units kept until every layer is s% sparse; compacts to the widths of u%),
 `dense-layers-<n>` (the first n dense layers: an equal-non-zero baseline), `masked-pretrained-[<recipe>-]<s>` /
 `masked-tuned-[<recipe>-]<s>` (the masks of the `upstream-[<recipe>-]<s>` checkpoint on the pre-trained MiniLM's weights /
 on the dense row's fine-tuned weights, head kept; pattern locked: the upstream pattern without the upstream weights). `--kd` distils from the dense row's fine-tuned model (same head) of the
@@ -105,12 +107,16 @@ FP32_TAG, FP32_FLAG, FP32_LABEL = "-fp32", " --precision fp32", " (fp32)"
 GROUPED_TAG, GROUPED_FLAG, GROUPED_LABEL = "-gl", " --group-by-length", " (grouped by length)"
 
 
-# prune-at-fine-tune rows: prune-<ft|tuned>-[<method>-][joint-][global-]<s>; no method: magnitude
+# prune-at-fine-tune rows: prune-<ft|tuned>-[<method>-][joint-][global-][<u>-magnitude-]<s>; no method: magnitude;
+# <u>-magnitude- (structured methods): hybrid, u% of the heads and neurons removed, then single weights inside the rest to s%
 PRUNE_ROW = re.compile(
     r"prune-(?P<start>ft|tuned)-(?:(?P<method>soft-movement|movement|structured-movement|structured-fisher|structured)-)?"
-    r"(?P<joint>joint-)?(?P<scope>global-)?(?P<sparsity>\d+)"
+    r"(?P<joint>joint-)?(?P<scope>global-)?(?:(?P<units>\d+)-magnitude-)?(?P<sparsity>\d+)"
 )
-PRUNE_ROW_HELP = "prune-ft|tuned-[movement-|soft-movement-|structured[-movement|-fisher]-[joint-]][global-]<s> (global-: magnitude or structured)"
+PRUNE_ROW_HELP = (
+    "prune-ft|tuned-[movement-|soft-movement-|structured[-movement|-fisher]-[joint-]][global-][<u>-magnitude-]<s> "
+    "(global-: magnitude or structured; <u>-magnitude-: a structured method removes u of every 100 units, then magnitude takes each layer to s)"
+)
 
 
 def _prune_row(row: str) -> re.Match | None:
@@ -122,6 +128,10 @@ def _prune_row(row: str) -> re.Match | None:
         raise SystemExit(f"row {row!r}: joint- ranks heads and neurons together: it needs a structured method")
     if match["scope"] and method.endswith("movement") and not method.startswith("structured"):
         raise SystemExit(f"row {row!r}: movement ranks per layer, soft-movement over all layers; neither takes global-")
+    if match["units"] and not method.startswith("structured"):
+        raise SystemExit(f"row {row!r}: <u>-magnitude- removes u% of the heads and neurons first: it needs a structured method")
+    if match["units"] and not 0 < int(match["units"]) < int(match["sparsity"]):
+        raise SystemExit(f"row {row!r}: the unit sparsity ({match['units']}%) must be above 0 and below the row's sparsity ({match['sparsity']}%)")
     return match
 
 
@@ -191,6 +201,8 @@ def _row_arguments(
         start = minilm_folder() if prune["start"] == "ft" else _dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length)
         method = prune["method"].replace("-", "_") if prune["method"] else "magnitude"
         args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(prune["sparsity"]) / 100)]
+        if prune["units"]:
+            args += ["--prune_unit_sparsity", str(int(prune["units"]) / 100)]
         if prune["joint"]:
             args += ["--prune_allocation", "joint"]
         if prune["scope"]:

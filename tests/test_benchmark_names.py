@@ -1,5 +1,6 @@
 """The benchmark scripts agree on run names: what transfer.py writes is what structured_deploy.py reads back."""
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -216,6 +217,30 @@ def test_joint_rows_need_a_structured_method_and_reach_the_pruner(tmp_path, monk
         FinetuneArguments(model="m", task="sst2", prune_method="structured", prune_allocation="even")
     with pytest.raises(ValueError, match="need --prune_scope global or --prune_allocation joint"):
         FinetuneArguments(model="m", task="sst2", prune_method="structured", prune_min_heads_per_layer=1)
+
+
+def test_hybrid_rows_need_a_structured_method_and_reach_the_pruner(tmp_path, monkeypatch):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_sparse.transfer.finetune import FinetuneArguments
+
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    (tmp_path / "dense_sst2_s1" / "model").mkdir(parents=True)
+    row = "prune-tuned-structured-movement-80-magnitude-90"
+    argv = transfer._row_arguments(row, "sst2", 1, True)
+    finetune_args, _ = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(
+        argv + ["--output_dir", str(tmp_path / "run")])
+    assert (finetune_args.prune_method, finetune_args.target_sparsity, finetune_args.prune_unit_sparsity) == ("structured_movement", 0.9, 0.8)
+    assert transfer._row_sparsity(row) == 0.9
+    name, command = transfer.run_name(row, "sst2", 1, True, False, False, {})
+    assert name == f"{row}-kd_sst2_s1" and transfer.parse_run_name(name.removesuffix("_sst2_s1"))[0] == row
+    assert "--prune_unit_sparsity" not in transfer._row_arguments("prune-tuned-structured-movement-90", "sst2", 1, True)
+    for bad, message in (("prune-ft-80-magnitude-90", "it needs a structured method"), ("prune-ft-movement-80-magnitude-90", "it needs a structured method"),
+                         ("prune-ft-structured-90-magnitude-90", "the unit sparsity (90%) must be above 0 and below the row's sparsity (90%)"),
+                         ("prune-ft-structured-0-magnitude-90", "the unit sparsity (0%) must be above 0")):
+        with pytest.raises(SystemExit, match=re.escape(f"row '{bad}': ") + ".*" + re.escape(message)):
+            transfer._row_arguments(bad, "sst2", 1, False)
 
 
 def test_structured_deploy_output_names_keep_seeds_apart():

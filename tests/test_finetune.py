@@ -193,6 +193,24 @@ def test_structured_prune_at_finetune_then_compact(checkpoints, data_dir, tmp_pa
     assert report.heads_after == 2 * 2 and report.max_abs_diff <= 1e-5  # half of 4 heads in each of 2 layers
 
 
+def test_hybrid_prune_at_finetune_compacts_to_the_unit_sparsity(checkpoints, data_dir, tmp_path):
+    from hf_sparse.analysis import pattern_violations
+    from hf_sparse.deploy.compact import compact
+
+    results = finetune(
+        checkpoints, data_dir, tmp_path / "h", "--model", str(checkpoints / "dense"), "--task", "mrpc",
+        "--prune_method", "structured_movement", "--target_sparsity", "0.75", "--prune_unit_sparsity", "0.5", "--num_train_epochs", "2",
+    )
+    assert results["mode"] == "prune-at-finetune:structured_movement+hybrid-units=0.5"
+    model = SparseBertForSequenceClassification.from_pretrained(tmp_path / "h" / "model")
+    masks = {name: m.weight_mask for name, m in model.masked_linears().items()}
+    assert all(int(m.sum()) == m.numel() - round(0.75 * m.numel()) for m in masks.values())  # 75% of every layer
+    assert pattern_violations("structured:heads+neurons", masks, model.config.num_attention_heads) != []  # partly pruned units
+    report = compact(tmp_path / "h" / "model", tmp_path / "c")
+    # 2 of 4 heads and 19 of 37 neurons (37 - round(18.5)) in each of the 2 layers: the widths of 50%, outputs unchanged
+    assert (report.heads_after, report.neurons_after) == (2 * 2, 2 * 19) and report.max_abs_diff <= 1e-5
+
+
 @pytest.mark.parametrize("method", ["structured_movement", "structured_fisher"])
 def test_global_structured_prune_at_finetune(checkpoints, data_dir, tmp_path, monkeypatch, method):
     from hf_sparse.analysis import pattern_violations
@@ -395,6 +413,8 @@ def test_squad_predictions_keep_dataset_order_when_training_is_grouped_by_length
          "with --prune_method structured or structured_movement"),
         (["--task", "mrpc", "--prune_method", "magnitude", "--prune_allocation", "joint"], "prune_allocation='joint' needs --prune_method structured"),
         (["--task", "mrpc", "--prune_min_heads_per_layer", "-1"], "must be >= 0"),
+        (["--task", "mrpc", "--prune_method", "magnitude", "--prune_unit_sparsity", "0.5"], "prune_unit_sparsity splits a structured method's target"),
+        (["--task", "mrpc", "--prune_method", "structured", "--prune_unit_sparsity", "0.9"], "prune_unit_sparsity must be in (0, target_sparsity=0.9), got 0.9"),
         (["--task", "mrpc", "--pruning_start", "0.7"], "need 0 <= pruning_start < pruning_end <= 1, got pruning_start=0.7, pruning_end=0.7"),
         (["--task", "mrpc", "--pruning_end", "1.2"], "need 0 <= pruning_start < pruning_end <= 1"),
         (["--task", "mrpc", "--classifier_pooling", "max"], "classifier_pooling must be one of cls, mean, got 'max'"),

@@ -10,6 +10,7 @@ from hf_sparse.analysis import pattern_violations
 from hf_sparse.pruning import (
     BlockPruning,
     CubicSchedule,
+    HybridPruning,
     MagnitudePruning,
     MovementPruning,
     NMPruning,
@@ -435,3 +436,35 @@ def test_joint_allocation_errors():
     glob = StructuredPruning(scope="global", allocation="joint", min_heads_per_layer=2)
     with pytest.raises(ValueError, match="reserve 9,216 weights in 2 layers, but sparsity 0.75 keeps only 7,680 of 30,720"):
         glob.check_floors(model, 0.75)
+
+
+def test_hybrid_removes_units_then_the_smallest_weights_inside_them():
+    model = fresh()  # 4 heads, 64 neurons per layer
+    method = HybridPruning(StructuredPruning(), unit_sparsity=0.5, target_sparsity=0.75)
+    units = StructuredPruning().masks(model, 0.5)
+    masks = method.masks(model, 0.75)
+    for name, mask in masks.items():
+        weight = model.masked_linears()[name].weight.abs()
+        assert int(mask.sum()) == mask.numel() - round(0.75 * mask.numel()), name  # every layer at the target
+        assert not (mask & ~units[name]).any(), name  # nothing outside the kept units
+        assert weight[mask].min() >= weight[units[name] & ~mask].max(), name  # the largest weights of the kept units
+    model.set_masks(masks)
+    for name, mask in model.get_masks().items():
+        if name.endswith("attention.output.dense"):
+            assert int(mask.reshape(48, 4, -1).any(dim=(0, 2)).sum()) == 2  # half the heads, as the units' target says
+        if name.endswith("intermediate.dense"):
+            assert int(mask.any(dim=1).sum()) == 32
+    # on the way (schedule at half the target) the units are at half theirs; masks only shrink afterwards
+    early = fresh()
+    early.set_masks(method.masks(early, 0.375))
+    heads = [int(m.reshape(48, 4, -1).any(dim=(0, 2)).sum()) for n, m in early.get_masks().items() if n.endswith("attention.output.dense")]
+    assert heads == [3] * len(heads)
+    late = method.masks(early, 0.75)
+    assert all(not (late[n] & ~m).any() for n, m in early.get_masks().items())
+    # a learned ranking's scores travel with the method (Trainer resume)
+    movement = HybridPruning(StructuredMovementPruning(), 0.8, 0.9)
+    assert movement.stateful and movement.state_dict() == {}
+    with pytest.raises(ValueError, match="0 < unit_sparsity < target_sparsity < 1, got unit_sparsity=0.9, target_sparsity=0.9"):
+        HybridPruning(StructuredPruning(), 0.9, 0.9)
+    with pytest.raises(TypeError, match="units must be a StructuredPruning method, got MagnitudePruning"):
+        HybridPruning(MagnitudePruning(), 0.5, 0.9)

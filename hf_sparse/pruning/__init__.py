@@ -3,6 +3,7 @@
 from .base import PruningMethod, mask_from_scores
 from .block import BlockPruning
 from .callback import PruningCallback
+from .hybrid import HybridPruning
 from .magnitude import MagnitudePruning, magnitude_masks
 from .movement import MovementPruning
 from .n_m import NMPruning
@@ -13,6 +14,7 @@ __all__ = [
     "BlockPruning",
     "ConstantSchedule",
     "CubicSchedule",
+    "HybridPruning",
     "OneShotSchedule",
     "PruningCallback",
     "MagnitudePruning",

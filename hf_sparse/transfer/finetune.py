@@ -46,6 +46,7 @@ from ..models.sparse_bert.modeling_sparse_bert import (
 )
 from ..pruning import (
     CubicSchedule,
+    HybridPruning,
     MagnitudePruning,
     MovementPruning,
     PruningCallback,
@@ -123,6 +124,9 @@ class FinetuneArguments:
                                              "every layer keeps at least this many FFN neurons"})
     prune_allocation: str = field(default="uniform", metadata={"help": "structured methods: uniform (the same fraction of heads and "
                                   "of neurons) or joint (heads and neurons ranked together by score per weight under one weight budget)"})
+    prune_unit_sparsity: Optional[float] = field(default=None, metadata={"help": "structured methods: remove only this fraction "
+                                                 "of the heads and neurons, and reach --target_sparsity with the smallest-magnitude "
+                                                 "weights inside the units kept (hybrid: compacts to this unit sparsity)"})
     num_layers: Optional[int] = field(default=None, metadata={"help": "keep only the first N encoder layers (dense models)"})
     max_length: Optional[int] = field(default=None, metadata={"help": "max tokens per example (default: the task's)"})
     doc_stride: int = field(default=64, metadata={"help": "SQuAD: overlap between context windows"})
@@ -153,6 +157,11 @@ class FinetuneArguments:
                 "prune_min_heads_per_layer / prune_min_neurons_per_layer need --prune_scope global or --prune_allocation joint, "
                 f"with --prune_method {' or '.join(FLOOR_METHODS)}"
             )
+        if self.prune_unit_sparsity is not None:
+            if self.prune_method not in FLOOR_METHODS:
+                raise ValueError(f"prune_unit_sparsity splits a structured method's target: it needs --prune_method {' or '.join(FLOOR_METHODS)}")
+            if not 0 < self.prune_unit_sparsity < self.target_sparsity:
+                raise ValueError(f"prune_unit_sparsity must be in (0, target_sparsity={self.target_sparsity:g}), got {self.prune_unit_sparsity:g}")
         if not 0 <= self.pruning_start < self.pruning_end <= 1:
             raise ValueError(f"need 0 <= pruning_start < pruning_end <= 1, got pruning_start={self.pruning_start:g}, pruning_end={self.pruning_end:g}")
         if not 0 < self.target_sparsity < 1:
@@ -454,6 +463,8 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
             "allocation": args.prune_allocation,
         }
         method = PRUNE_METHODS[args.prune_method](args.prune_scope, **(options if args.prune_method in FLOOR_METHODS else {}))
+        if args.prune_unit_sparsity is not None:
+            method = HybridPruning(method, args.prune_unit_sparsity, args.target_sparsity)
         if args.prune_method in FLOOR_METHODS:
             method.check_floors(model, args.target_sparsity)  # fail now, not when the schedule reaches the target
         callbacks.append(PruningCallback(method, schedule, model))
@@ -565,6 +576,8 @@ def _mode(args: FinetuneArguments, sparse_source: bool) -> str:
             parts.append(f"min-heads={args.prune_min_heads_per_layer}")
         if args.prune_min_neurons_per_layer:
             parts.append(f"min-neurons={args.prune_min_neurons_per_layer}")
+    if args.prune_unit_sparsity is not None:
+        parts.append(f"hybrid-units={args.prune_unit_sparsity:g}")
     if args.num_layers:
         parts.append(f"layers={args.num_layers}")
     if args.head == "bi-encoder":
