@@ -274,23 +274,26 @@ def test_callback_prunes_on_the_cubic_schedule(tmp_path):
     assert written == callback.history
 
 
-def run_movement(out, max_steps=8, save_steps=None, resume=None, seed_model=0):
+def run_movement(out, max_steps=8, save_steps=None, resume=None, seed_model=0, method=MovementPruning):
     model = fresh(seed=seed_model)
-    callback = PruningCallback(MovementPruning(), CubicSchedule(0.0, 0.8, 2, 8, 2), model)
+    callback = PruningCallback(method(), CubicSchedule(0.0, 0.8, 2, 8, 2), model)
     extra = dict(save_strategy="steps", save_steps=save_steps) if save_steps else {}
     trainer = trainer_for(model, callback, out, max_steps=max_steps, **extra)
     trainer.train(resume_from_checkpoint=resume)
     return model, callback
 
 
-def test_kill_and_resume_gives_the_same_masks(tmp_path):
-    straight, _ = run_movement(tmp_path / "straight")
+@pytest.mark.parametrize(
+    "method", [MovementPruning, lambda: HybridPruning(StructuredMovementPruning(), 0.5, 0.8)], ids=["movement", "hybrid"]
+)
+def test_kill_and_resume_gives_the_same_masks(tmp_path, method):
+    straight, _ = run_movement(tmp_path / "straight", method=method)
     # "killed" after the step-4 checkpoint: a new process would rebuild everything and resume
-    run_movement(tmp_path / "run", max_steps=8, save_steps=4)
+    run_movement(tmp_path / "run", max_steps=8, save_steps=4, method=method)
     assert (tmp_path / "run" / "checkpoint-4" / "pruning_state.safetensors").is_file()
     history = json.loads((tmp_path / "run" / "checkpoint-4" / "pruning_history.json").read_text())
     assert [h["step"] for h in history] == [2, 4]
-    resumed, callback = run_movement(tmp_path / "run", resume=str(tmp_path / "run" / "checkpoint-4"), seed_model=5)
+    resumed, callback = run_movement(tmp_path / "run", resume=str(tmp_path / "run" / "checkpoint-4"), seed_model=5, method=method)
     assert [h["step"] for h in callback.history] == [2, 4, 6, 8], "history continues from the checkpoint"
     for name, mask in straight.get_masks().items():
         assert torch.equal(mask, resumed.get_masks()[name]), name
@@ -454,17 +457,43 @@ def test_hybrid_removes_units_then_the_smallest_weights_inside_them():
             assert int(mask.reshape(48, 4, -1).any(dim=(0, 2)).sum()) == 2  # half the heads, as the units' target says
         if name.endswith("intermediate.dense"):
             assert int(mask.any(dim=1).sum()) == 32
-    # on the way (schedule at half the target) the units are at half theirs; masks only shrink afterwards
-    early = fresh()
-    early.set_masks(method.masks(early, 0.375))
+    # on the way (schedule at half the target) the units are at half theirs; units only shrink afterwards
+    early, gradual = fresh(), HybridPruning(StructuredPruning(), unit_sparsity=0.5, target_sparsity=0.75)
+    early.set_masks(gradual.masks(early, 0.375))
     heads = [int(m.reshape(48, 4, -1).any(dim=(0, 2)).sum()) for n, m in early.get_masks().items() if n.endswith("attention.output.dense")]
     assert heads == [3] * len(heads)
-    late = method.masks(early, 0.75)
-    assert all(not (late[n] & ~m).any() for n, m in early.get_masks().items())
-    # a learned ranking's scores travel with the method (Trainer resume)
-    movement = HybridPruning(StructuredMovementPruning(), 0.8, 0.9)
-    assert movement.stateful and movement.state_dict() == {}
+    units_then = dict(gradual._unit_masks)
+    late = gradual.masks(early, 0.75)
+    assert all(not (late[n] & ~m).any() for n, m in units_then.items())
+    # the units and a learned ranking's scores travel with the method (Trainer resume)
+    state = method.state_dict()
+    assert method.stateful and sorted(state) == sorted(f"unit_mask/{name}" for name in masks)
+    restored = HybridPruning(StructuredPruning(), 0.5, 0.75)
+    restored.load_state_dict(state)
+    assert all(torch.equal(restored._unit_masks[name], state[f"unit_mask/{name}"]) for name in masks)
+    with pytest.raises(ValueError, match="hybrid pruning state has keys it did not write"):
+        restored.load_state_dict({"scores/x": torch.zeros(1)})
     with pytest.raises(ValueError, match="0 < unit_sparsity < target_sparsity < 1, got unit_sparsity=0.9, target_sparsity=0.9"):
         HybridPruning(StructuredPruning(), 0.9, 0.9)
     with pytest.raises(TypeError, match="units must be a StructuredPruning method, got MagnitudePruning"):
         HybridPruning(MagnitudePruning(), 0.5, 0.9)
+
+
+def test_hybrid_ends_at_the_target_when_later_units_leave_a_layer_short():
+    class SmallUnitsFirst(StructuredPruning):
+        def scores(self, model):  # keeps the units of smallest weights, as a learned ranking may
+            return {name: -score for name, score in super().scores(model).items()}
+
+    model = fresh()
+    method = HybridPruning(SmallUnitsFirst(), unit_sparsity=0.4, target_sparsity=0.7)
+    # on the way: 1 of 4 heads gone (round(4 x 0.371)), 40% of the attention weights pruned inside the other 3
+    model.set_masks(method.masks(model, 0.65))
+    before = model.get_masks()
+    # the last step removes a second head (a quarter of the attention weights, half of them alive) for 5 more points
+    final = method.masks(model, 0.7)
+    short = 0  # layers where the weights still alive in the kept units no longer reach the target
+    for name, mask in final.items():
+        keep = mask.numel() - round(0.7 * mask.numel())
+        assert int(mask.sum()) == keep, name
+        short += int((mask & before[name]).sum()) < keep
+    assert short > 0  # what the test is about: masks that only shrank would end sparser than the target here

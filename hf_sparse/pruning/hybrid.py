@@ -41,7 +41,8 @@ class HybridPruning(PruningMethod):
         self.units = units
         self.unit_sparsity = float(unit_sparsity)
         self.target_sparsity = float(target_sparsity)
-        self.stateful = units.stateful
+        self.stateful = True  # the unit masks (and a learned ranking's scores) must survive a Trainer resume
+        self._unit_masks: dict[str, torch.Tensor] | None = None  # whole units kept so far, without the single-weight holes
 
     def check_floors(self, model, sparsity: float) -> None:
         """The structured method's floor check, at the unit sparsity `sparsity` leads to."""
@@ -51,17 +52,28 @@ class HybridPruning(PruningMethod):
         self.units.observe(model)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.units.state_dict()
+        state = {f"units/{key}": value for key, value in self.units.state_dict().items()}
+        return state | {f"unit_mask/{name}": mask for name, mask in (self._unit_masks or {}).items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.units.load_state_dict(state)
+        unknown = [key for key in state if not key.startswith(("units/", "unit_mask/"))]
+        if unknown:
+            raise ValueError(f"hybrid pruning state has keys it did not write: {sorted(unknown)[:3]}")
+        self.units.load_state_dict({key.removeprefix("units/"): v for key, v in state.items() if key.startswith("units/")})
+        masks = {key.removeprefix("unit_mask/"): v.bool() for key, v in state.items() if key.startswith("unit_mask/")}
+        self._unit_masks = masks or None
 
     @torch.no_grad()
     def masks(self, model, sparsity: float) -> dict[str, torch.Tensor]:
-        kept_units = self.units.masks(model, sparsity * self.unit_sparsity / self.target_sparsity)
+        """Units pruned to their share of `sparsity` (units only shrink), then each layer's largest-magnitude weights
+        inside them up to `1 - sparsity` of the layer. Single weights are chosen afresh at every call: a weight pruned
+        earlier is zero and ranks last, so it comes back (at zero) only where removing a unit since left its layer
+        short, and every layer ends at exactly the target. Records the units for the next call."""
+        units = self.units.masks(model, sparsity * self.unit_sparsity / self.target_sparsity, base=self._unit_masks)
+        self._unit_masks = units
         modules = model.masked_linears()
         masks = {}
-        for name, keep in kept_units.items():
+        for name, keep in units.items():
             scores = torch.where(keep, modules[name].weight.detach().abs().float(), torch.tensor(float("-inf")))
             # a layer whose kept units hold fewer weights than `sparsity` leaves keeps only those
             masks[name] = mask_from_scores(scores, sparsity) & keep

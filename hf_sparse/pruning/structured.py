@@ -107,7 +107,9 @@ class StructuredPruning(PruningMethod):
 
 
     @torch.no_grad()
-    def masks(self, model, sparsity: float) -> dict[str, torch.Tensor]:
+    def masks(self, model, sparsity: float, base: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Masks at `sparsity` of the heads and neurons. Units are pruned from `base` (default: the model's current
+        masks): a unit with no weight left in `base` stays pruned, and the result keeps nothing `base` prunes."""
         head_size = model.config.hidden_size // model.config.num_attention_heads
         modules = model.masked_linears()
         weight_scores = self.scores(model)  # per weight; summed over each unit's weights below
@@ -115,7 +117,7 @@ class StructuredPruning(PruningMethod):
         for name in modules:
             layer, module = split_module_name(name)
             layers[(name[: name.index(f"encoder.layer.{layer}.")], layer)][module] = name
-        masks = {name: m.weight_mask.clone() for name, m in modules.items()}
+        masks = {name: (m.weight_mask if base is None else base[name]).clone() for name, m in modules.items()}
         groups = []  # (kind, layer key, unit scores, weights per unit)
         for key, names in layers.items():
             if "heads" in self.structures:
@@ -124,13 +126,13 @@ class StructuredPruning(PruningMethod):
                 out = modules[names["attention.output.dense"]]
                 heads = out.weight.shape[1] // head_size  # fewer if compacted
                 score = self.head_scores(names, weight_scores, heads)
-                alive = out.weight_mask.reshape(out.weight.shape[0], heads, -1).any(dim=(0, 2))
+                alive = masks[names["attention.output.dense"]].reshape(out.weight.shape[0], heads, -1).any(dim=(0, 2))
                 cost = head_size * (sum(modules[names[m]].weight.shape[1] for m in _QKV) + out.weight.shape[0])
                 groups.append(("heads", key, torch.where(alive, score, torch.full_like(score, float("-inf"))), cost))
             if "neurons" in self.structures:
                 self._require(names, ("intermediate.dense", "output.dense"), "neurons")
                 score = self.neuron_scores(names, weight_scores)
-                alive = modules[names["output.dense"]].weight_mask.any(dim=0)
+                alive = masks[names["output.dense"]].any(dim=0)
                 cost = modules[names["intermediate.dense"]].weight.shape[1] + modules[names["output.dense"]].weight.shape[0]
                 groups.append(("neurons", key, torch.where(alive, score, torch.full_like(score, float("-inf"))), cost))
         if self.scope == "global" or self.allocation == "joint":
