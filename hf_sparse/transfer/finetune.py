@@ -5,6 +5,7 @@ Modes, chosen by the arguments:
 - a plain BERT checkpoint: dense fine-tuning with the stock model class (the dense baseline / teacher);
   `num_layers` keeps only the first layers (the equal-non-zero dense baseline);
 - `prune_method`: prune at fine-tune time from a dense checkpoint (the downstream-pruning baseline);
+  `prune_unit_sparsity` with a structured method: hybrid (units to that sparsity, then magnitude inside them);
 - `teacher`: distil from a fine-tuned model's logits (Prune OFA); `fic_weight`: CAP's FiC term;
 - `qat`: 8-bit quantization-aware training (evaluated with fake quantization on);
 - `head="bi-encoder"`: sentence-transformers bi-encoder (each sentence alone, cosine score; `bi_encoder.py`).
