@@ -26,6 +26,7 @@ from .models.sparse_bert.modeling_sparse_bert import SparseBertForMaskedLM
 from .pruning import (
     BlockPruning,
     CubicSchedule,
+    HybridPruning,
     MagnitudePruning,
     MovementPruning,
     NMPruning,
@@ -69,6 +70,9 @@ class UpstreamRecipe:
     min_heads_per_layer: int = 0  # structured methods with scope "global" or allocation "joint": per-layer floors
     min_neurons_per_layer: int = 0
     allocation: str = "uniform"  # structured methods: uniform (same fraction of heads and neurons) | joint (one weight budget)
+    # structured methods: hybrid pruning (HybridPruning): only this fraction of the heads and neurons goes, then single
+    # weights by magnitude inside the kept units up to final_sparsity in every layer. None: whole units only.
+    unit_sparsity: Optional[float] = None
     initial_sparsity: float = 0.0
     final_sparsity: float = 0.9
     pruning_start: float = 0.1  # fraction of max_steps
@@ -144,7 +148,13 @@ class UpstreamRecipe:
             raise ValueError(f"min_heads_per_layer / min_neurons_per_layer apply to the structured methods, not {self.method!r}")
         if self.allocation != "uniform" and not self.method.startswith("structured"):
             raise ValueError(f"allocation={self.allocation!r} applies to the structured methods, not {self.method!r}")
-        return methods[self.method]()
+        if self.unit_sparsity is None:
+            return methods[self.method]()
+        if not self.method.startswith("structured"):
+            raise ValueError(f"unit_sparsity={self.unit_sparsity:g} splits a structured method's target (hybrid pruning), not {self.method!r}'s")
+        if not 0.0 < self.unit_sparsity < self.final_sparsity:
+            raise ValueError(f"unit_sparsity must be in (0, final_sparsity={self.final_sparsity:g}), got {self.unit_sparsity:g}")
+        return HybridPruning(methods[self.method](), self.unit_sparsity, self.final_sparsity)
 
     def schedule(self):
         start = int(self.pruning_start * self.max_steps)

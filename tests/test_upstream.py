@@ -38,6 +38,14 @@ def test_recipe_yaml_round_trip_and_errors(tmp_path):
         UpstreamRecipe(allocation="joint").pruning_method()
     joint = UpstreamRecipe(method="structured_fisher", allocation="joint", min_heads_per_layer=1).pruning_method()
     assert (joint.allocation, joint.scope, joint.floors["heads"]) == ("joint", "layer", 1)
+    hybrid = UpstreamRecipe(method="structured_movement", unit_sparsity=0.8).pruning_method()
+    assert type(hybrid).__name__ == "HybridPruning" and type(hybrid.units).__name__ == "StructuredMovementPruning"
+    assert (hybrid.unit_sparsity, hybrid.target_sparsity, hybrid.stateful) == (0.8, 0.9, True)
+    with pytest.raises(ValueError, match="unit_sparsity=0.5 splits a structured method's target .*not 'magnitude'"):
+        UpstreamRecipe(unit_sparsity=0.5).pruning_method()
+    for unit in (0.0, 0.9, 0.95):
+        with pytest.raises(ValueError, match=rf"unit_sparsity must be in \(0, final_sparsity=0.9\), got {unit:g}"):
+            UpstreamRecipe(method="structured", unit_sparsity=unit).pruning_method()
     (tmp_path / "fraction.yaml").write_text("segment_pairs: true\nrandom_segment_fraction: 1.5\n")
     with pytest.raises(ValueError, match=r"fraction.yaml: random_segment_fraction=1.5; expected a fraction in \[0, 1\]"):
         UpstreamRecipe.from_yaml(tmp_path / "fraction.yaml")
@@ -82,6 +90,7 @@ def test_the_shipped_variants_differ_from_their_base_only_where_they_say():
     base = dataclasses.asdict(UpstreamRecipe.from_yaml("recipes/prune_ofa_90.yaml"))
     expected_changes = {f"prune_ofa_{s}": {"final_sparsity": s / 100} for s in (50, 60, 70, 80, 95, 97)}
     expected_changes |= {"prune_ofa_long_90": {"max_steps": 3000}, "prune_ofa_structured_90": {"method": "structured_movement"}}
+    expected_changes["prune_ofa_hybrid_90"] = {"method": "structured_movement", "unit_sparsity": 0.8}
     for name, expected in expected_changes.items():
         variant = dataclasses.asdict(UpstreamRecipe.from_yaml(f"recipes/{name}.yaml"))
         changed = {key: value for key, value in variant.items() if base[key] != value}
@@ -308,6 +317,28 @@ def test_short_upstream_run_on_minilm(tmp_path, capsys, segment_pairs, nsp):
         assert "student_nsp" not in metrics
     (saved_file,) = model_dir.glob("*.safetensors")
     assert not [k for k in load_file(saved_file) if "next_sentence" in k]
+
+
+@pytest.mark.real
+def test_short_hybrid_upstream_run_on_minilm_compacts_to_the_unit_widths(tmp_path, capsys):
+    from hf_sparse.deploy.compact import compact
+
+    code = cli_main([
+        "prune", "--recipe", "recipes/prune_ofa_hybrid_90.yaml", "--output-dir", str(tmp_path / "run"),
+        "--set", "max_steps=6", "--set", "head_warmup_steps=2", "--set", "eval_blocks=16",
+        "--set", "pruning_frequency=2", "--set", "logging_steps=2", "--set", "save_steps=100",
+        "--set", "per_device_train_batch_size=4",
+    ])
+    assert code == 0, capsys.readouterr().err
+    model_dir = tmp_path / "run" / "model"
+    model = SparseBertForMaskedLM.from_pretrained(model_dir)
+    masks = {name: m.weight_mask for name, m in model.masked_linears().items()}
+    assert all(int(m.sum()) == m.numel() - round(0.9 * m.numel()) for m in masks.values())  # 90% of every layer
+    assert pattern_violations("structured:heads+neurons", masks, model.config.num_attention_heads) != []  # holes inside units
+    report = compact(model_dir, tmp_path / "compact")
+    # MiniLM-L6: 12 heads and 1,536 neurons per layer; 80% of them go: 2 heads (12 - round(9.6)) and 307 neurons
+    assert (report.heads_after, report.neurons_after) == (6 * 2, 6 * 307) and report.max_abs_diff <= 1e-4
+    assert UpstreamRecipe.from_yaml(model_dir / "recipe.yaml").unit_sparsity == 0.8
 
 
 @pytest.mark.parametrize("launcher, port", [("torchrun", 29541), ("accelerate", 29543)])
