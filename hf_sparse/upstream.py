@@ -152,8 +152,6 @@ class UpstreamRecipe:
             return methods[self.method]()
         if not self.method.startswith("structured"):
             raise ValueError(f"unit_sparsity={self.unit_sparsity:g} splits a structured method's target (hybrid pruning), not {self.method!r}'s")
-        if not 0.0 < self.unit_sparsity < self.final_sparsity:
-            raise ValueError(f"unit_sparsity must be in (0, final_sparsity={self.final_sparsity:g}), got {self.unit_sparsity:g}")
         return HybridPruning(methods[self.method](), self.unit_sparsity, self.final_sparsity)
 
     def schedule(self):

@@ -44,7 +44,7 @@ def test_recipe_yaml_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match="unit_sparsity=0.5 splits a structured method's target .*not 'magnitude'"):
         UpstreamRecipe(unit_sparsity=0.5).pruning_method()
     for unit in (0.0, 0.9, 0.95):
-        with pytest.raises(ValueError, match=rf"unit_sparsity must be in \(0, final_sparsity=0.9\), got {unit:g}"):
+        with pytest.raises(ValueError, match=rf"needs 0 < unit_sparsity < target_sparsity < 1, got unit_sparsity={unit:g}, target_sparsity=0.9"):
             UpstreamRecipe(method="structured", unit_sparsity=unit).pruning_method()
     (tmp_path / "fraction.yaml").write_text("segment_pairs: true\nrandom_segment_fraction: 1.5\n")
     with pytest.raises(ValueError, match=r"fraction.yaml: random_segment_fraction=1.5; expected a fraction in \[0, 1\]"):
