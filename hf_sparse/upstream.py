@@ -472,6 +472,7 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
     """Runs the recipe and writes the pruned `SparseBertForMaskedLM`, tokenizer, recipe and metrics."""
     from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer
 
+    method = recipe.pruning_method()  # a bad pruning setting fails here, before any data, model or output folder
     output_dir = Path(output_dir)
     data_dir = Path(recipe.data_dir) if recipe.data_dir else DEFAULT_DATA_DIR
     model_dir = Path(resolve_model(recipe.model))
@@ -516,7 +517,6 @@ def run_upstream(recipe: UpstreamRecipe, output_dir: str | Path, resume: bool = 
     metrics["teacher"] = evaluate_mlm(teacher, eval_batches)
 
     # 2. the student: a sparse copy of the teacher, pruned while distilling
-    method = recipe.pruning_method()
     student = SparseBertForMaskedLM.from_dense(
         copy.deepcopy(teacher), sparsity_pattern=method.pattern, target_sparsity=recipe.final_sparsity
     ).train()

@@ -57,6 +57,20 @@ def test_recipe_yaml_round_trip_and_errors(tmp_path):
     assert UpstreamRecipe(nsp_weight=1.0, segment_pairs=True).nsp_weight == 1.0
 
 
+def test_a_bad_pruning_setting_stops_the_run_before_it_writes_anything(tmp_path):
+    from hf_sparse.upstream import run_upstream
+
+    for recipe, message in [
+        (UpstreamRecipe(unit_sparsity=0.5), "unit_sparsity=0.5 splits a structured method's target"),
+        (UpstreamRecipe(method="structured", unit_sparsity=0.95), "needs 0 < unit_sparsity < target_sparsity < 1"),
+        (UpstreamRecipe(min_heads_per_layer=1), "apply to the structured methods, not 'magnitude'"),
+        (UpstreamRecipe(data_dir=str(tmp_path / "no-data"), method="random"), "unknown pruning method 'random'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run_upstream(recipe, tmp_path / "run")
+        assert not (tmp_path / "run").exists()
+
+
 def test_a_recipe_builds_on_its_base(tmp_path):
     (tmp_path / "a.yaml").write_text("name: a\nfinal_sparsity: 0.9\nmax_steps: 100\n")
     (tmp_path / "sub").mkdir()
