@@ -1,6 +1,6 @@
 """Deployment latency: every runtime and sparsity in ONE run, as speed-ups over dense fp32 PyTorch.
 
-    python benchmarks/latency.py                      # ~20 min on 2 cores
+    python benchmarks/latency.py                      # 20-45 min on 2 cores
     python benchmarks/latency.py --quick              # MiniLM only, batch 1, 20 runs (a few minutes)
     python benchmarks/latency.py --quick --tag avx2   # another CPU's run, kept beside the main one
     python benchmarks/latency.py --quick --tag avx2-ov-tf5 --runtimes ov-fp32 ov-int8 ov-int8-sparse
