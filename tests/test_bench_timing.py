@@ -1,8 +1,14 @@
 """The timing helpers of `hf_sparse.deploy.bench` (what they call and when; no timing is asserted)."""
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from hf_sparse.deploy.bench import timed_interleaved
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import latency  # noqa: E402  (benchmarks/latency.py)
 
 
 def test_timed_interleaved_takes_turns_and_counts_every_call():
@@ -31,12 +37,6 @@ def test_a_plain_bert_folder_of_an_unknown_head_is_refused_by_name(tmp_path):
 
 def test_latency_script_times_only_the_selected_runtimes_and_always_the_baseline(monkeypatch, tmp_path):
     """`benchmarks/latency.py --runtimes` (e.g. an environment without ONNX Runtime): what reaches the timer, and the table."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import latency
-
     asked = []
 
     def fake_benchmark(folder, batches, seq, runtimes, **kwargs):
@@ -57,12 +57,6 @@ def test_latency_script_times_only_the_selected_runtimes_and_always_the_baseline
 @pytest.mark.real
 def test_latency_hybrid_variants_are_90_percent_sparse_and_compact_to_the_kept_units(tmp_path):
     """`benchmarks/latency.py`'s hybrid rows time what they name: 90% of each layer, 80% of heads and neurons removed."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import latency
-
     import hf_sparse
 
     folder, sparsity = latency.build_variant("minilm-l6", "hybrid-80-90", tmp_path / "masked")
