@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = ("dense", "unstructured-80", "unstructured-90", "unstructured-97", "structured-90", "structured-90-compact",
             "hybrid-80-90", "hybrid-80-90-compact")
-BATCH16_BERT_BASE = ("torch-fp32", "ort-int8", "ov-int8", "ov-int8-sparse")
+BATCH16_BERT_BASE = ("torch-fp32", "ort-int8", "ov-int8", "ov-int8-sparse", "ov-int8-static")
 
 
 def _tokenizer_dir() -> Path:

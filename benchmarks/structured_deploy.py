@@ -8,7 +8,7 @@ dense model of the same task and training budget (its KD teacher: `dense_<task>_
 with `--epochs E --max-train-samples N`, e.g. `--row prune-ft-structured-60-kd-ep2-n67349`, the dense row
 trained the same way, `dense-ep2-n67349_<task>_s1`), compacts the structured model,
 exports it (ONNX Runtime INT8 dynamic, OpenVINO NNCF INT8 calibrated on the task's training text, and
-OpenVINO fp32, the fastest on CPUs without VNNI),
+OpenVINO fp32, the fastest on CPUs without VNNI; the OpenVINO INT8 IR also compiled for a static input shape),
 and in ONE run measures every artifact's full-dev-set score and batch-1 (and batch-16) latency at
 seq 128, the artifacts timed in turns (`--rounds`). Speed-ups divide the dense model's torch-fp32 median by the artifact's. Writes
 benchmarks/results/structured_deploy_<row>_<task>[_s<seed>].json and the benchmarks/README.md block `structured-<row>-<task>[-s<seed>]`
@@ -89,6 +89,9 @@ def main() -> None:
             ("compact onnxruntime int8", lambda: onnx_predictor(exports / "onnx" / "model_quantized.onnx"), tmp / "compact", "ort-int8"),
             ("compact onnxruntime fp32", lambda: onnx_predictor(exports / "onnx" / "model.onnx"), tmp / "compact", "ort-fp32"),
             ("compact openvino int8", lambda: openvino_predictor(exports / "openvino" / "openvino_model_int8.xml"), tmp / "compact", "ov-int8"),
+            # the same IR compiled for one shape (scored at (1, 128), each sentence padded; timed at (batch, 128))
+            ("compact openvino int8 static shape", lambda: openvino_predictor(exports / "openvino" / "openvino_model_int8.xml", static_shape=(1, 128)),
+             tmp / "compact", "ov-int8-static"),
             # on CPUs without VNNI (AVX2) OpenVINO's fp32 kernels outrun its INT8 ones (benchmarks/latency.py --tag avx2)
             ("compact openvino fp32", lambda: openvino_predictor(exports / "openvino" / "openvino_model.xml"), tmp / "compact", "ov-fp32"),
         ]

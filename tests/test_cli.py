@@ -214,16 +214,17 @@ def test_export_and_bench_commands(tmp_path, run_cli, tiny_tokenizer):
     assert bad.returncode == 2 and "qat_ranges.json is missing" in bad.stderr and not (tmp_path / "q").exists()
     result = run_cli(
         "bench", tmp_path / "m", "--batch", "1", "2", "--seq", "16", "--runs", "3", "--rounds", "3",
-        "--runtimes", "torch-fp32", "ort-int8", "ov-int8-sparse", "--json", tmp_path / "bench.json",
+        "--runtimes", "torch-fp32", "ort-int8", "ov-int8-sparse", "ov-int8-static", "--json", tmp_path / "bench.json",
     )
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert [(r["runtime"], r["batch"]) for r in rows] == [
-        (rt, b) for b in (1, 2) for rt in ("torch-fp32", "ort-int8", "ov-int8-sparse")
+        (rt, b) for b in (1, 2) for rt in ("torch-fp32", "ort-int8", "ov-int8-sparse", "ov-int8-static")
     ]
     assert all(r["median_ms"] > 0 and r["runs"] == 3 for r in rows)
     assert rows[0]["speedup_vs_baseline"] == 1.0
     assert sum(rows[2]["kernels"].values()) >= 12  # what OpenVINO actually ran, recorded per row
+    assert sum(rows[7]["kernels"].values()) >= 12  # the static-shape IR compiled for (2, 16) ran at batch 2
     assert "| ort-int8 | 1 | 16 |" in result.stdout
     # against another model's torch-fp32 (here a dense one), timed in the same turns as the rows
     build("SparseBertForSequenceClassification", sparsity=0.0).save_pretrained(tmp_path / "dense")

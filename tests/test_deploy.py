@@ -208,6 +208,32 @@ def test_openvino_int8_weights_feed_their_matmuls_directly(tmp_path, tiny_tokeni
     assert sum(kernels.values()) >= 2 * 6 and all(k.lower().endswith("i8") for k in kernels), kernels
 
 
+@needs_openvino
+def test_openvino_static_shape_compiles_one_shape_and_scores_like_the_dynamic_ir(tmp_path, tiny_tokenizer):
+    from hf_sparse.deploy.accuracy import openvino_predictor
+    from hf_sparse.deploy.openvino import compile_model, export_openvino
+
+    head = "SparseBertForSequenceClassification"
+    model = _scaled(head)
+    xml = export_openvino(_save(model, tmp_path / "m", tiny_tokenizer), tmp_path / "ov", quantize=None) / "openvino_model.xml"
+    compiled = compile_model(xml, static_shape=(2, 16))
+    assert {tuple(port.get_shape()) for port in compiled.inputs} == {(2, 16)}
+    # three sentences (one padded inside the batch), padded to 16 and run two at a time: the last pair is filled up
+    feeds = {k: v.numpy() for k, v in _feeds(head).items()}
+    feeds = {k: np.concatenate([v, v[:1]]) for k, v in feeds.items()}
+    with torch.no_grad():
+        expected = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    got = openvino_predictor(xml, static_shape=(2, 16))(feeds)
+    assert got.shape == expected.shape == (3, model.config.num_labels)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(got, openvino_predictor(xml)(feeds), atol=1e-5)
+    long = {k: np.zeros((1, 17), dtype=np.int64) for k in feeds}
+    with pytest.raises(ValueError, match="compiled for sequences of 16 tokens, got a batch of 17"):
+        openvino_predictor(xml, static_shape=(1, 16))(long)
+    with pytest.raises(ExportError, match="has rank 2, the static shape \\(16,\\) has 1 dimensions"):
+        compile_model(xml, static_shape=(16,))
+
+
 @needs_exporters
 @pytest.mark.parametrize("head", ["SparseBertModel", "SparseBertForSequenceClassification"])
 def test_qat_ranges_export_runs_what_qat_simulated(tmp_path, tiny_tokenizer, head):

@@ -38,11 +38,34 @@ def onnx_predictor(path: PathLike, threads: Optional[int] = None) -> Predict:
     return lambda inputs: session.run(None, {k: v for k, v in inputs.items() if k in names})[0]
 
 
-def openvino_predictor(path: PathLike, precision: str = "f32", sparse_rate: Optional[float] = None) -> Predict:
+def openvino_predictor(
+    path: PathLike, precision: str = "f32", sparse_rate: Optional[float] = None, static_shape: Optional[tuple[int, int]] = None
+) -> Predict:
+    """`static_shape=(batch, seq)`: the IR is compiled for that shape only (`compile_model`); each call's inputs are
+    padded to `seq` (masked positions) and run `batch` rows at a time, the last group filled up with copies of its
+    last row whose outputs are dropped."""
     from .openvino import compile_model
 
-    compiled = compile_model(path, precision=precision, sparse_rate=sparse_rate)
-    return lambda inputs: compiled(inputs)[0]
+    compiled = compile_model(path, precision=precision, sparse_rate=sparse_rate, static_shape=static_shape)
+    if static_shape is None:
+        return lambda inputs: compiled(inputs)[0]
+    rows, seq = static_shape
+
+    def predict(inputs: dict) -> np.ndarray:
+        length = inputs["input_ids"].shape[1]
+        if length > seq:
+            raise ValueError(f"{path} was compiled for sequences of {seq} tokens, got a batch of {length}")
+        padded = {k: np.pad(v, ((0, 0), (0, seq - length))) for k, v in inputs.items()}  # zeros: masked pad tokens
+        count = len(padded["input_ids"])
+        outputs = []
+        for start in range(0, count, rows):
+            group = {k: v[start : start + rows] for k, v in padded.items()}
+            fill = rows - len(group["input_ids"])
+            group = {k: np.concatenate([v, np.repeat(v[-1:], fill, axis=0)]) if fill else v for k, v in group.items()}
+            outputs.append(compiled(group)[0][: rows - fill])
+        return np.concatenate(outputs)
+
+    return predict
 
 
 def glue_dev_score(

@@ -6,6 +6,7 @@ Runtimes (names used in tables):
     ov-fp32, ov-int8                 OpenVINO CPU on the fp32 IR (f32 precision) / the NNCF INT8 IR
     ov-int8-sparse                   the INT8 IR with `CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE` set; the
                                      FullyConnected kernels it actually ran are recorded per row
+    ov-int8-static                   the INT8 IR compiled for the timed (batch, seq) only (`compile_model(static_shape=)`)
 Each measurement is the median (and p90) of `runs` timed calls after `warmup` untimed ones; `benchmark` times the
 runtimes of a batch size in turns (`timed_interleaved`), its baseline among them.
 """
@@ -21,7 +22,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 
 PathLike = Union[str, Path]
-RUNTIMES = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8", "ov-int8-sparse")
+RUNTIMES = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8", "ov-int8-sparse", "ov-int8-static")
 SPARSE_RATE = 0.5  # ask for the sparse kernel wherever an int8 weight is at least half zeros
 
 
@@ -176,11 +177,14 @@ class Runners:
             names = {i.name for i in session.get_inputs()}
             feeds = {k: v for k, v in inputs.items() if k in names}
             return (lambda: session.run(None, feeds)), {}
-        if runtime in ("ov-fp32", "ov-int8", "ov-int8-sparse"):
+        if runtime in ("ov-fp32", "ov-int8", "ov-int8-sparse", "ov-int8-static"):
             _runtime_module("openvino", "openvino")
             from .openvino import compile_model, executed_kernels
 
-            compiled = compile_model(self.artifact(runtime), precision="f32", sparse_rate=SPARSE_RATE if runtime == "ov-int8-sparse" else None)
+            compiled = compile_model(
+                self.artifact(runtime), precision="f32", sparse_rate=SPARSE_RATE if runtime == "ov-int8-sparse" else None,
+                static_shape=inputs["input_ids"].shape if runtime == "ov-int8-static" else None,
+            )
             kernels = executed_kernels(compiled, inputs)
             request = compiled.create_infer_request()
             return (lambda: request.infer(inputs)), {"kernels": kernels}
