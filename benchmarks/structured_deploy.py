@@ -68,6 +68,10 @@ def main() -> None:
 
     dense_name, train_command, dense_command = row_commands(args.row, args.task, args.seed)
     file_name, block_name, command = output_names(args.row, args.task, args.seed)
+    for flag in ("runs", "rounds", "batch"):  # the timing options, where not the defaults: the command reruns this run
+        value = getattr(args, flag)
+        if value != parser.get_default(flag):
+            command += f" --{flag} " + (" ".join(map(str, value)) if isinstance(value, list) else str(value))
     structured = MODELS / f"{args.row}_{args.task}_s{args.seed}" / "model"
     dense = MODELS / dense_name / "model"
     for path, missing_command in ((structured, train_command), (dense, dense_command)):
