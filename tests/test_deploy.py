@@ -228,7 +228,7 @@ def test_openvino_static_shape_compiles_one_shape_and_scores_like_the_dynamic_ir
     np.testing.assert_allclose(got, expected, atol=1e-4)
     np.testing.assert_allclose(got, openvino_predictor(xml)(feeds), atol=1e-5)
     long = {k: np.zeros((1, 17), dtype=np.int64) for k in feeds}
-    with pytest.raises(ValueError, match="compiled for sequences of 16 tokens, got a batch of 17"):
+    with pytest.raises(ValueError, match="compiled for sequences of 16 tokens, got inputs of 17 tokens"):
         openvino_predictor(xml, static_shape=(1, 16))(long)
     with pytest.raises(ExportError, match="has rank 2, the static shape \\(16,\\) has 1 dimensions"):
         compile_model(xml, static_shape=(16,))

@@ -54,7 +54,7 @@ def openvino_predictor(
     def predict(inputs: dict) -> np.ndarray:
         length = inputs["input_ids"].shape[1]
         if length > seq:
-            raise ValueError(f"{path} was compiled for sequences of {seq} tokens, got a batch of {length}")
+            raise ValueError(f"{path} was compiled for sequences of {seq} tokens, got inputs of {length} tokens")
         padded = {k: np.pad(v, ((0, 0), (0, seq - length))) for k, v in inputs.items()}  # zeros: masked pad tokens
         count = len(padded["input_ids"])
         outputs = []
