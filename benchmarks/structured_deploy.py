@@ -10,7 +10,8 @@ trained the same way, `dense-ep2-n67349_<task>_s1`), compacts the structured mod
 exports it (ONNX Runtime INT8 dynamic, OpenVINO NNCF INT8 calibrated on the task's training text, and
 OpenVINO fp32, the fastest on CPUs without VNNI; the OpenVINO INT8 IR also compiled for a static input shape),
 and in ONE run measures every artifact's full-dev-set score and batch-1 (and batch-16) latency at
-seq 128, the artifacts timed in turns (`--rounds`). Speed-ups divide the dense model's torch-fp32 median by the artifact's. Writes
+seq 128, the artifacts timed in turns (`--rounds`). Speed-ups divide the dense model's torch-fp32 median by the artifact's;
+score differences to dense come with a 95% paired bootstrap interval over the dev examples. Writes
 benchmarks/results/structured_deploy_<row>_<task>[_s<seed>].json and the benchmarks/README.md block `structured-<row>-<task>[-s<seed>]`
 (the seed suffix only for seeds other than 1: seed 1's names are the ones published).
 """
@@ -59,7 +60,10 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from hf_sparse.deploy.accuracy import glue_dev_score, onnx_predictor, openvino_predictor, torch_predictor
+    from hf_sparse.deploy.accuracy import glue_dev_predictions, onnx_predictor, openvino_predictor, torch_predictor
+    from hf_sparse.tasks.glue import get_glue_task
+    from hf_sparse.tasks.metrics import glue_metrics
+    from hf_sparse.tasks.significance import paired_bootstrap
     from hf_sparse.cpu import cpu_description
     from hf_sparse.deploy.bench import Runners, make_inputs, timed_interleaved
     from hf_sparse.deploy.compact import compact
@@ -99,22 +103,28 @@ def main() -> None:
             # on CPUs without VNNI (AVX2) OpenVINO's fp32 kernels outrun its INT8 ones (benchmarks/latency.py --tag avx2)
             ("compact openvino fp32", lambda: openvino_predictor(exports / "openvino" / "openvino_model.xml"), tmp / "compact", "ov-fp32"),
         ]
-        rows, runs = [], {batch: {} for batch in args.batch}
+        rows, runs, predictions = [], {batch: {} for batch in args.batch}, []
+        main_metric = get_glue_task(args.task).main_metric
         for name, make, folder, runtime in artifacts:
-            score = glue_dev_score(make(), tokenizer, args.task)
-            rows.append({"artifact": name, "score": score["score"], "main_metric": score["main_metric"], "runtime": runtime})
+            predicted, references = glue_dev_predictions(make(), tokenizer, args.task)
+            predictions.append(predicted)
+            score = glue_metrics(args.task, predicted, references)[main_metric]
+            rows.append({"artifact": name, "score": score, "main_metric": main_metric, "runtime": runtime})
             runners = Runners(folder, exports if folder == tmp / "compact" else tmp / f"exports-{len(rows)}")
             for batch in args.batch:
                 runs[batch][name], _ = runners.runner(runtime, make_inputs(batch, 128, 30522))
-            print(name, f"{score['score']:.4f}", flush=True)
+            print(name, f"{score:.4f}", flush=True)
         for batch in args.batch:  # every artifact in turns: the ratios to dense are not at the mercy of one slow spell
             for row, stats in zip(rows, timed_interleaved(runs[batch], args.runs, args.rounds).values()):
                 row[f"batch{batch}"] = stats
         for row in rows:
             print(row["artifact"], {b: row[f"batch{b}"]["median_ms"] for b in args.batch}, flush=True)
     base, masked = rows[0], rows[1]
-    for row in rows:
+    for row, predicted in zip(rows, predictions):
         row["delta_points"] = round(100 * (row["score"] - base["score"]), 2)
+        # the dev set is a sample: the paired bootstrap interval of the difference (same examples for both models)
+        interval = paired_bootstrap(args.task, predicted, predictions[0], references, metric=main_metric)
+        row["delta_points_ci95"] = [round(100 * interval["low"], 2), round(100 * interval["high"], 2)]
         row["delta_points_vs_structured_fp32"] = round(100 * (row["score"] - masked["score"]), 2)
         for batch in args.batch:
             row[f"speedup_batch{batch}"] = round(base[f"batch{batch}"]["median_ms"] / row[f"batch{batch}"]["median_ms"], 2)
@@ -134,12 +144,13 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / file_name
     path.write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"| artifact | {rows[0]['main_metric']} | vs dense (points) | vs structured fp32 (points) | "
+    lines = [f"| artifact | {rows[0]['main_metric']} | vs dense (points) | 95% interval | vs structured fp32 (points) | "
              + " | ".join(f"speed-up b{b}" for b in args.batch) + " |",
-             "|---|---|---|---|" + "---|" * len(args.batch)]
+             "|---|---|---|---|---|" + "---|" * len(args.batch)]
     for i, r in enumerate(rows):
         own = "–" if i < 2 else f"{r['delta_points_vs_structured_fp32']:+.2f}"
-        lines.append(f"| {r['artifact']} | {100 * r['score']:.2f} | {r['delta_points']:+.2f} | {own} | "
+        low, high = r["delta_points_ci95"]
+        lines.append(f"| {r['artifact']} | {100 * r['score']:.2f} | {r['delta_points']:+.2f} | {low:+.2f} .. {high:+.2f} | {own} | "
                      + " | ".join(f"{r[f'speedup_batch{b}']:.2f}x" for b in args.batch) + " |")
     table = "\n".join(lines)
     print(table)

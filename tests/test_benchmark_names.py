@@ -676,3 +676,35 @@ def test_committed_tables_are_what_the_committed_results_give(tmp_path, monkeypa
     assert (results / f"{script}.md").read_text() == (module.ROOT / "benchmarks" / "results" / f"{script}.md").read_text()
     for committed, copy in readmes.items():
         assert copy.read_text() == committed.read_text(), f"{committed.relative_to(module.ROOT)}: rerun `python benchmarks/{script}.py --table`"
+
+
+def test_paired_dev_block_is_what_its_committed_results_give():
+    import json
+
+    import paired_dev
+    import readme_block
+
+    path = paired_dev.RESULTS / "paired_dev_sst2.json"
+    rows = json.loads(path.read_text())["rows"]
+    text = readme_block.BENCHMARKS_README.read_text()
+    block = text.split("<!-- paired-dev-sst2 -->\n", 1)[1].split("\n<!-- /paired-dev-sst2 -->", 1)[0]
+    assert block == paired_dev.table(rows)
+    for row in rows:  # every row records the command that rebuilds it, with the seeds it pooled
+        assert row["command"].endswith("--seeds " + " ".join(str(s["seed"]) for s in row["per_seed"]))
+        assert row["pooled"]["low"] <= row["pooled"]["delta"] <= row["pooled"]["high"]
+
+
+def test_paired_dev_names_the_training_command_of_a_missing_seed(tmp_path, monkeypatch):
+    import paired_dev
+
+    monkeypatch.setattr(paired_dev, "MODELS", tmp_path)
+    row = "prune-tuned-structured-movement-80-magnitude-90-kd-ep2-n67349-hid1-gl"
+    monkeypatch.setattr(sys, "argv", ["paired_dev.py", "--task", "sst2", "--row", row, "--seeds", "1", "2"])
+    with pytest.raises(SystemExit, match=re.escape(
+        f"{tmp_path}/{row}_sst2_s1/model is missing: run `python benchmarks/transfer.py --row "
+        "prune-tuned-structured-movement-80-magnitude-90 --task sst2 --seed 1 --kd --epochs 2 --max-train-samples 67349 "
+        "--hidden-weight 1 --group-by-length` first")):
+        paired_dev.main()
+    monkeypatch.setattr(sys, "argv", ["paired_dev.py", "--task", "sst2", "--row", row, "--seeds", "1", "1"])
+    with pytest.raises(SystemExit):  # argparse: a repeated seed
+        paired_dev.main()

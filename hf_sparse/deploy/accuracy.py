@@ -68,7 +68,7 @@ def openvino_predictor(
     return predict
 
 
-def glue_dev_score(
+def glue_dev_predictions(
     predict: Predict,
     tokenizer,
     task: str,
@@ -76,10 +76,10 @@ def glue_dev_score(
     max_length: int = 128,
     batch_size: int = 32,
     limit: Optional[int] = None,
-) -> dict:
-    """Runs `predict` over a GLUE task's dev set (dynamic padding) and returns the task's metrics."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Runs `predict` over a GLUE task's dev set (dynamic padding): `(predictions, references)`, class ids (or
+    scores for stsb) and the dev labels, in the dev file's order."""
     from ..tasks.glue import get_glue_task, load_glue
-    from ..tasks.metrics import glue_metrics
     from ..upstream import DEFAULT_DATA_DIR
 
     glue = get_glue_task(task)
@@ -95,5 +95,23 @@ def glue_dev_score(
         outputs.append(predict(inputs))
     logits = np.concatenate(outputs)
     predictions = logits[:, 0] if glue.num_labels == 1 else logits.argmax(-1)
-    metrics = glue_metrics(task, predictions, np.asarray(dev["label"]))
-    return {"metrics": metrics, "score": metrics[glue.main_metric], "main_metric": glue.main_metric, "examples": len(dev)}
+    return predictions, np.asarray(dev["label"])
+
+
+def glue_dev_score(
+    predict: Predict,
+    tokenizer,
+    task: str,
+    data_dir: Optional[PathLike] = None,
+    max_length: int = 128,
+    batch_size: int = 32,
+    limit: Optional[int] = None,
+) -> dict:
+    """Runs `predict` over a GLUE task's dev set (dynamic padding) and returns the task's metrics."""
+    from ..tasks.glue import get_glue_task
+    from ..tasks.metrics import glue_metrics
+
+    predictions, references = glue_dev_predictions(predict, tokenizer, task, data_dir, max_length, batch_size, limit)
+    metrics = glue_metrics(task, predictions, references)
+    main_metric = get_glue_task(task).main_metric
+    return {"metrics": metrics, "score": metrics[main_metric], "main_metric": main_metric, "examples": len(references)}
