@@ -73,15 +73,13 @@ def main() -> None:
     metric = get_glue_task(args.task).main_metric
     tokenizer = AutoTokenizer.from_pretrained(dense)
     dense_predictions, references = glue_dev_predictions(torch_predictor(dense), tokenizer, args.task)
-    predictions = {}
+    predictions, per_seed = {}, []
     for seed, folder in models.items():
         predictions[seed], _ = glue_dev_predictions(torch_predictor(folder), AutoTokenizer.from_pretrained(folder), args.task)
-        print(f"seed {seed}: {glue_metrics(args.task, predictions[seed], references)[metric]:.4f}", flush=True)
-    per_seed = []
-    for seed, predicted in predictions.items():
-        interval = paired_bootstrap(args.task, predicted, dense_predictions, references, samples=args.samples)
-        per_seed.append({"seed": seed, "score": glue_metrics(args.task, predicted, references)[metric],
-                         **{k: interval[k] for k in ("delta", "low", "high")}})
+        score = glue_metrics(args.task, predictions[seed], references)[metric]
+        print(f"seed {seed}: {score:.4f}", flush=True)
+        interval = paired_bootstrap(args.task, predictions[seed], dense_predictions, references, samples=args.samples)
+        per_seed.append({"seed": seed, "score": score, **{k: interval[k] for k in ("delta", "low", "high")}})
     pooled = paired_bootstrap(args.task, np.stack(list(predictions.values())), dense_predictions, references, samples=args.samples)
     command = (f"python benchmarks/paired_dev.py --task {args.task} --row {args.row} --seeds {' '.join(map(str, args.seeds))}"
                + (f" --samples {args.samples}" if args.samples != parser.get_default("samples") else ""))
