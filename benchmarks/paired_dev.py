@@ -6,8 +6,10 @@ For each `--row` (a transfer.py run name without `_<task>_s<seed>`, as structure
 trained by benchmarks/transfer.py for `--seeds` and the dense model of the same task and budget (the row's KD teacher)
 predict the full dev set in fp32 PyTorch. Each seed's difference to dense comes with a 95% paired bootstrap interval
 over the dev examples; the row's mean difference with one over seeds and examples together (both resampled), i.e.
-what the recipe is expected to lose on this task's dev distribution against this dense model. The dense model's own
-seed is not resampled: the target compares with the one dense model it is timed against.
+what the recipe is expected to lose on this task's dev distribution against this dense model. By default the dense
+model is the row's teacher (seed 1), not resampled: the target compares with the one dense model it is timed against.
+`--dense-seeds 1 2 3` compares with the dense recipe instead: the mean of those dense seeds (trained with the dense
+row's command and `--seed N`), whose seeds are resampled too, so the dense model's own seed luck is counted.
 
 Writes benchmarks/results/paired_dev_<task>.json (rows merged in by name, so a row can be rerun alone) and the
 benchmarks/README.md block `paired-dev-<task>`.
@@ -31,7 +33,11 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         seeds = "; ".join(f"s{s['seed']} {100 * s['delta']:+.2f} ({100 * s['low']:+.2f} .. {100 * s['high']:+.2f})" for s in r["per_seed"])
         pooled = r["pooled"]
-        lines.append(f"| {r['row']} | {100 * r['dense_score']:.2f} | {len(r['per_seed'])} | {100 * pooled['delta']:+.2f} | "
+        dense_seeds = r.get("dense_seeds", [1])
+        dense = f"{100 * r['dense_score']:.2f}" if dense_seeds == [1] else (
+            f"{100 * r['dense_score']:.2f}, mean of s{'/'.join(map(str, dense_seeds))} "
+            f"({' / '.join(f'{100 * v:.2f}' for v in r['dense_seed_scores'])})")
+        lines.append(f"| {r['row']} | {dense} | {len(r['per_seed'])} | {100 * pooled['delta']:+.2f} | "
                      f"{100 * pooled['low']:+.2f} .. {100 * pooled['high']:+.2f} | {seeds} |")
     return "\n".join(lines)
 
@@ -41,10 +47,13 @@ def main() -> None:
     parser.add_argument("--task", default="sst2", choices=["sst2", "cola", "mrpc", "rte", "stsb"])
     parser.add_argument("--row", required=True, help="transfer run name without _<task>_s<seed>, e.g. prune-tuned-90-kd")
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
+    parser.add_argument("--dense-seeds", type=int, nargs="+", default=[1],
+                        help="dense seeds to compare with (default: 1, the teacher); several: their mean, resampled")
     parser.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args()
-    if len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds repeats a seed: {args.seeds}")
+    for flag, values in (("--seeds", args.seeds), ("--dense-seeds", args.dense_seeds)):
+        if len(set(values)) != len(values):
+            parser.error(f"{flag} repeats a seed: {values}")
 
     import numpy as np
     from transformers import AutoTokenizer
@@ -53,26 +62,30 @@ def main() -> None:
     from hf_sparse.tasks.glue import get_glue_task
     from hf_sparse.tasks.metrics import glue_metrics
     from hf_sparse.tasks.significance import paired_bootstrap
-    from structured_deploy import row_commands
-    from transfer import parse_run_name, run_name
+    from transfer import parse_run_name, run_name, teacher_overrides
 
     base, kd, qat, bi_encoder, overrides = parse_run_name(args.row)
     if bi_encoder:
         raise SystemExit(f"{args.row}: a bi-encoder row; this script compares cross-encoders (sequence classification)")
-    dense_name, _, dense_command = row_commands(args.row, args.task, args.seeds[0])
-    dense = MODELS / dense_name / "model"
-    models = {}
-    for seed in args.seeds:
-        name, command = run_name(base, args.task, seed, kd, qat, bi_encoder, overrides)
-        models[seed] = MODELS / name / "model"
-        if not models[seed].is_dir():
-            raise SystemExit(f"{models[seed]} is missing: run `{command}` first")
-    if not dense.is_dir():
-        raise SystemExit(f"{dense} is missing: run `{dense_command}` first")
+    models, dense_models = {}, {}
+    for seeds, found, run in (
+        (args.seeds, models, (base, kd, qat, overrides)), (args.dense_seeds, dense_models, ("dense", False, False, teacher_overrides(overrides))),
+    ):
+        row_base, row_kd, row_qat, row_overrides = run
+        for seed in seeds:
+            name, command = run_name(row_base, args.task, seed, row_kd, row_qat, False, row_overrides)
+            found[seed] = MODELS / name / "model"
+            if not found[seed].is_dir():
+                raise SystemExit(f"{found[seed]} is missing: run `{command}` first")
 
     metric = get_glue_task(args.task).main_metric
-    tokenizer = AutoTokenizer.from_pretrained(dense)
-    dense_predictions, references = glue_dev_predictions(torch_predictor(dense), tokenizer, args.task)
+    dense_predictions = []
+    for seed, folder in dense_models.items():
+        dense_seed_predictions, references = glue_dev_predictions(torch_predictor(folder), AutoTokenizer.from_pretrained(folder), args.task)
+        dense_predictions.append(dense_seed_predictions)
+        print(f"dense seed {seed}: {glue_metrics(args.task, dense_seed_predictions, references)[metric]:.4f}", flush=True)
+    dense_predictions = np.stack(dense_predictions)
+    dense_scores = [glue_metrics(args.task, p, references)[metric] for p in dense_predictions]
     predictions, per_seed = {}, []
     for seed, folder in models.items():
         predictions[seed], _ = glue_dev_predictions(torch_predictor(folder), AutoTokenizer.from_pretrained(folder), args.task)
@@ -82,17 +95,21 @@ def main() -> None:
         per_seed.append({"seed": seed, "score": score, **{k: interval[k] for k in ("delta", "low", "high")}})
     pooled = paired_bootstrap(args.task, np.stack(list(predictions.values())), dense_predictions, references, samples=args.samples)
     command = (f"python benchmarks/paired_dev.py --task {args.task} --row {args.row} --seeds {' '.join(map(str, args.seeds))}"
+               + (f" --dense-seeds {' '.join(map(str, args.dense_seeds))}" if args.dense_seeds != [1] else "")
                + (f" --samples {args.samples}" if args.samples != parser.get_default("samples") else ""))
     row = {
         "row": args.row, "task": args.task, "metric": metric, "precision": "fp32 PyTorch",
-        "dense_model": str(dense.relative_to(ROOT)), "dense_score": glue_metrics(args.task, dense_predictions, references)[metric],
+        "dense_model": str(dense_models[args.dense_seeds[0]].relative_to(ROOT)), "dense_score": float(np.mean(dense_scores)),
         "examples": len(references), "per_seed": per_seed,
         "pooled": {k: pooled[k] for k in ("delta", "low", "high", "confidence", "samples", "undefined_samples")},
         "command": command, "date": time.strftime("%Y-%m-%d"),
     }
     path = RESULTS / f"paired_dev_{args.task}.json"
-    rows = [r for r in (json.loads(path.read_text())["rows"] if path.is_file() else []) if r["row"] != args.row]
-    rows = sorted(rows + [row], key=lambda r: r["row"])
+    if args.dense_seeds != [1]:
+        row.update(dense_seeds=args.dense_seeds, dense_seed_scores=dense_scores)
+    key = lambda r: (r["row"], r.get("dense_seeds", [1]))  # a row against the teacher and against the dense recipe
+    rows = [r for r in (json.loads(path.read_text())["rows"] if path.is_file() else []) if key(r) != key(row)]
+    rows = sorted(rows + [row], key=key)
     path.write_text(json.dumps({"task": args.task, "rows": rows}, indent=1) + "\n")
     text = table(rows)
     print(text)

@@ -690,8 +690,13 @@ def test_paired_dev_block_is_what_its_committed_results_give():
     block = text.split("<!-- paired-dev-sst2 -->\n", 1)[1].split("\n<!-- /paired-dev-sst2 -->", 1)[0]
     assert block == paired_dev.table(rows)
     for row in rows:  # every row records the command that rebuilds it, with the seeds it pooled
-        assert row["command"].endswith("--seeds " + " ".join(str(s["seed"]) for s in row["per_seed"]))
+        seeds = "--seeds " + " ".join(str(s["seed"]) for s in row["per_seed"])
+        dense_seeds = row.get("dense_seeds")
+        assert row["command"].endswith(seeds + (" --dense-seeds " + " ".join(map(str, dense_seeds)) if dense_seeds else ""))
         assert row["pooled"]["low"] <= row["pooled"]["delta"] <= row["pooled"]["high"]
+        if dense_seeds:  # the dense score is the mean of the dense seeds'
+            assert len(dense_seeds) == len(row["dense_seed_scores"]) > 1
+            assert row["dense_score"] == pytest.approx(sum(row["dense_seed_scores"]) / len(dense_seeds))
 
 
 def test_paired_dev_names_the_training_command_of_a_missing_seed(tmp_path, monkeypatch):
@@ -705,6 +710,15 @@ def test_paired_dev_names_the_training_command_of_a_missing_seed(tmp_path, monke
         "prune-tuned-structured-movement-80-magnitude-90 --task sst2 --seed 1 --kd --epochs 2 --max-train-samples 67349 "
         "--hidden-weight 1 --group-by-length` first")):
         paired_dev.main()
-    monkeypatch.setattr(sys, "argv", ["paired_dev.py", "--task", "sst2", "--row", row, "--seeds", "1", "1"])
-    with pytest.raises(SystemExit):  # argparse: a repeated seed
+    for seed in (1, 2):  # the trained seeds are there; a dense seed beyond the teacher is not
+        (tmp_path / f"{row}_sst2_s{seed}" / "model").mkdir(parents=True)
+    (tmp_path / "dense-ep2-n67349-gl_sst2_s1" / "model").mkdir(parents=True)
+    monkeypatch.setattr(sys, "argv", ["paired_dev.py", "--task", "sst2", "--row", row, "--seeds", "1", "2", "--dense-seeds", "1", "2"])
+    with pytest.raises(SystemExit, match=re.escape(
+        f"{tmp_path}/dense-ep2-n67349-gl_sst2_s2/model is missing: run `python benchmarks/transfer.py --row dense --task sst2 "
+        "--seed 2 --epochs 2 --max-train-samples 67349 --group-by-length` first")):
         paired_dev.main()
+    for repeated in (["--seeds", "1", "1"], ["--seeds", "1", "--dense-seeds", "2", "2"]):
+        monkeypatch.setattr(sys, "argv", ["paired_dev.py", "--task", "sst2", "--row", row, *repeated])
+        with pytest.raises(SystemExit):  # argparse: a repeated seed
+            paired_dev.main()

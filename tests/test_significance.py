@@ -92,6 +92,34 @@ def test_classification_tasks_use_their_metric(task, metric):
     assert result["low"] <= result["delta"] <= result["high"]
 
 
+
+def test_baseline_seeds_average_the_baseline_and_are_resampled():
+    rng = np.random.default_rng(8)
+    labels, baseline, model = _sst2_like(rng)
+    single = paired_bootstrap("sst2", model, baseline, labels, samples=1000, seed=0)
+    # one baseline seed as a (1, examples) array: the same numbers as the 1-D form
+    assert paired_bootstrap("sst2", model, baseline[None], labels, samples=1000, seed=0) == single
+    assert single["baseline_seeds"] == 1
+    # three baseline seeds 6.9 points apart (60 examples fewer, as many, 60 more right): the mean is the middle one's
+    spread = []
+    for gains in (0, 30, 60):
+        _, _, other = _sst2_like(np.random.default_rng(8), flips=60, model_gains=gains)
+        spread.append(other)
+    middle = spread[1]
+    pooled = paired_bootstrap("sst2", model, np.stack(spread), labels, samples=2000, seed=0)
+    against_middle = paired_bootstrap("sst2", model, middle, labels, samples=2000, seed=0)
+    accuracy = lambda p: float(np.mean(p == labels))
+    assert pooled["baseline_seeds"] == 3
+    assert pooled["delta"] == pytest.approx(accuracy(model) - np.mean([accuracy(b) for b in spread]))
+    assert pooled["delta"] == pytest.approx(against_middle["delta"])
+    assert pooled["per_seed_delta"] == [pytest.approx(pooled["delta"])]
+    # the baseline's seed spread widens the interval
+    assert pooled["high"] - pooled["low"] > 1.3 * (against_middle["high"] - against_middle["low"])
+    # model seeds and baseline seeds together: the difference of the two means
+    both = paired_bootstrap("sst2", np.stack([model, baseline]), np.stack(spread), labels, samples=500, seed=0)
+    assert both["delta"] == pytest.approx((accuracy(model) + accuracy(baseline)) / 2 - np.mean([accuracy(b) for b in spread]))
+    assert both["seeds"] == 2 and both["baseline_seeds"] == 3
+
 def test_stsb_scores_and_undefined_resamples():
     rng = np.random.default_rng(6)
     labels = rng.uniform(0, 5, 300)
@@ -109,10 +137,14 @@ def test_bad_input_is_named():
         paired_bootstrap("qnli", labels, labels, labels)
     with pytest.raises(ValueError, match="sst2 reports accuracy, not 'f1'"):
         paired_bootstrap("sst2", labels, labels, labels, metric="f1")
-    with pytest.raises(ValueError, match="same non-empty dev set: 3, 4 and 4 examples"):
+    with pytest.raises(ValueError, match=r"same non-empty dev set with at least one seed each: \(1, 3\), \(1, 4\) and 4"):
         paired_bootstrap("sst2", labels[:3], labels, labels)
+    with pytest.raises(ValueError, match=r"\(1, 4\), \(0, 4\) and 4 examples"):
+        paired_bootstrap("sst2", labels, labels[None][:0], labels)
     with pytest.raises(ValueError, match=r"\(examples,\) or \(seeds, examples\)"):
-        paired_bootstrap("sst2", labels, labels[None], labels)
+        paired_bootstrap("sst2", labels, labels[None, None], labels)
+    with pytest.raises(ValueError, match=r"\(examples,\) or \(seeds, examples\)"):
+        paired_bootstrap("sst2", labels, labels, labels[None])
     with pytest.raises(ValueError, match="confidence must be in"):
         paired_bootstrap("sst2", labels, labels, labels, confidence=95)
     with pytest.raises(ValueError, match="samples must be >= 1"):

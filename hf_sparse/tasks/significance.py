@@ -42,7 +42,9 @@ def paired_bootstrap(
         predictions: the model's predictions on the dev set, shape `(examples,)`, or `(seeds, examples)` for
             several training seeds of the same recipe: the difference is then the mean over seeds, and each
             resample draws seeds (with replacement) as well as examples.
-        baseline_predictions: the baseline's predictions on the same examples, shape `(examples,)`.
+        baseline_predictions: the baseline's predictions on the same examples, shape `(examples,)`, or
+            `(seeds, examples)` for several seeds of the baseline's recipe: its score is then the mean over its
+            seeds, which are resampled independently of the model's (the examples are the same for both).
         references: the dev labels (class ids, or scores for stsb), shape `(examples,)`.
         metric: one of the task's metrics (`hf_sparse.tasks.metrics.GLUE_TASKS`); default: the one the task is
             ranked by (`MAIN_METRICS`: accuracy, F1 for MRPC, Matthews corr. for CoLA, the Pearson/Spearman mean for
@@ -52,9 +54,10 @@ def paired_bootstrap(
         seed: the resampling RNG seed (the result is deterministic for a given seed).
 
     Returns:
-        `{"metric", "delta", "low", "high", "confidence", "samples", "examples", "seeds", "per_seed_delta",
-        "undefined_samples"}`: `delta` is the model's metric minus the baseline's on the whole dev set (the mean
-        over seeds), `low`/`high` the interval's ends, all in the metric's own units (accuracy 0.01 = 1 point).
+        `{"metric", "delta", "low", "high", "confidence", "samples", "examples", "seeds", "baseline_seeds",
+        "per_seed_delta", "undefined_samples"}`: `delta` is the model's metric minus the baseline's on the whole dev
+        set (each the mean over its seeds), `low`/`high` the interval's ends, all in the metric's own units (accuracy
+        0.01 = 1 point). `per_seed_delta` holds each model seed's metric minus the baseline's (mean) metric.
         `undefined_samples` counts resamples where a metric was undefined (e.g. a constant prediction under
         Pearson), left out of the interval.
 
@@ -74,27 +77,36 @@ def paired_bootstrap(
     model = np.asarray(predictions)
     model = model[None, :] if model.ndim == 1 else model
     baseline = np.asarray(baseline_predictions)
+    baseline = baseline[None, :] if baseline.ndim == 1 else baseline
     refs = np.asarray(references)
-    if model.ndim != 2 or baseline.ndim != 1 or refs.ndim != 1:
+    if model.ndim != 2 or baseline.ndim != 2 or refs.ndim != 1:
         raise ValueError(
-            f"expected predictions of shape (examples,) or (seeds, examples) and 1-D baseline and references, got "
-            f"{np.asarray(predictions).shape}, {baseline.shape} and {refs.shape}"
+            f"expected predictions and baseline of shape (examples,) or (seeds, examples) and 1-D references, got "
+            f"{np.asarray(predictions).shape}, {np.asarray(baseline_predictions).shape} and {refs.shape}"
         )
-    if not (model.shape[1] == len(baseline) == len(refs)) or len(refs) == 0:
+    if not (model.shape[1] == baseline.shape[1] == len(refs)) or len(refs) == 0 or len(model) == 0 or len(baseline) == 0:
         raise ValueError(
-            f"predictions, baseline and references must cover the same non-empty dev set: {model.shape[1]}, "
-            f"{len(baseline)} and {len(refs)} examples"
+            f"predictions, baseline and references must cover the same non-empty dev set with at least one seed each: "
+            f"{model.shape}, {baseline.shape} and {len(refs)} examples"
         )
 
-    per_seed = [_score(name, metric, p, refs) - _score(name, metric, baseline, refs) for p in model]
+    def mean_score(rows: np.ndarray, seeds: np.ndarray, idx: np.ndarray) -> float:
+        return float(np.mean([_score(name, metric, rows[s, idx], refs[idx]) for s in seeds]))
+
+    def draw(count: int) -> np.ndarray:
+        return rng.integers(0, count, count) if count > 1 else np.zeros(1, dtype=int)
+
+    everything = np.arange(len(refs))
+    base_score = mean_score(baseline, np.arange(len(baseline)), everything)
+    per_seed = [_score(name, metric, p, refs) - base_score for p in model]
     rng = np.random.default_rng(seed)
     num_seeds, num_examples = model.shape
     deltas = []
     for _ in range(samples):
-        rows = rng.integers(0, num_seeds, num_seeds) if num_seeds > 1 else np.zeros(1, dtype=int)
+        rows = draw(num_seeds)
         idx = rng.integers(0, num_examples, num_examples)
-        base = _score(name, metric, baseline[idx], refs[idx])
-        deltas.append(float(np.mean([_score(name, metric, model[r, idx], refs[idx]) for r in rows])) - base)
+        base_rows = draw(len(baseline))  # drawn after the examples: one baseline seed keeps the earlier resamples
+        deltas.append(mean_score(model, rows, idx) - mean_score(baseline, base_rows, idx))
     deltas = np.asarray(deltas)
     defined = deltas[~np.isnan(deltas)]
     if len(defined) == 0:
@@ -110,6 +122,7 @@ def paired_bootstrap(
         "samples": samples,
         "examples": num_examples,
         "seeds": num_seeds,
+        "baseline_seeds": len(baseline),
         "per_seed_delta": [float(d) for d in per_seed],
         "undefined_samples": int(len(deltas) - len(defined)),
     }
