@@ -62,30 +62,32 @@ def main() -> None:
     from hf_sparse.tasks.glue import get_glue_task
     from hf_sparse.tasks.metrics import glue_metrics
     from hf_sparse.tasks.significance import paired_bootstrap
-    from transfer import parse_run_name, run_name, teacher_overrides
+    from structured_deploy import row_commands
+    from transfer import parse_run_name, run_name
 
     base, kd, qat, bi_encoder, overrides = parse_run_name(args.row)
     if bi_encoder:
         raise SystemExit(f"{args.row}: a bi-encoder row; this script compares cross-encoders (sequence classification)")
     models, dense_models = {}, {}
-    for seeds, found, run in (
-        (args.seeds, models, (base, kd, qat, overrides)), (args.dense_seeds, dense_models, ("dense", False, False, teacher_overrides(overrides))),
-    ):
-        row_base, row_kd, row_qat, row_overrides = run
-        for seed in seeds:
-            name, command = run_name(row_base, args.task, seed, row_kd, row_qat, False, row_overrides)
-            found[seed] = MODELS / name / "model"
-            if not found[seed].is_dir():
-                raise SystemExit(f"{found[seed]} is missing: run `{command}` first")
+    for seed in args.seeds:
+        name, command = run_name(base, args.task, seed, kd, qat, bi_encoder, overrides)
+        models[seed] = MODELS / name / "model"
+        if not models[seed].is_dir():
+            raise SystemExit(f"{models[seed]} is missing: run `{command}` first")
+    for seed in args.dense_seeds:
+        dense_name, _, dense_command = row_commands(args.row, args.task, args.seeds[0], dense_seed=seed)
+        dense_models[seed] = MODELS / dense_name / "model"
+        if not dense_models[seed].is_dir():
+            raise SystemExit(f"{dense_models[seed]} is missing: run `{dense_command}` first")
 
     metric = get_glue_task(args.task).main_metric
-    dense_predictions = []
+    dense_predictions, dense_scores = [], []
     for seed, folder in dense_models.items():
-        dense_seed_predictions, references = glue_dev_predictions(torch_predictor(folder), AutoTokenizer.from_pretrained(folder), args.task)
-        dense_predictions.append(dense_seed_predictions)
-        print(f"dense seed {seed}: {glue_metrics(args.task, dense_seed_predictions, references)[metric]:.4f}", flush=True)
+        predicted, references = glue_dev_predictions(torch_predictor(folder), AutoTokenizer.from_pretrained(folder), args.task)
+        dense_predictions.append(predicted)
+        dense_scores.append(glue_metrics(args.task, predicted, references)[metric])
+        print(f"dense seed {seed}: {dense_scores[-1]:.4f}", flush=True)
     dense_predictions = np.stack(dense_predictions)
-    dense_scores = [glue_metrics(args.task, p, references)[metric] for p in dense_predictions]
     predictions, per_seed = {}, []
     for seed, folder in models.items():
         predictions[seed], _ = glue_dev_predictions(torch_predictor(folder), AutoTokenizer.from_pretrained(folder), args.task)

@@ -29,13 +29,14 @@ MODELS = ROOT / "out" / "transfer"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def row_commands(row: str, task: str, seed: int) -> tuple[str, str, str]:
-    """(dense run name, transfer.py command that trains `row`, transfer.py command that trains its dense run)."""
+def row_commands(row: str, task: str, seed: int, dense_seed: int = 1) -> tuple[str, str, str]:
+    """(dense run name, transfer.py command that trains `row`, transfer.py command that trains its dense run); the
+    dense run is the row's KD teacher, seed 1, unless `dense_seed` names another seed of the same dense recipe."""
     from transfer import parse_run_name, run_name, teacher_overrides
 
     base, kd, qat, bi_encoder, overrides = parse_run_name(row)
     _, train = run_name(base, task, seed, kd, qat, bi_encoder, overrides)
-    dense, dense_train = run_name("dense", task, 1, False, False, False, teacher_overrides(overrides))
+    dense, dense_train = run_name("dense", task, dense_seed, False, False, False, teacher_overrides(overrides))
     return dense, train, dense_train
 
 
