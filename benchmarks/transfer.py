@@ -37,9 +37,11 @@ similar length together (less padding, faster steps; its own row, `-gl`, distill
 starting from the dense run trained so); `--min-heads-per-layer` (global or joint structured
 rows) keeps that many heads in every layer; `--augment N` (with `--kd`, GLUE) adds up to N teacher-labelled variants of each
 training example, words replaced by embedding neighbours (TinyBERT-style; hf_sparse/tasks/augment.py); `--teacher-epochs` (with `--max-train-samples`) starts from / distils
-from the dense row trained that many epochs instead of the run's own; `--classifier-pooling mean` (GLUE cross-encoder rows)
+from the dense row trained that many epochs instead of the run's own; `--teacher-seeds N` (with `--kd`, cross-encoder rows) distils
+from the mean of the distributions of the dense row's seeds 1..N (an ensemble teacher; hidden states and the start of a
+`prune-tuned-*` row still come from seed 1); `--classifier-pooling mean` (GLUE cross-encoder rows)
 gives the head the mean of the last hidden states instead of [CLS]; the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-att<w>][-kdt<t>][-mh<n>][-tep<n>][-aug<n>][-pe<f>][-ps<f>][-poolmean][-gl][-fp32]_<task>_s<seed>.json
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-att<w>][-kdt<t>][-mh<n>][-tep<n>][-kdseeds<n>][-aug<n>][-pe<f>][-ps<f>][-poolmean][-gl][-fp32]_<task>_s<seed>.json
 (`-fp32`: trained in fp32, its own row, distilled from and starting from the fp32 dense run); models go to out/transfer/ (not committed).
 """
 
@@ -82,6 +84,7 @@ OVERRIDES = (
     ("temperature", "temperature_override", "-kdt{:g}", "--temperature {:g}", " (KD temperature {:g})"),
     ("min_heads_per_layer", "min_heads_per_layer_override", "-mh{:d}", "--min-heads-per-layer {:d}", " (>= {:d} heads per layer)"),
     ("teacher_epochs", "teacher_epochs_override", "-tep{:g}", "--teacher-epochs {:g}", " (from the {:g}-epoch dense model)"),
+    ("teacher_seeds", "teacher_seeds_override", "-kdseeds{:d}", "--teacher-seeds {:d}", " (KD from dense seeds 1-{:d})"),
     ("augment", "augment_override", "-aug{:d}", "--augment {:d}", " (+{:d} augmented per example)"),
     ("pruning_end", "pruning_end_override", "-pe{:g}", "--pruning-end {:g}", " (pruned by {:g} of training)"),
     ("pruning_start", "pruning_start_override", "-ps{:g}", "--pruning-start {:g}", " (pruning from {:g} of training)"),
@@ -155,6 +158,11 @@ def _row_arguments(
             raise SystemExit("--teacher-epochs names the dense row trained with --epochs E --max-train-samples N: it needs --max-train-samples")
         if not (kd or row.startswith("prune-tuned-")):
             raise SystemExit("--teacher-epochs picks the dense model a run distils from (--kd) or starts from (prune-tuned-* rows): it needs one of them")
+    if o.teacher_seeds is not None:
+        if not kd or bi_encoder:
+            raise SystemExit("--teacher-seeds N distils from the mean of the dense row's seeds 1..N: it needs --kd and a cross-encoder row")
+        if o.teacher_seeds < 2:
+            raise SystemExit(f"--teacher-seeds is the number of dense seeds to distil from, at least 2, got {o.teacher_seeds}")
     if o.augment is not None:
         if not kd or task == "squad" or bi_encoder:
             raise SystemExit("--augment adds teacher-labelled variants of the training examples: it needs --kd and a GLUE cross-encoder row")
@@ -219,6 +227,11 @@ def _row_arguments(
         raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, masked-pretrained|tuned-[<recipe>-]<s>, {PRUNE_ROW_HELP}, dense-layers-<n>")
     if kd:
         args += ["--teacher", str(_dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length))]
+        if o.teacher_seeds is not None:
+            args += ["--teacher_ensemble"] + [
+                str(_dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length, seed))
+                for seed in range(2, o.teacher_seeds + 1)
+            ]
     if qat:
         args += ["--qat", "true"]
     if bi_encoder:
@@ -306,13 +319,14 @@ def masked_start(upstream: Path, dense: Path, tuned: bool, task: str, out: Path)
 
 def _dense_model(
     task: str, bi_encoder: bool, epochs: float | None, max_train_samples: int | None, teacher_epochs: float | None = None,
-    precision: str = "auto", group_by_length: bool = False,
+    precision: str = "auto", group_by_length: bool = False, seed: int = 1,
 ) -> Path:
     """The fine-tuned dense model a run distils from (and a `prune-tuned-*` row starts from): the one trained in the
-    run's precision and batch order; exits naming its command if missing."""
+    run's precision and batch order (seed 1 unless `seed`: the other teachers of `--teacher-seeds`); exits naming its
+    command if missing."""
     overrides = {"epochs": epochs, "max_train_samples": max_train_samples, "teacher_epochs": teacher_epochs,
                  "precision": _precision_override(precision), "group_by_length": group_by_length or None}
-    name, command = run_name("dense", task, 1, False, False, bi_encoder, teacher_overrides(overrides))
+    name, command = run_name("dense", task, seed, False, False, bi_encoder, teacher_overrides(overrides))
     model = MODELS / name / "model"
     if not model.is_dir():
         raise SystemExit(f"{model} is missing: run `{command}` first")
@@ -675,6 +689,11 @@ def main() -> int:
     parser.add_argument(
         "--teacher-epochs", type=float,
         help="with --max-train-samples: start from / distil from the dense row trained this many epochs instead of --epochs",
+    )
+    parser.add_argument(
+        "--teacher-seeds", type=int,
+        help="with --kd: distil from the mean of the distributions of the dense row's seeds 1..N (train those seeds first); "
+             "hidden states (--hidden-weight) and a prune-tuned-* row's start still come from seed 1; the row's label shows it",
     )
     parser.add_argument(
         "--precision", choices=("auto", "bf16", "fp32"), default="auto",

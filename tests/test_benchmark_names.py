@@ -87,7 +87,8 @@ def test_kd_teacher_follows_the_data_budget(tmp_path, monkeypatch):
      {"group_by_length": True}, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "group_by_length": True, "precision": "fp32"},
      {"augment": 2}, {"epochs": 1, "max_train_samples": 67349, "teacher_epochs": 2, "augment": 1, "group_by_length": True, "precision": "fp32"},
      {"pruning_end": 0.35}, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "pruning_end": 0.5, "group_by_length": True},
-     {"classifier_pooling": "mean"}, {"epochs": 2, "max_train_samples": 67349, "classifier_pooling": "mean", "group_by_length": True, "precision": "fp32"}],
+     {"classifier_pooling": "mean"}, {"epochs": 2, "max_train_samples": 67349, "classifier_pooling": "mean", "group_by_length": True, "precision": "fp32"},
+     {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "teacher_seeds": 3, "group_by_length": True}],
 )
 def test_parse_run_name_inverts_run_name(row, kd, qat, bi_encoder, overrides):
     name, _ = transfer.run_name(row, "sst2", 1, kd, qat, bi_encoder, overrides)
@@ -289,6 +290,32 @@ def test_teacher_epochs_picks_the_start_and_teacher_not_the_budget(tmp_path, mon
         transfer._row_arguments(row, "sst2", 1, True, epochs=4, teacher_epochs=2)
     with pytest.raises(SystemExit, match="needs one of them"):
         transfer._row_arguments("prune-ft-structured-movement-90", "sst2", 1, False, **budget, teacher_epochs=2)
+
+
+def test_teacher_seeds_distil_from_the_dense_seeds_and_start_from_seed_1(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    row, budget = "prune-tuned-structured-movement-75-magnitude-90", {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1}
+    for seed in (1, 2):
+        (tmp_path / f"dense-ep2-n67349-gl_sst2_s{seed}" / "model").mkdir(parents=True)
+    # a missing dense seed names the command that trains it
+    with pytest.raises(SystemExit, match=r"dense-ep2-n67349-gl_sst2_s3/model is missing: run `python benchmarks/transfer.py --row dense "
+                                         r"--task sst2 --seed 3 --epochs 2 --max-train-samples 67349 --group-by-length` first"):
+        transfer._row_arguments(row, "sst2", 4, True, group_by_length=True, **budget, teacher_seeds=3)
+    (tmp_path / "dense-ep2-n67349-gl_sst2_s3" / "model").mkdir(parents=True)
+    argv = transfer._row_arguments(row, "sst2", 4, True, group_by_length=True, **budget, teacher_seeds=3)
+    seed = {n: str(tmp_path / f"dense-ep2-n67349-gl_sst2_s{n}" / "model") for n in (1, 2, 3)}
+    assert argv[argv.index("--model") + 1] == seed[1] and argv[argv.index("--teacher") + 1] == seed[1]
+    at = argv.index("--teacher_ensemble")
+    assert argv[at + 1:at + 3] == [seed[2], seed[3]] and argv[at + 3].startswith("--")
+    assert argv[argv.index("--seed") + 1] == "4"
+    name, command = transfer.run_name(row, "sst2", 4, True, False, False, {**budget, "teacher_seeds": 3, "group_by_length": True})
+    assert name == f"{row}-kd-ep2-n67349-hid1-kdseeds3-gl_sst2_s4"
+    assert command.endswith("--seed 4 --kd --epochs 2 --max-train-samples 67349 --hidden-weight 1 --teacher-seeds 3 --group-by-length")
+    assert transfer.teacher_overrides({**budget, "teacher_seeds": 3}) == {"epochs": 2, "max_train_samples": 67349}  # compared with dense seed 1's budget
+    for kd, seeds, bi, message in ((False, 3, False, "needs --kd"), (True, 1, False, "at least 2, got 1"), (True, 3, True, "cross-encoder row")):
+        with pytest.raises(SystemExit, match=message):
+            transfer._row_arguments("dense" if bi else row, "stsb", 1, kd, bi_encoder=bi, teacher_seeds=seeds)
 
 
 def test_temperature_needs_kd_and_reaches_the_trainer(tmp_path, monkeypatch):

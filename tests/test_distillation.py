@@ -12,6 +12,7 @@ from hf_sparse.distillation import (
     DistillationTrainer,
     attention_loss,
     contrastive_loss,
+    ensemble_logits,
     hidden_state_loss,
     kd_loss,
     same_example_positives,
@@ -149,6 +150,55 @@ def test_labelled_logits_only_matches_full_mlm():
         )
         losses.append(trainer.compute_loss(student, batch))
     assert torch.allclose(losses[0], losses[1], atol=1e-5)
+
+
+def test_ensemble_logits_give_the_teachers_mean_distribution():
+    gen = torch.Generator().manual_seed(0)
+    teachers = [torch.randn(4, 6, 5, generator=gen) for _ in range(3)]
+    for t in (1.0, 2.0, 3.5):
+        combined = ensemble_logits(teachers, t)
+        mean = torch.stack([torch.softmax(x / t, -1) for x in teachers]).mean(0)
+        assert torch.allclose(torch.softmax(combined / t, -1), mean, atol=1e-6)
+        student = torch.randn(4, 6, 5, generator=gen)
+        expected = (mean * (mean.log() - torch.log_softmax(student / t, -1))).sum(-1).mean() * t**2  # KL to the mean, per row
+        assert kd_loss(student, combined, t) == pytest.approx(float(expected), rel=1e-5)
+    assert torch.allclose(torch.softmax(ensemble_logits(teachers[:1], 2.0) / 2, -1), torch.softmax(teachers[0] / 2, -1), atol=1e-6)
+    scores = [torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [0.0]])]
+    assert torch.equal(ensemble_logits(scores), torch.tensor([[1.5], [1.5]])), "regression: the teachers' mean output"
+    with pytest.raises(ValueError, match=r"differ in shape: \[\(2, 1\), \(2, 3\)\]"):
+        ensemble_logits([torch.zeros(2, 1), torch.zeros(2, 3)])
+    with pytest.raises(ValueError, match="at least one"):
+        ensemble_logits([])
+
+
+@pytest.mark.parametrize("head", ["SparseBertForSequenceClassification", "SparseBertForQuestionAnswering"])
+def test_trainer_distils_from_an_ensemble_of_teachers(head):
+    student = build(head, sparsity=0.5)
+    first = build(head, sparsity=0.0, seed=1).to_dense().eval()
+    second = build(head, sparsity=0.0, seed=2).to_dense().eval()
+    ids = torch.randint(5, 99, (3, 8), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    batch.update({"labels": torch.tensor([0, 1, 1])} if head.endswith("Classification") else
+                 {"start_positions": torch.tensor([1, 2, 3]), "end_positions": torch.tensor([2, 4, 3])})
+    args = transformers.TrainingArguments(output_dir="unused", report_to=[], use_cpu=True)
+    kd_only = DistillationConfig(task_weight=0.0, kd_weight=1.0, temperature=2.0)
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        out, a, b = student(**inputs), first(**inputs), second(**inputs)
+    names = ["logits"] if head.endswith("Classification") else ["start_logits", "end_logits"]
+    expected = sum(kd_loss(getattr(out, n), ensemble_logits([getattr(a, n), getattr(b, n)], 2.0), 2.0) for n in names) / len(names)
+    with torch.no_grad():  # compute_loss takes its training branch (the flag) while dropout stays off (the submodules)
+        trainer = DistillationTrainer(model=student, args=args, teacher=first, ensemble=[second], distillation=kd_only)
+        student.training = True
+        got = trainer.compute_loss(student, batch)
+        alone = DistillationTrainer(model=student, args=args, teacher=first, distillation=kd_only).compute_loss(student, batch)
+        twice = DistillationTrainer(model=student, args=args, teacher=first, ensemble=[copy.deepcopy(first)], distillation=kd_only).compute_loss(student, batch)
+        student.training = False
+    assert got == pytest.approx(float(expected), rel=1e-5)
+    assert twice == pytest.approx(float(alone), rel=1e-5), "two copies of one teacher are that teacher"
+    assert abs(float(got) - float(alone)) > 1e-4, "a second, different teacher changes the target"
+    with pytest.raises(ValueError, match="needs a teacher and kd_weight > 0"):
+        DistillationTrainer(model=student, args=args, teacher=first, ensemble=[second], distillation=DistillationConfig(kd_weight=0.0))
 
 
 def test_kd_on_a_single_output_is_mse_not_a_vanishing_kl():

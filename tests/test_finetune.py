@@ -99,6 +99,35 @@ def test_dense_teacher_then_kd_and_fic(checkpoints, data_dir, tmp_path):
     assert kd["encoder_nonzeros"] < dense["encoder_nonzeros"] * 0.3
 
 
+def test_kd_from_an_ensemble_of_teachers(checkpoints, data_dir, tmp_path, monkeypatch):
+    import hf_sparse.distillation.trainer as distillation_trainer
+
+    calls = []
+    real = distillation_trainer.ensemble_logits
+
+    def recording(logits, temperature=2.0):
+        calls.append((len(logits), temperature))
+        return real(logits, temperature)
+
+    monkeypatch.setattr(distillation_trainer, "ensemble_logits", recording)
+    teachers = []
+    for seed in (1, 2):
+        finetune(checkpoints, data_dir, tmp_path / f"dense{seed}", "--model", str(checkpoints / "dense"), "--task", "mrpc", "--seed", str(seed))
+        teachers.append(str(tmp_path / f"dense{seed}" / "model"))
+    kd = finetune(checkpoints, data_dir, tmp_path / "kd", "--model", str(checkpoints / "upstream"), "--task", "mrpc",
+                  "--teacher", teachers[0], "--teacher_ensemble", teachers[1], "--temperature", "3")
+    assert kd["mode"] == "sparse-transfer+kd+teachers-x2" and kd["pattern_verified"]
+    assert kd["arguments"]["teacher_ensemble"] == teachers[1:]
+    assert calls == [(2, 3.0)] * kd["steps"]  # both teachers' logits, every training step, at the KD temperature
+    # a teacher fine-tuned for another label set is refused, naming it, before anything is written
+    other = tmp_path / "three-labels"
+    AutoModelForSequenceClassification.from_pretrained(checkpoints / "dense", num_labels=3).save_pretrained(other)
+    argv = ["finetune", "--model", str(checkpoints / "upstream"), "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "e"),
+            "--task", "mrpc", "--teacher", teachers[0], "--teacher_ensemble", str(other), "--use_cpu", "true", "--report_to", "none"]
+    assert main(argv) == 2
+    assert not (tmp_path / "e" / "results.json").exists()
+
+
 def test_hidden_state_distillation_is_wired(checkpoints, data_dir, tmp_path, monkeypatch):
     import hf_sparse.distillation.trainer as distillation_trainer
 
@@ -420,6 +449,10 @@ def test_squad_predictions_keep_dataset_order_when_training_is_grouped_by_length
         (["--task", "mrpc", "--classifier_pooling", "max"], "classifier_pooling must be one of cls, mean, got 'max'"),
         (["--task", "squad", "--classifier_pooling", "mean"], "classifier_pooling applies to the cross-encoder head on GLUE tasks"),
         (["--task", "stsb", "--head", "bi-encoder", "--classifier_pooling", "mean"], "classifier_pooling applies to the cross-encoder head"),
+        (["--task", "mrpc", "--teacher_ensemble", "y"], "teacher_ensemble averages the logits KD target with --teacher's: it needs --teacher"),
+        (["--task", "mrpc", "--teacher", "x", "--teacher_ensemble", "y", "--kd_weight", "0"], "it needs --teacher and kd_weight > 0"),
+        (["--task", "mrpc", "--teacher", "x", "--teacher_ensemble", "y", "x"], "teacher_ensemble repeats a teacher: --teacher x --teacher_ensemble y x"),
+        (["--task", "stsb", "--head", "bi-encoder", "--teacher", "x", "--teacher_ensemble", "y"], "teacher_ensemble applies to the cross-encoder head"),
     ],
 )
 def test_finetune_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):

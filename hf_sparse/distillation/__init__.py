@@ -3,6 +3,7 @@
 from .losses import (
     attention_loss,
     contrastive_loss,
+    ensemble_logits,
     hidden_state_loss,
     kd_loss,
     same_example_positives,
@@ -17,6 +18,7 @@ __all__ = [
     "attention_loss",
     "check_contrastive_pooling",
     "contrastive_loss",
+    "ensemble_logits",
     "hidden_state_loss",
     "kd_loss",
     "same_example_positives",

@@ -5,6 +5,7 @@ All losses are means over the selected positions / examples and return a 0-dim t
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -34,6 +35,28 @@ def kd_loss(
     log_p_s = F.log_softmax(s / temperature, dim=-1)
     log_p_t = F.log_softmax(t / temperature, dim=-1)
     return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * temperature**2
+
+
+def ensemble_logits(logits: Sequence[torch.Tensor], temperature: float = 2.0) -> torch.Tensor:
+    """One teacher's worth of logits for several teachers (Hinton et al.'s ensemble distillation).
+
+    Returns logits whose softmax at `temperature` is the mean of the teachers' softmaxes at that temperature, so
+    `kd_loss(student, ensemble_logits(teachers, T), T)` is the KL to the teachers' averaged distribution. A single
+    output (regression) has no distribution: there the teachers' outputs are averaged.
+
+    Args:
+        logits: the teachers' logits, all of one shape.
+    """
+    if not logits:
+        raise ValueError("ensemble_logits needs at least one teacher's logits")
+    shapes = {tuple(t.shape) for t in logits}
+    if len(shapes) != 1:
+        raise ValueError(f"the teachers' logits differ in shape: {sorted(shapes)}")
+    stacked = torch.stack([t.float() for t in logits])
+    if stacked.shape[-1] == 1:
+        return stacked.mean(0)
+    log_mean = torch.logsumexp(F.log_softmax(stacked / temperature, dim=-1), dim=0) - math.log(len(logits))
+    return log_mean * temperature
 
 
 def _layer_pairs(n_student: int, n_teacher: int, layer_map: Optional[Sequence[int]]) -> list[tuple[int, int]]:

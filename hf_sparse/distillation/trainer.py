@@ -16,6 +16,7 @@ from ..pruning.callback import PruningCallback
 from .losses import (
     attention_loss,
     contrastive_loss,
+    ensemble_logits,
     hidden_state_loss,
     kd_loss,
     same_example_positives,
@@ -87,11 +88,16 @@ class DistillationTrainer(Trainer):
             pre-trained model upstream, a dense fine-tuned model downstream).
         pretrained: the pre-trained model for CAP's PrC (defaults to `teacher`).
         finetuned: the fine-tuned model for CAP's FiC (defaults to `teacher`).
+        ensemble: more fine-tuned teachers (e.g. other seeds of the dense model): the logits KD target becomes the mean
+            of all teachers' distributions at the KD temperature (`ensemble_logits`; the mean output for regression);
+            hidden-state, attention and contrastive terms still use `teacher` alone. Needs `kd_weight`.
         distillation: a `DistillationConfig`.
     Other arguments go to `Trainer`. Attention distillation needs `attn_implementation="eager"` on both models.
     """
 
-    def __init__(self, *args, teacher=None, pretrained=None, finetuned=None, distillation: Optional[DistillationConfig] = None, **kwargs):
+    def __init__(
+        self, *args, teacher=None, pretrained=None, finetuned=None, ensemble=(), distillation: Optional[DistillationConfig] = None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.distillation = distillation or DistillationConfig()
         cfg = self.distillation
@@ -99,6 +105,9 @@ class DistillationTrainer(Trainer):
         if needs_teacher and teacher is None:
             raise ValueError("kd/hidden/attention distillation needs a teacher model")
         self.teacher = self._prepare(teacher)
+        if ensemble and not (cfg.kd_weight and teacher is not None):
+            raise ValueError("an ensemble of teachers averages the logits KD target: it needs a teacher and kd_weight > 0")
+        self.ensemble = [self._prepare(member) for member in ensemble]
         self.pretrained = self._prepare(pretrained) if pretrained is not None else self.teacher
         self.finetuned = self._prepare(finetuned) if finetuned is not None else self.teacher
         if (cfg.prc_weight and self.pretrained is None) or (cfg.fic_weight and self.finetuned is None):
@@ -146,6 +155,15 @@ class DistillationTrainer(Trainer):
             param.requires_grad_(False)
         return model
 
+    def _teacher_pass(self, teacher, model_inputs: dict, labels, flags: dict):
+        """A frozen model's outputs and logits (with `labelled_logits_only`, its logits at the labelled positions only)."""
+        if self.distillation.labelled_logits_only and labels is not None:
+            base = getattr(teacher, teacher.base_model_prefix)
+            out = base(**model_inputs, **flags, return_dict=True)
+            return out, teacher.cls(out.last_hidden_state[labels != -100])
+        out = teacher(**model_inputs, **flags)
+        return out, getattr(out, "logits", None)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:  # evaluation: the task loss and logits only
             outputs = model(**inputs)
@@ -165,17 +183,22 @@ class DistillationTrainer(Trainer):
         if self.teacher is not None and (cfg.kd_weight or cfg.hidden_weight or cfg.attention_weight):
             with torch.no_grad():
                 flags = dict(output_hidden_states=(cfg.hidden_weight > 0 or contrasts_teacher) or None, output_attentions=want_attn or None)
-                if cfg.labelled_logits_only and labels is not None:  # the teacher's logits at the same positions only
-                    base = getattr(self.teacher, self.teacher.base_model_prefix)
-                    teacher_out = base(**model_inputs, **flags, return_dict=True)
-                    teacher_logits = self.teacher.cls(teacher_out.last_hidden_state[labels != -100])
+                teacher_out, teacher_logits = self._teacher_pass(self.teacher, model_inputs, labels, flags)
+                members = [self._teacher_pass(member, model_inputs, labels, {}) for member in self.ensemble] if cfg.kd_weight else []
+            question_answering = getattr(outputs, "start_logits", None) is not None
+            if members:  # the KD target: the teachers' averaged distribution
+                t = cfg.temperature
+                if question_answering:
+                    teacher_start = ensemble_logits([teacher_out.start_logits] + [out.start_logits for out, _ in members], t)
+                    teacher_end = ensemble_logits([teacher_out.end_logits] + [out.end_logits for out, _ in members], t)
                 else:
-                    teacher_out = self.teacher(**model_inputs, **flags)
-                    teacher_logits = getattr(teacher_out, "logits", None)
-            if cfg.kd_weight and getattr(outputs, "start_logits", None) is not None:  # question answering
+                    teacher_logits = ensemble_logits([teacher_logits] + [logits for _, logits in members], t)
+            elif question_answering:
+                teacher_start, teacher_end = teacher_out.start_logits, teacher_out.end_logits
+            if cfg.kd_weight and question_answering:
                 terms["kd"] = cfg.kd_weight * 0.5 * (
-                    kd_loss(outputs.start_logits, teacher_out.start_logits, cfg.temperature)
-                    + kd_loss(outputs.end_logits, teacher_out.end_logits, cfg.temperature)
+                    kd_loss(outputs.start_logits, teacher_start, cfg.temperature)
+                    + kd_loss(outputs.end_logits, teacher_end, cfg.temperature)
                 )
             elif cfg.kd_weight:
                 token_level = labels is not None and labels.dim() > 1 and labels.dim() == outputs.logits.dim() - 1

@@ -88,6 +88,9 @@ class FinetuneArguments:
     task: str = field(metadata={"help": f"one of {', '.join(TASKS)}"})
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "folder with glue/ and squad_v1.1/"})
     teacher: Optional[str] = field(default=None, metadata={"help": "fine-tuned model to distil from (logits KD)"})
+    teacher_ensemble: list[str] = field(default_factory=list, metadata={"help": "more fine-tuned models (e.g. other seeds of "
+                                        "--teacher's run): the logits KD target is the mean of all the teachers' distributions at "
+                                        "the KD temperature (hidden-state / attention / FiC terms still use --teacher alone)"})
     kd_weight: float = field(default=1.0, metadata={"help": "weight of the KD term (with --teacher)"})
     task_weight: float = field(default=1.0, metadata={"help": "weight of the task loss"})
     temperature: float = field(default=2.0, metadata={"help": "KD temperature"})
@@ -175,6 +178,13 @@ class FinetuneArguments:
                 raise ValueError(f"{name} needs --teacher (the fine-tuned model whose {distilled} are distilled)")
         if self.fic_weight and self.teacher is None:
             raise ValueError("fic_weight needs --teacher (the fine-tuned model FiC contrasts with)")
+        if self.teacher_ensemble:
+            if self.teacher is None or not self.kd_weight > 0:
+                raise ValueError("teacher_ensemble averages the logits KD target with --teacher's: it needs --teacher and kd_weight > 0")
+            if self.head != "cross-encoder":
+                raise ValueError("teacher_ensemble applies to the cross-encoder head (the bi-encoder distils one teacher's cosine)")
+            if len(set([self.teacher, *self.teacher_ensemble])) != 1 + len(self.teacher_ensemble):
+                raise ValueError(f"teacher_ensemble repeats a teacher: --teacher {self.teacher} --teacher_ensemble {' '.join(self.teacher_ensemble)}")
         check_contrastive_pooling(self.contrastive_pooling)
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; known: {', '.join(HEADS)}")
@@ -486,7 +496,8 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
             hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
             contrastive_pooling=args.contrastive_pooling,
         )
-        trainer = DistillationTrainer(teacher=teacher, distillation=distillation, **common)
+        ensemble = [ensemble_member(teacher_class, path, teacher, args.teacher) for path in args.teacher_ensemble]
+        trainer = DistillationTrainer(teacher=teacher, ensemble=ensemble, distillation=distillation, **common)
     else:
         trainer = Trainer(**common)
     if args.head_learning_rate is not None:
@@ -516,6 +527,16 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
             (output_dir / "model" / QAT_RANGES_FILE).write_text(json.dumps(qat_ranges, indent=1))
         write_results(output_dir, results)
     return results
+
+
+def ensemble_member(teacher_class, path: str, teacher, teacher_path: str):
+    """Loads one more KD teacher, checked against the first: same task head (labels) and vocabulary."""
+    member = teacher_class.from_pretrained(path)
+    for key in ("num_labels", "vocab_size"):
+        if getattr(member.config, key) != getattr(teacher.config, key):
+            raise ValueError(f"{path}: {key}={getattr(member.config, key)} but the teacher {teacher_path} has "
+                             f"{getattr(teacher.config, key)}; an ensemble's teachers must be fine-tuned on the same task and vocabulary")
+    return member
 
 
 def results_record(
@@ -585,6 +606,8 @@ def _mode(args: FinetuneArguments, sparse_source: bool) -> str:
         parts.append("bi-encoder")
     if args.teacher:
         parts.append("kd")
+    if args.teacher_ensemble:
+        parts.append(f"teachers-x{1 + len(args.teacher_ensemble)}")
     if args.hidden_weight:
         parts.append("hidden")
     if args.attention_weight:
