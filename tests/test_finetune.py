@@ -99,7 +99,7 @@ def test_dense_teacher_then_kd_and_fic(checkpoints, data_dir, tmp_path):
     assert kd["encoder_nonzeros"] < dense["encoder_nonzeros"] * 0.3
 
 
-def test_kd_from_an_ensemble_of_teachers(checkpoints, data_dir, tmp_path, monkeypatch):
+def test_kd_from_an_ensemble_of_teachers(checkpoints, data_dir, tmp_path, monkeypatch, capsys):
     import hf_sparse.distillation.trainer as distillation_trainer
 
     calls = []
@@ -125,6 +125,7 @@ def test_kd_from_an_ensemble_of_teachers(checkpoints, data_dir, tmp_path, monkey
     argv = ["finetune", "--model", str(checkpoints / "upstream"), "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "e"),
             "--task", "mrpc", "--teacher", teachers[0], "--teacher_ensemble", str(other), "--use_cpu", "true", "--report_to", "none"]
     assert main(argv) == 2
+    assert f"{other}: num_labels=3 but the teacher {teachers[0]} has 2" in capsys.readouterr().err
     assert not (tmp_path / "e" / "results.json").exists()
 
 
