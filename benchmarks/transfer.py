@@ -153,6 +153,9 @@ def _row_arguments(
 
     o = Overrides(**overrides)
 
+    def dense_model(seed: int = 1) -> Path:  # the dense run of this run's budget, precision and batch order
+        return _dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length, seed)
+
     if o.teacher_epochs is not None:
         if o.max_train_samples is None:
             raise SystemExit("--teacher-epochs names the dense row trained with --epochs E --max-train-samples N: it needs --max-train-samples")
@@ -202,11 +205,11 @@ def _row_arguments(
         if match[1] == "pretrained":
             dense, tuned, start = minilm_folder(), False, MODELS / "starts" / f"{row}_from-minilm"
         else:
-            dense = _dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length)
+            dense = dense_model()
             tuned, start = True, MODELS / "starts" / f"{row}_from-{dense.parent.name}"
         args += ["--model", str(masked_start(upstream, dense, tuned, task, start))]
     elif prune:
-        start = minilm_folder() if prune["start"] == "ft" else _dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length)
+        start = minilm_folder() if prune["start"] == "ft" else dense_model()
         method = prune["method"].replace("-", "_") if prune["method"] else "magnitude"
         args += ["--model", str(start), "--prune_method", method, "--target_sparsity", str(int(prune["sparsity"]) / 100)]
         if prune["units"]:
@@ -226,12 +229,9 @@ def _row_arguments(
     else:
         raise SystemExit(f"unknown row {row!r}: dense, upstream-<s>, upstream-<recipe>-<s>, masked-pretrained|tuned-[<recipe>-]<s>, {PRUNE_ROW_HELP}, dense-layers-<n>")
     if kd:
-        args += ["--teacher", str(_dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length))]
+        args += ["--teacher", str(dense_model())]
         if o.teacher_seeds is not None:
-            args += ["--teacher_ensemble"] + [
-                str(_dense_model(task, bi_encoder, o.epochs, o.max_train_samples, o.teacher_epochs, precision, group_by_length, seed))
-                for seed in range(2, o.teacher_seeds + 1)
-            ]
+            args += ["--teacher_ensemble"] + [str(dense_model(seed)) for seed in range(2, o.teacher_seeds + 1)]
     if qat:
         args += ["--qat", "true"]
     if bi_encoder:
