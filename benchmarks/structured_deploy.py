@@ -101,6 +101,10 @@ def main() -> None:
             # the same IR compiled for one shape (scored at (1, 128), each sentence padded; timed at (batch, 128))
             ("compact openvino int8 static shape", lambda: openvino_predictor(exports / "openvino" / "openvino_model_int8.xml", static_shape=(1, 128)),
              tmp / "compact", "ov-int8-static"),
+            # and with the layers left in floating point (LayerNorm, softmax, GELU...) in bf16, on CPUs with native bf16
+            ("compact openvino int8 static shape, bf16",
+             lambda: openvino_predictor(exports / "openvino" / "openvino_model_int8.xml", precision="bf16", static_shape=(1, 128)),
+             tmp / "compact", "ov-int8-static-bf16"),
             # on CPUs without VNNI (AVX2) OpenVINO's fp32 kernels outrun its INT8 ones (benchmarks/latency.py --tag avx2)
             ("compact openvino fp32", lambda: openvino_predictor(exports / "openvino" / "openvino_model.xml"), tmp / "compact", "ov-fp32"),
         ]

@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=20, help="timed runs per row (median reported)")
     bench.add_argument("--rounds", type=int, default=5, help="the runtimes are timed in turns, over this many rounds")
     bench.add_argument("--reference", help="a model folder (e.g. the dense one) whose torch-fp32 latency is the speed-up baseline")
-    bench.add_argument("--runtimes", nargs="+", default=None, help="subset of: torch-fp32 torch-bf16 ort-fp32 ort-int8 ov-fp32 ov-int8 ov-int8-sparse ov-int8-static")
+    bench.add_argument("--runtimes", nargs="+", default=None, help="subset of: torch-fp32 torch-bf16 ort-fp32 ort-int8 ov-fp32 ov-int8 ov-int8-sparse ov-int8-static ov-int8-static-bf16")
     bench.add_argument("--json", help="also write the rows to this JSON file")
     bench.set_defaults(func=_cmd_bench)
 

@@ -214,17 +214,25 @@ def test_export_and_bench_commands(tmp_path, run_cli, tiny_tokenizer):
     assert bad.returncode == 2 and "qat_ranges.json is missing" in bad.stderr and not (tmp_path / "q").exists()
     result = run_cli(
         "bench", tmp_path / "m", "--batch", "1", "2", "--seq", "16", "--runs", "3", "--rounds", "3",
-        "--runtimes", "torch-fp32", "ort-int8", "ov-int8-sparse", "ov-int8-static", "--json", tmp_path / "bench.json",
+        "--runtimes", "torch-fp32", "ort-int8", "ov-int8-sparse", "ov-int8-static", "ov-int8-static-bf16", "--json", tmp_path / "bench.json",
     )
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert [(r["runtime"], r["batch"]) for r in rows] == [
-        (rt, b) for b in (1, 2) for rt in ("torch-fp32", "ort-int8", "ov-int8-sparse", "ov-int8-static")
+        (rt, b) for b in (1, 2) for rt in ("torch-fp32", "ort-int8", "ov-int8-sparse", "ov-int8-static", "ov-int8-static-bf16")
     ]
     assert all(r["median_ms"] > 0 and r["runs"] == 3 for r in rows)
     assert rows[0]["speedup_vs_baseline"] == 1.0
     assert sum(rows[2]["kernels"].values()) >= 12  # what OpenVINO actually ran, recorded per row
-    assert sum(rows[7]["kernels"].values()) >= 12  # the static-shape IR compiled for (2, 16) ran at batch 2
+    assert sum(rows[8]["kernels"].values()) >= 12  # the static-shape IR compiled for (2, 16) ran at batch 2
+    # the precisions its layers ran in: f32 for ov-int8-static, bf16 with the hint where the CPU has native bf16
+    assert "bf16" not in rows[3]["precisions"] and rows[3]["precisions"].get("f32", 0) > 0
+    import openvino as ov
+
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert rows[4]["precisions"].get("bf16", 0) > 0, rows[4]["precisions"]
+    else:
+        assert rows[4]["precisions"] == rows[3]["precisions"]
     assert "| ort-int8 | 1 | 16 |" in result.stdout
     # against another model's torch-fp32 (here a dense one), timed in the same turns as the rows
     build("SparseBertForSequenceClassification", sparsity=0.0).save_pretrained(tmp_path / "dense")

@@ -234,6 +234,34 @@ def test_openvino_static_shape_compiles_one_shape_and_scores_like_the_dynamic_ir
         compile_model(xml, static_shape=(16,))
 
 
+@needs_openvino
+def test_openvino_bf16_precision_runs_the_float_layers_in_bf16_only_where_the_cpu_has_it(tmp_path, tiny_tokenizer):
+    import openvino as ov
+
+    from hf_sparse.deploy.accuracy import openvino_predictor
+    from hf_sparse.deploy.openvino import compile_model, executed_precisions, export_openvino
+
+    head = "SparseBertForSequenceClassification"
+    model = _scaled(head)
+    xml = export_openvino(_save(model, tmp_path / "m", tiny_tokenizer), tmp_path / "ov", quantize=None) / "openvino_model.xml"
+    feeds = {k: v.numpy() for k, v in _feeds(head).items()}
+    f32, bf16 = compile_model(xml, static_shape=(2, 16)), compile_model(xml, precision="bf16", static_shape=(2, 16))
+    padded = {k: np.pad(v, ((0, 0), (0, 16 - v.shape[1]))) for k, v in feeds.items()}
+    for compiled in (f32, bf16):
+        compiled(padded)
+    f32_counts, bf16_counts = executed_precisions(f32), executed_precisions(bf16)
+    assert f32_counts.get("f32", 0) >= 2 * 6 and "bf16" not in f32_counts, f32_counts
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):  # native bf16: the hint is honoured
+        assert bf16_counts.get("bf16", 0) >= 2 * 6, bf16_counts
+    else:  # otherwise the CPU plugin keeps f32, which the counts must show
+        assert bf16_counts == f32_counts, bf16_counts
+    with torch.no_grad():
+        expected = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    got = openvino_predictor(xml, precision="bf16", static_shape=(2, 16))(feeds)
+    assert got.shape == expected.shape and np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=0.1, rtol=0.05)  # bf16 keeps 8 bits of mantissa
+
+
 @needs_exporters
 @pytest.mark.parametrize("head", ["SparseBertModel", "SparseBertForSequenceClassification"])
 def test_qat_ranges_export_runs_what_qat_simulated(tmp_path, tiny_tokenizer, head):

@@ -7,6 +7,9 @@ Runtimes (names used in tables):
     ov-int8-sparse                   the INT8 IR with `CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE` set; the
                                      FullyConnected kernels it actually ran are recorded per row
     ov-int8-static                   the INT8 IR compiled for the timed (batch, seq) only (`compile_model(static_shape=)`)
+    ov-int8-static-bf16              the same with inference precision bf16: the layers left in floating point
+                                     (LayerNorm, softmax, GELU...) run in bf16 where the CPU has native bf16
+                                     (AVX512_BF16, AMX); the precisions the layers ran in are recorded per row
 Each measurement is the median (and p90) of `runs` timed calls after `warmup` untimed ones; `benchmark` times the
 runtimes of a batch size in turns (`timed_interleaved`), its baseline among them.
 """
@@ -22,7 +25,8 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 
 PathLike = Union[str, Path]
-RUNTIMES = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8", "ov-int8-sparse", "ov-int8-static")
+RUNTIMES = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8", "ov-int8-sparse", "ov-int8-static",
+            "ov-int8-static-bf16")
 SPARSE_RATE = 0.5  # ask for the sparse kernel wherever an int8 weight is at least half zeros
 
 
@@ -177,17 +181,18 @@ class Runners:
             names = {i.name for i in session.get_inputs()}
             feeds = {k: v for k, v in inputs.items() if k in names}
             return (lambda: session.run(None, feeds)), {}
-        if runtime in ("ov-fp32", "ov-int8", "ov-int8-sparse", "ov-int8-static"):
+        if runtime in ("ov-fp32", "ov-int8", "ov-int8-sparse", "ov-int8-static", "ov-int8-static-bf16"):
             _runtime_module("openvino", "openvino")
-            from .openvino import compile_model, executed_kernels
+            from .openvino import compile_model, executed_kernels, executed_precisions
 
             compiled = compile_model(
-                self.artifact(runtime), precision="f32", sparse_rate=SPARSE_RATE if runtime == "ov-int8-sparse" else None,
-                static_shape=inputs["input_ids"].shape if runtime == "ov-int8-static" else None,
+                self.artifact(runtime), precision="bf16" if runtime.endswith("-bf16") else "f32",
+                sparse_rate=SPARSE_RATE if runtime == "ov-int8-sparse" else None,
+                static_shape=inputs["input_ids"].shape if runtime.startswith("ov-int8-static") else None,
             )
-            kernels = executed_kernels(compiled, inputs)
+            facts = {"kernels": executed_kernels(compiled, inputs), "precisions": executed_precisions(compiled)}
             request = compiled.create_infer_request()
-            return (lambda: request.infer(inputs)), {"kernels": kernels}
+            return (lambda: request.infer(inputs)), facts
         raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
 
 

@@ -212,6 +212,19 @@ def compile_model(
     return core.compile_model(model, "CPU", config)
 
 
+def executed_precisions(compiled) -> dict[str, int]:
+    """Counts the executed layers of a compiled model by the precision the CPU plugin chose (`runtimePrecision`:
+    "f32", "bf16", "u8", "i8"...), constants, inputs and outputs left out. With `INFERENCE_PRECISION_HINT` "bf16" the
+    floating-point layers (LayerNorm, softmax, GELU...) show as "bf16" only where the CPU has native bf16; the hint
+    alone does not say whether it was honoured."""
+    kinds = Counter()
+    for node in compiled.get_runtime_model().get_ordered_ops():
+        info = node.get_rt_info()
+        if "runtimePrecision" in info and info["layerType"].astype(str) not in ("Const", "Input", "Output"):
+            kinds[info["runtimePrecision"].astype(str)] += 1
+    return dict(kinds)
+
+
 def executed_kernels(compiled, inputs: dict) -> dict[str, int]:
     """Runs `inputs` once and counts the FullyConnected kernels the CPU plugin executed (by `primitiveType`).
 
