@@ -8,7 +8,8 @@ dense model of the same task and training budget (its KD teacher: `dense_<task>_
 with `--epochs E --max-train-samples N`, e.g. `--row prune-ft-structured-60-kd-ep2-n67349`, the dense row
 trained the same way, `dense-ep2-n67349_<task>_s1`), compacts the structured model,
 exports it (ONNX Runtime INT8 dynamic, OpenVINO NNCF INT8 calibrated on the task's training text, and
-OpenVINO fp32, the fastest on CPUs without VNNI; the OpenVINO INT8 IR also compiled for a static input shape),
+OpenVINO fp32, the fastest on CPUs without VNNI; the OpenVINO INT8 IR also compiled for a static input shape, in f32
+and in bf16 inference precision, which CPUs without native bf16 run as f32),
 and in ONE run measures every artifact's full-dev-set score and batch-1 (and batch-16) latency at
 seq 128, the artifacts timed in turns (`--rounds`). Speed-ups divide the dense model's torch-fp32 median by the artifact's;
 score differences to dense come with a 95% paired bootstrap interval over the dev examples. Writes
@@ -117,7 +118,9 @@ def main() -> None:
             rows.append({"artifact": name, "score": score, "main_metric": main_metric, "runtime": runtime})
             runners = Runners(folder, exports if folder == tmp / "compact" else tmp / f"exports-{len(rows)}")
             for batch in args.batch:
-                runs[batch][name], _ = runners.runner(runtime, make_inputs(batch, 128, 30522))
+                runs[batch][name], facts = runners.runner(runtime, make_inputs(batch, 128, 30522))
+                if "precisions" in facts:  # what OpenVINO's layers ran in: bf16 only where the CPU has it
+                    rows[-1][f"precisions_batch{batch}"] = facts["precisions"]
             print(name, f"{score:.4f}", flush=True)
         for batch in args.batch:  # every artifact in turns: the ratios to dense are not at the mercy of one slow spell
             for row, stats in zip(rows, timed_interleaved(runs[batch], args.runs, args.rounds).values()):
