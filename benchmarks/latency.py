@@ -98,7 +98,7 @@ def run(shapes, batches, runs: int, rounds: int = 5, selected=None) -> dict:
                         )
                         for r in rows:
                             r.update(shape=shape, variant=variant, sparsity=round(sparsity, 4))
-                            print(f"{shape:10s} {variant:22s} b{batch:<3d} {r['runtime']:15s} {r['median_ms']:9.1f} ms "
+                            print(f"{shape:10s} {variant:22s} b{batch:<3d} {r['runtime']:19s} {r['median_ms']:9.1f} ms "
                                   f"{r['speedup_vs_baseline']:6.2f}x  {r.get('kernels', '')}", flush=True)
                         results["rows"] += rows
     results["wall_minutes"] = round((time.time() - t0) / 60, 1)
