@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .deploy.bench import RUNTIMES
 from .deploy.onnx import ExportError
 from .models.sparse_bert.sparse_format import SparseFormatError
 from .transfer.callback import MaskDriftError
@@ -138,7 +139,7 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .cpu import cpu_description
-    from .deploy.bench import RUNTIMES, benchmark, format_table
+    from .deploy.bench import benchmark, format_table
 
     rows = benchmark(
         args.model, args.batch, args.seq, runtimes=args.runtimes or RUNTIMES, runs=args.runs, rounds=args.rounds,
@@ -214,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=20, help="timed runs per row (median reported)")
     bench.add_argument("--rounds", type=int, default=5, help="the runtimes are timed in turns, over this many rounds")
     bench.add_argument("--reference", help="a model folder (e.g. the dense one) whose torch-fp32 latency is the speed-up baseline")
-    bench.add_argument("--runtimes", nargs="+", default=None, help="subset of: torch-fp32 torch-bf16 ort-fp32 ort-int8 ov-fp32 ov-int8 ov-int8-sparse ov-int8-static ov-int8-static-bf16")
+    bench.add_argument("--runtimes", nargs="+", default=None, help="subset of: " + " ".join(RUNTIMES))
     bench.add_argument("--json", help="also write the rows to this JSON file")
     bench.set_defaults(func=_cmd_bench)
 

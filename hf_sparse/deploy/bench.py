@@ -181,7 +181,7 @@ class Runners:
             names = {i.name for i in session.get_inputs()}
             feeds = {k: v for k, v in inputs.items() if k in names}
             return (lambda: session.run(None, feeds)), {}
-        if runtime in ("ov-fp32", "ov-int8", "ov-int8-sparse", "ov-int8-static", "ov-int8-static-bf16"):
+        if runtime in RUNTIMES and runtime.startswith("ov-"):
             _runtime_module("openvino", "openvino")
             from .openvino import compile_model, executed_kernels, executed_precisions
 

@@ -212,6 +212,14 @@ def compile_model(
     return core.compile_model(model, "CPU", config)
 
 
+def cpu_runs_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin lists native bf16 among this CPU's capabilities (AVX512_BF16, AMX): where it does
+    not, `compile_model(..., precision="bf16")` runs f32."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def executed_precisions(compiled) -> dict[str, int]:
     """Counts the executed layers of a compiled model by the precision the CPU plugin chose (`runtimePrecision`:
     "f32", "bf16", "u8", "i8"...), constants, inputs and outputs left out. With `INFERENCE_PRECISION_HINT` "bf16" the
