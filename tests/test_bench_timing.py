@@ -70,3 +70,17 @@ def test_latency_hybrid_variants_are_90_percent_sparse_and_compact_to_the_kept_u
     for layer in compact.encoder.layer:
         assert layer.attention.self.query.out_features == 2 * 32
         assert layer.intermediate.dense.out_features == 307
+
+
+def test_the_dense_baseline_runs_as_transformers_bert_and_sparse_folders_cls_only(tmp_path):
+    """A plain BERT folder (the baseline) computes every position of its last layer, as transformers does; a
+    sparse_bert classifier keeps its [CLS]-only last layer."""
+    from conftest import build
+
+    from hf_sparse.deploy.bench import Runners
+
+    sparse = build("SparseBertForSequenceClassification", sparsity=0.5)
+    sparse.to_dense().save_pretrained(tmp_path / "dense")
+    sparse.save_pretrained(tmp_path / "sparse")
+    assert Runners(tmp_path / "dense", tmp_path / "w1").model().config.cls_only_last_layer is False
+    assert Runners(tmp_path / "sparse", tmp_path / "w2").model().config.cls_only_last_layer is True

@@ -502,3 +502,31 @@ def test_failed_export_leaves_nothing_and_restores_optimum(tmp_path, tiny_tokeni
     check_export(model, lambda feeds: model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.detach().numpy(), "same")
     with pytest.raises(ExportError, match="differ from PyTorch"):
         check_export(model, lambda feeds: np.zeros((2, 3), dtype=np.float32) + 5.0, "wrong")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_classifier_exports_compute_the_last_layer_at_cls_only(tmp_path, tiny_tokenizer, backend):
+    """The exported graph keeps the [CLS]-only last layer (the speed-up must survive export), named as the full one."""
+    model = build("SparseBertForSequenceClassification", sparsity=0.5)
+    path, run = _export_fp32(backend, _save(model, tmp_path / "m", tiny_tokenizer), tmp_path / backend)
+    feeds = _feeds("SparseBertForSequenceClassification")
+    model.config.cls_only_last_layer = False  # the reference: every position
+    with torch.no_grad():
+        expected = model(**feeds).logits.numpy()
+    np.testing.assert_allclose(run(path, feeds), expected, atol=1e-5)
+    if backend == "onnx":
+        import onnx
+
+        inputs = {n.name: n.input[0] for n in onnx.load(str(path)).graph.node if n.op_type == "MatMul"}
+        for layer, cls_only in ((0, False), (1, True)):  # the query reads [CLS] alone, the key every position
+            scope = f"/bert/encoder/layer.{layer}/attention/self"
+            assert (inputs[f"{scope}/query/MatMul"] != inputs[f"{scope}/key/MatMul"]) == cls_only, layer
+    else:
+        import openvino
+
+        positions = {}
+        for op in openvino.Core().read_model(path).get_ordered_ops():
+            name = op.get_friendly_name()
+            if op.get_type_name() == "MatMul" and ".intermediate.dense/" in name:
+                positions[name.split(".intermediate")[0].rsplit(".", 1)[-1]] = op.get_output_partial_shape(0)[1]
+        assert positions["1"].get_max_length() == 1 and positions["0"].is_dynamic and positions["0"].get_max_length() != 1, positions

@@ -274,6 +274,9 @@ def test_trains_like_plain_bert_with_masked_gradients(sparsity):
     """The sparse model's optimisation is plain BERT's, projected onto the pattern: same losses, same weights."""
     head = "SparseBertForSequenceClassification"
     model = build(head, sparsity=sparsity).eval()  # eval: no dropout, so both runs are deterministic
+    # the same computation as the plain model's: every position of the last layer (AdamW would amplify the rounding
+    # noise in the key bias's gradient, which is zero in exact arithmetic, into diverging weights)
+    model.config.cls_only_last_layer = False
     plain = model.to_dense().eval()
     masks = {n: m.clone() for n, m in model.get_masks().items()}
     plain_linears = dict(plain.named_modules())
@@ -293,3 +296,103 @@ def test_trains_like_plain_bert_with_masked_gradients(sparsity):
     trained = plain.state_dict()
     for key, value in model.to_dense().state_dict().items():
         assert torch.allclose(value, trained[key], atol=1e-5), key
+
+
+# ---- the [CLS]-only last layer of SparseBertForSequenceClassification ------------------------------------------------
+def _classifier(attn="sdpa", **overrides):
+    torch.manual_seed(0)
+    config = tiny_config(**overrides)
+    config._attn_implementation = attn
+    model = SparseBertForSequenceClassification(config).eval()
+    model.set_masks(random_masks(model, 0.5, 0))
+    return model
+
+
+def _padded_inputs():
+    ids = torch.randint(5, 99, (3, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[2, 2:] = 0  # [CLS] and one token
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _last_layer_positions(model, **call) -> tuple[int, object]:
+    """(positions the last encoder layer computed, the model's outputs) for one call."""
+    seen = []
+    layer = model.bert.encoder.layer[-1]
+    handle = layer.register_forward_hook(lambda m, args, out: seen.append((out[0] if isinstance(out, tuple) else out).shape[1]))
+    try:
+        outputs = model(**call)
+    finally:
+        handle.remove()
+    return seen[0], outputs
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_classifier_computes_its_last_layer_at_cls_only_with_the_same_logits(attn, with_mask):
+    model = _classifier(attn)
+    inputs = _padded_inputs() if with_mask else {"input_ids": _padded_inputs()["input_ids"]}
+    with torch.no_grad():
+        positions, fast = _last_layer_positions(model, **inputs)
+        model.config.cls_only_last_layer = False
+        full_positions, full = _last_layer_positions(model, **inputs)
+    assert (positions, full_positions) == (1, 9)
+    torch.testing.assert_close(fast.logits, full.logits, atol=1e-6, rtol=0)
+    assert fast.logits.abs().max() > 1e-3  # not trivially equal
+
+
+def test_classifier_cls_only_last_layer_on_a_compacted_model_with_uneven_heads():
+    model = _classifier(layer_num_attention_heads=[4, 1], layer_intermediate_sizes=[37, 5])
+    with torch.no_grad():
+        positions, fast = _last_layer_positions(model, **_padded_inputs())
+        model.config.cls_only_last_layer = False
+        full = model(**_padded_inputs())
+    assert positions == 1
+    torch.testing.assert_close(fast.logits, full.logits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "case", ["training", "output_hidden_states", "config_output_hidden_states", "output_attentions", "head_mask",
+             "mean_pooling", "switched_off"],
+)
+def test_classifier_computes_every_position_when_more_than_cls_is_used(case):
+    model = _classifier("eager")
+    inputs = _padded_inputs()
+    if case == "training":
+        model.train()
+    elif case in ("output_hidden_states", "output_attentions"):
+        inputs[case] = True
+    elif case == "config_output_hidden_states":
+        model.config.output_hidden_states = True
+    elif case == "head_mask":
+        inputs["head_mask"] = torch.ones(2, 4)
+    elif case == "mean_pooling":
+        model.config.classifier_pooling = "mean"
+    else:
+        model.config.cls_only_last_layer = False
+    with torch.no_grad():
+        positions, outputs = _last_layer_positions(model, **inputs)
+    assert positions == 9
+    if "hidden_states" in case:
+        assert outputs.hidden_states[-1].shape[1] == 9
+    assert not model.bert.encoder.layer[-1].cls_only  # reset after the call
+
+
+def test_cls_only_last_layer_config_round_trip_copy_and_errors(tmp_path):
+    import copy
+    import pickle
+
+    model = _classifier()
+    model.config.cls_only_last_layer = False
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["cls_only_last_layer"] is False
+    assert SparseBertForSequenceClassification.from_pretrained(tmp_path).config.cls_only_last_layer is False
+    assert "cls_only_last_layer" not in model.to_dense().config.to_dict()  # plain BERT has no such field
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(twin.bert.encoder.layer[-1]).__name__ == "ClsOnlyBertLayer"
+        twin.config.cls_only_last_layer = True
+        with torch.no_grad():
+            assert _last_layer_positions(twin, **_padded_inputs())[0] == 1
+    with pytest.raises(ValueError, match="cls_only_last_layer must be true or false, got 'yes'"):
+        SparseBertConfig(cls_only_last_layer="yes")

@@ -106,7 +106,8 @@ class Runners:
 
     def model(self):
         """The PyTorch model: a sparse_bert folder's, or a plain BERT folder's (model_type "bert", e.g. the dense model
-        a sparse one replaces) as SparseBert with the masks of its zeros; the exporting runtimes need sparse_bert."""
+        a sparse one replaces) as SparseBert with the masks of its zeros, computing every position of the last layer as
+        transformers does (the baseline); the exporting runtimes need sparse_bert."""
         if self._model is None:
             import json
 
@@ -123,6 +124,7 @@ class Runners:
                     known = sorted(name.removeprefix("Sparse") for name in EXPORT_TASKS)
                     raise ValueError(f"{config_file}: architecture {architecture!r} is not a BERT head hf-sparse knows: {known}")
                 self._model = getattr(hf_sparse, f"Sparse{architecture}").from_dense(self.model_dir).eval().float()
+                self._model.config.cls_only_last_layer = False  # computed as transformers' BERT computes it
             else:
                 self._model = load_for_export(self.model_dir)[0].float()
         return self._model

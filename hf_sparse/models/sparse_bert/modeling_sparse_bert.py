@@ -35,6 +35,7 @@ from transformers import (
     PretrainedConfig,
 )
 from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput
+from transformers import __version__ as _TRANSFORMERS_VERSION
 from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
 from .configuration_sparse_bert import SPARSITY_CONFIG_KEYS, SparseBertConfig
@@ -334,7 +335,8 @@ def _write_shards(tensors: dict, metadata: dict, folder: Path, max_shard_size: U
 
 def _dense_config_dict(config: BertConfig) -> dict:
     data = config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "classifier_pooling", *SPARSITY_CONFIG_KEYS):
+    for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "classifier_pooling",
+                "cls_only_last_layer", *SPARSITY_CONFIG_KEYS):
         data.pop(key, None)
     return data
 
@@ -680,7 +682,12 @@ class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequ
         )
         kwargs.update({k: v for k, v in given.items() if v is not None})
         if self.config.classifier_pooling == "cls":
-            return super().forward(labels=labels, return_dict=return_dict, **kwargs)
+            last_layer = self.bert.encoder.layer[-1]
+            last_layer.cls_only = self._last_layer_can_be_cls_only(kwargs)
+            try:
+                return super().forward(labels=labels, return_dict=return_dict, **kwargs)
+            finally:
+                last_layer.cls_only = False
         outputs = self.bert(return_dict=True, **kwargs)
         mean = mean_pool(outputs.last_hidden_state, attention_mask)
         pooled = self.bert.pooler.activation(self.bert.pooler.dense(mean))
@@ -690,6 +697,28 @@ class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequ
         return_dict = return_dict if return_dict is not None else getattr(self.config, "use_return_dict", True)
         return output if return_dict else output.to_tuple()
 
+    def post_init(self):
+        super().post_init()
+        make_last_layer_cls_only(self.bert.encoder)  # the pooler reads [CLS] only: see `_ClsOnlyLayer`
+
+    def _last_layer_can_be_cls_only(self, kwargs: dict) -> bool:
+        """Whether nothing but the pooled [CLS] vector of the last layer is used by this call."""
+        config = self.config
+
+        def asked(name: str) -> bool:
+            value = kwargs.get(name)
+            return bool(getattr(config, name, False) if value is None else value)
+
+        return (
+            config.cls_only_last_layer
+            and not self.training
+            and not asked("output_attentions")
+            and not asked("output_hidden_states")
+            and kwargs.get("head_mask") is None
+            and not config.is_decoder
+            and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        )
+
     def to_dense(self):
         if self.config.classifier_pooling != "cls":
             raise ValueError(
@@ -697,6 +726,79 @@ class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequ
                 "a BertForSequenceClassification reads [CLS], so it would give other outputs: keep the sparse_bert class"
             )
         return super().to_dense()
+
+
+# transformers 4.x encoder layers return a tuple (hidden states first), 5.x the hidden states
+_LAYER_RETURNS_TUPLE = int(_TRANSFORMERS_VERSION.split(".")[0]) < 5
+
+
+class _ClsOnlyLayer:
+    """Mixed into the last `BertLayer` of `SparseBertForSequenceClassification`. While `cls_only` is set (by the model,
+    when only the pooled output is used), the layer computes its output at the first position only: the [CLS] query
+    attends to the keys and values of every position, then the attention output and the FFN run for that one
+    position. The output is `[batch, 1, hidden]`, all the pooler reads. Each step runs inside the module it belongs
+    to, so traced graphs (ONNX, OpenVINO) name their nodes as for the full layer."""
+
+    cls_only = False
+
+    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+        mask_is_dense = attention_mask is None or (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4)
+        if not self.cls_only or not mask_is_dense:  # e.g. a flex-attention block mask: the full layer
+            return super().forward(hidden_states, attention_mask, *args, **kwargs)
+        output = self.feed_forward_chunk(self.attention(hidden_states, attention_mask, cls_only=True))
+        return (output,) if _LAYER_RETURNS_TUPLE else output
+
+
+class _ClsOnlyAttention:
+    """`BertAttention` at the first position only, with `cls_only=True`: self-attention output and residual there."""
+
+    def forward(self, hidden_states, attention_mask=None, *args, cls_only: bool = False, **kwargs):
+        if not cls_only:
+            return super().forward(hidden_states, attention_mask, *args, **kwargs)
+        return self.output(self.self(hidden_states, attention_mask, cls_only=True), hidden_states[:, :1])
+
+
+class _ClsOnlySelfAttention:
+    """`BertSelfAttention` for the first position's query only, with `cls_only=True`; `attention_mask` is a 4-d boolean
+    (True: attend) or additive mask, as the encoder passes it, or None. Returns the context, `[batch, 1, heads * size]`."""
+
+    def forward(self, hidden_states, attention_mask=None, *args, cls_only: bool = False, **kwargs):
+        if not cls_only:
+            return super().forward(hidden_states, attention_mask, *args, **kwargs)
+        head_size, first = self.attention_head_size, hidden_states[:, :1]
+        query = self.query(first).view(*first.shape[:-1], -1, head_size).transpose(1, 2)
+        key = self.key(hidden_states).view(*hidden_states.shape[:-1], -1, head_size).transpose(1, 2)
+        value = self.value(hidden_states).view(*hidden_states.shape[:-1], -1, head_size).transpose(1, 2)
+        scores = torch.matmul(query, key.transpose(-1, -2)) * head_size**-0.5  # [batch, heads, 1, seq]
+        if attention_mask is not None:
+            mask = attention_mask[..., :1, :]
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + mask
+        probs = self.dropout(scores.softmax(dim=-1))
+        return torch.matmul(probs, value).transpose(1, 2).reshape(*first.shape[:-1], -1)
+
+
+def _mix_in(module: nn.Module, mixin: type) -> None:
+    """Gives `module` the class `ClsOnly<its class>` (the mixin first): same parameters, names and other behaviour."""
+    base = type(module)
+    if issubclass(base, mixin):
+        return
+    name = "ClsOnly" + base.__name__
+    mixed = globals().get(name)
+    if mixed is None or mixed.__bases__ != (mixin, base):
+        mixed = type(name, (mixin, base), {"__module__": __name__, "__qualname__": name, "__doc__": mixin.__doc__})
+        globals()[name] = mixed  # picklable by name, as any class of this module
+    module.__class__ = mixed
+
+
+def make_last_layer_cls_only(encoder: nn.Module) -> None:
+    """Lets the last layer of `encoder` compute the first position only when asked (`layer.cls_only = True`)."""
+    layer = encoder.layer[-1]
+    _mix_in(layer, _ClsOnlyLayer)
+    _mix_in(layer.attention, _ClsOnlyAttention)
+    _mix_in(layer.attention.self, _ClsOnlySelfAttention)
 
 
 def mean_pool(last_hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
