@@ -9,7 +9,8 @@ with `--epochs E --max-train-samples N`, e.g. `--row prune-ft-structured-60-kd-e
 trained the same way, `dense-ep2-n67349_<task>_s1`), compacts the structured model,
 exports it (ONNX Runtime INT8 dynamic, OpenVINO NNCF INT8 calibrated on the task's training text, and
 OpenVINO fp32, the fastest on CPUs without VNNI; the OpenVINO INT8 IR also compiled for a static input shape, in f32
-and in bf16 inference precision, which CPUs without native bf16 run as f32),
+and in bf16 inference precision, which CPUs without native bf16 run as f32; and, for the same-run ratio, the compacted
+model in fp32 PyTorch and static OpenVINO INT8 computing every position of its last layer, `cls_only_last_layer: false`),
 and in ONE run measures every artifact's full-dev-set score and batch-1 (and batch-16) latency at
 seq 128, the artifacts timed in turns (`--rounds`). Speed-ups divide the dense model's torch-fp32 median by the artifact's;
 score differences to dense come with a 95% paired bootstrap interval over the dev examples. Writes
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -90,6 +92,13 @@ def main() -> None:
         exports = tmp / "compact-exports"  # the layout `Runners` looks for: <work_dir>/onnx, <work_dir>/openvino
         export_onnx(tmp / "compact", exports / "onnx")
         export_openvino(tmp / "compact", exports / "openvino", calibration=args.task, num_calibration_samples=300)
+        # the same model computing every position of its last layer (`cls_only_last_layer: false`), for the same-run ratio
+        every_position = tmp / "compact-every-position"
+        shutil.copytree(tmp / "compact", every_position)
+        config = json.loads((every_position / "config.json").read_text())
+        (every_position / "config.json").write_text(json.dumps({**config, "cls_only_last_layer": False}, indent=2))
+        every_position_exports = tmp / "every-position-exports"
+        export_openvino(every_position, every_position_exports / "openvino", calibration=args.task, num_calibration_samples=300)
         artifacts = [
             # name, predictor factory, runner folder, runtime
             # `Runners` loads the plain BERT dense model as SparseBert with all-ones masks: the same dense kernels
@@ -108,6 +117,11 @@ def main() -> None:
              tmp / "compact", "ov-int8-static-bf16"),
             # on CPUs without VNNI (AVX2) OpenVINO's fp32 kernels outrun its INT8 ones (benchmarks/latency.py --tag avx2)
             ("compact openvino fp32", lambda: openvino_predictor(exports / "openvino" / "openvino_model.xml"), tmp / "compact", "ov-fp32"),
+            # without the [CLS]-only last layer (what the rows above ran before it existed)
+            ("compact torch fp32, every position", lambda: torch_predictor(every_position), every_position, "torch-fp32"),
+            ("compact openvino int8 static shape, every position",
+             lambda: openvino_predictor(every_position_exports / "openvino" / "openvino_model_int8.xml", static_shape=(1, 128)),
+             every_position, "ov-int8-static"),
         ]
         rows, runs, predictions = [], {batch: {} for batch in args.batch}, []
         main_metric = get_glue_task(args.task).main_metric
@@ -116,7 +130,8 @@ def main() -> None:
             predictions.append(predicted)
             score = glue_metrics(args.task, predicted, references)[main_metric]
             rows.append({"artifact": name, "score": score, "main_metric": main_metric, "runtime": runtime})
-            runners = Runners(folder, exports if folder == tmp / "compact" else tmp / f"exports-{len(rows)}")
+            work = {tmp / "compact": exports, every_position: every_position_exports}.get(folder, tmp / f"exports-{len(rows)}")
+            runners = Runners(folder, work)
             for batch in args.batch:
                 runs[batch][name], facts = runners.runner(runtime, make_inputs(batch, 128, 30522))
                 if "precisions" in facts:  # what OpenVINO's layers ran in: bf16 only where the CPU has it
