@@ -342,6 +342,18 @@ def test_classifier_computes_its_last_layer_at_cls_only_with_the_same_logits(att
     assert fast.logits.abs().max() > 1e-3  # not trivially equal
 
 
+def test_multiple_choice_computes_its_last_layer_at_cls_only_with_the_same_logits():
+    model = build("SparseBertForMultipleChoice", sparsity=0.5)
+    inputs = dummy_inputs("SparseBertForMultipleChoice", seq=9)
+    with torch.no_grad():
+        positions, fast = _last_layer_positions(model, **inputs)
+        model.config.cls_only_last_layer = False
+        full_positions, full = _last_layer_positions(model, **inputs)
+    assert (positions, full_positions) == (1, 9)
+    torch.testing.assert_close(fast.logits, full.logits, atol=1e-6, rtol=0)
+    assert fast.logits.std() > 1e-3
+
+
 def test_classifier_cls_only_last_layer_on_a_compacted_model_with_uneven_heads():
     model = _classifier(layer_num_attention_heads=[4, 1], layer_intermediate_sizes=[37, 5])
     with torch.no_grad():

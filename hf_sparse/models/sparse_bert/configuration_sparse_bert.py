@@ -122,8 +122,8 @@ class SparseBertConfig(BertConfig):
             attended tokens, as ModernBERT's option of that name; for encoders trained with mean pooling, such as
             sentence-transformers models).
         cls_only_last_layer (`bool`, *optional*, defaults to `True`):
-            Whether `SparseBertForSequenceClassification` with `"cls"` pooling computes its last encoder layer at the
-            [CLS] position only when not training (queries, attention output and FFN for one position; keys and
+            Whether `SparseBertForSequenceClassification` (with `"cls"` pooling) and `SparseBertForMultipleChoice`
+            compute their last encoder layer at the [CLS] position only when not training (queries, attention output and FFN for one position; keys and
             values for all). The pooler reads nothing else, so the logits are the same up to float rounding and the
             layer costs about a sixth as much. It does not apply in training mode or when hidden states, attentions
             or a head mask are asked for.

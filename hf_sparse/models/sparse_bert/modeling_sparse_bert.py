@@ -656,7 +656,43 @@ class SparseBertForMaskedLM(SparseBertPreTrainedModel, BertForMaskedLM):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
-class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequenceClassification):
+class _ClsPooledHead:
+    """For heads that read only the pooled [CLS] vector (sequence classification, multiple choice): their last encoder
+    layer computes the [CLS] position alone when nothing else is used (`SparseBertConfig.cls_only_last_layer`)."""
+
+    def post_init(self):
+        super().post_init()
+        make_last_layer_cls_only(self.bert.encoder)  # see `_ClsOnlyLayer`
+
+    def _last_layer_can_be_cls_only(self, kwargs: dict) -> bool:
+        """Whether nothing but the pooled [CLS] vector of the last layer is used by this call."""
+        config = self.config
+
+        def asked(name: str) -> bool:
+            value = kwargs.get(name)
+            return bool(getattr(config, name, False) if value is None else value)
+
+        return (
+            config.cls_only_last_layer
+            and not self.training
+            and not asked("output_attentions")
+            and not asked("output_hidden_states")
+            and kwargs.get("head_mask") is None
+            and not config.is_decoder
+            and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        )
+
+    def _pooled_head_forward(self, labels, return_dict, kwargs: dict):
+        """The transformers head's own forward, the last layer at [CLS] only where that is all it uses."""
+        last_layer = self.bert.encoder.layer[-1]
+        last_layer.cls_only = self._last_layer_can_be_cls_only(kwargs)
+        try:
+            return super().forward(labels=labels, return_dict=return_dict, **kwargs)
+        finally:
+            last_layer.cls_only = False
+
+
+class SparseBertForSequenceClassification(_ClsPooledHead, SparseBertPreTrainedModel, BertForSequenceClassification):
     """`BertForSequenceClassification` with masked encoder linear layers. With `config.classifier_pooling="mean"` the
     pooler (dense + tanh) and classifier read the mean of the last hidden states over the attended tokens instead of
     the [CLS] vector; the weights are the same either way."""
@@ -682,12 +718,7 @@ class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequ
         )
         kwargs.update({k: v for k, v in given.items() if v is not None})
         if self.config.classifier_pooling == "cls":
-            last_layer = self.bert.encoder.layer[-1]
-            last_layer.cls_only = self._last_layer_can_be_cls_only(kwargs)
-            try:
-                return super().forward(labels=labels, return_dict=return_dict, **kwargs)
-            finally:
-                last_layer.cls_only = False
+            return self._pooled_head_forward(labels, return_dict, kwargs)
         outputs = self.bert(return_dict=True, **kwargs)
         mean = mean_pool(outputs.last_hidden_state, attention_mask)
         pooled = self.bert.pooler.activation(self.bert.pooler.dense(mean))
@@ -696,28 +727,6 @@ class SparseBertForSequenceClassification(SparseBertPreTrainedModel, BertForSequ
         output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         return_dict = return_dict if return_dict is not None else getattr(self.config, "use_return_dict", True)
         return output if return_dict else output.to_tuple()
-
-    def post_init(self):
-        super().post_init()
-        make_last_layer_cls_only(self.bert.encoder)  # the pooler reads [CLS] only: see `_ClsOnlyLayer`
-
-    def _last_layer_can_be_cls_only(self, kwargs: dict) -> bool:
-        """Whether nothing but the pooled [CLS] vector of the last layer is used by this call."""
-        config = self.config
-
-        def asked(name: str) -> bool:
-            value = kwargs.get(name)
-            return bool(getattr(config, name, False) if value is None else value)
-
-        return (
-            config.cls_only_last_layer
-            and not self.training
-            and not asked("output_attentions")
-            and not asked("output_hidden_states")
-            and kwargs.get("head_mask") is None
-            and not config.is_decoder
-            and getattr(config, "position_embedding_type", "absolute") == "absolute"
-        )
 
     def to_dense(self):
         if self.config.classifier_pooling != "cls":
@@ -733,8 +742,8 @@ _LAYER_RETURNS_TUPLE = int(_TRANSFORMERS_VERSION.split(".")[0]) < 5
 
 
 class _ClsOnlyLayer:
-    """Mixed into the last `BertLayer` of `SparseBertForSequenceClassification`. While `cls_only` is set (by the model,
-    when only the pooled output is used), the layer computes its output at the first position only: the [CLS] query
+    """Mixed into the last `BertLayer` of a head that reads only the pooled [CLS] vector (`_ClsPooledHead`). While
+    `cls_only` is set (by the head, when nothing else is used), the layer computes its output at the first position only: the [CLS] query
     attends to the keys and values of every position, then the attention output and the FFN run for that one
     position. The output is `[batch, 1, hidden]`, all the pooler reads. Each step runs inside the module it belongs
     to, so traced graphs (ONNX, OpenVINO) name their nodes as for the full layer."""
@@ -838,10 +847,30 @@ class SparseBertForTokenClassification(SparseBertPreTrainedModel, BertForTokenCl
     dense_class = BertForTokenClassification
 
 
-class SparseBertForMultipleChoice(SparseBertPreTrainedModel, BertForMultipleChoice):
+class SparseBertForMultipleChoice(_ClsPooledHead, SparseBertPreTrainedModel, BertForMultipleChoice):
     """`BertForMultipleChoice` with masked encoder linear layers."""
 
     dense_class = BertForMultipleChoice
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        given = dict(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
+            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
+        kwargs.update({k: v for k, v in given.items() if v is not None})
+        return self._pooled_head_forward(labels, return_dict, kwargs)
 
 
 __all__ = [
