@@ -131,7 +131,7 @@ def main() -> None:
             score = glue_metrics(args.task, predicted, references)[main_metric]
             rows.append({"artifact": name, "score": score, "main_metric": main_metric, "runtime": runtime})
             work = {tmp / "compact": exports, every_position: every_position_exports}.get(folder, tmp / f"exports-{len(rows)}")
-            runners = Runners(folder, work)
+            runners = Runners(folder, work, baseline=folder == dense)  # the dense baseline: every position, as transformers
             for batch in args.batch:
                 runs[batch][name], facts = runners.runner(runtime, make_inputs(batch, 128, 30522))
                 if "precisions" in facts:  # what OpenVINO's layers ran in: bf16 only where the CPU has it

@@ -84,3 +84,5 @@ def test_the_dense_baseline_runs_as_transformers_bert_and_sparse_folders_cls_onl
     sparse.save_pretrained(tmp_path / "sparse")
     assert Runners(tmp_path / "dense", tmp_path / "w1").model().config.cls_only_last_layer is False
     assert Runners(tmp_path / "sparse", tmp_path / "w2").model().config.cls_only_last_layer is True
+    # a sparse_bert folder as the reference of a speed-up (`hf-sparse bench --reference`) runs every position too
+    assert Runners(tmp_path / "sparse", tmp_path / "w3", baseline=True).model().config.cls_only_last_layer is False

@@ -99,8 +99,13 @@ def _runtime_module(name: str, extra: str):
 class Runners:
     """Builds a callable per runtime for one model folder, exporting what is missing into `work_dir`."""
 
-    def __init__(self, model_dir: PathLike, work_dir: PathLike, calibration: str = "wikitext", calibration_samples: int = 64):
-        self.model_dir, self.work_dir = Path(model_dir), Path(work_dir)
+    def __init__(
+        self, model_dir: PathLike, work_dir: PathLike, calibration: str = "wikitext", calibration_samples: int = 64,
+        baseline: bool = False,
+    ):
+        """`baseline=True`: the model is a speed-up's reference and computes every position of its last layer, as
+        transformers' BERT does, even where its config enables the [CLS]-only last layer."""
+        self.model_dir, self.work_dir, self.baseline = Path(model_dir), Path(work_dir), baseline
         self.calibration, self.calibration_samples = calibration, calibration_samples
         self._model = None
 
@@ -127,6 +132,8 @@ class Runners:
                 self._model.config.cls_only_last_layer = False  # computed as transformers' BERT computes it
             else:
                 self._model = load_for_export(self.model_dir)[0].float()
+                if self.baseline:
+                    self._model.config.cls_only_last_layer = False
         return self._model
 
     def _bf16(self):
@@ -215,8 +222,8 @@ def benchmark(
     rounds of `runs / rounds` calls each), so that a slow spell of the machine falls on all of them alike.
 
     `speedup_vs_baseline` is the baseline's median over the row's. The baseline is torch-fp32 of `reference_dir`
-    (e.g. the dense model a sparse one is compared with; sparse_bert or plain BERT), timed in the same turns as the
-    rows, when given; otherwise this model's own torch-fp32 row, when `runtimes` has it (no speed-up otherwise).
+    (e.g. the dense model a sparse one is compared with; sparse_bert or plain BERT, computing every position of its
+    last layer as transformers does), timed in the same turns as the rows, when given; otherwise this model's own torch-fp32 row, when `runtimes` has it (no speed-up otherwise).
     Rows record `baseline_ms`.
     """
     runtimes = list(runtimes)
@@ -228,7 +235,7 @@ def benchmark(
     reference_key = "reference torch-fp32"  # not a runtime name, so it cannot clash with a row
     with tempfile.TemporaryDirectory(prefix="hf-sparse-bench-") as tmp:
         runners = Runners(model_dir, work_dir or Path(tmp) / "model")
-        reference = Runners(reference_dir, Path(tmp) / "reference") if reference_dir is not None else None
+        reference = Runners(reference_dir, Path(tmp) / "reference", baseline=True) if reference_dir is not None else None
         vocab = runners.model().config.vocab_size
         num_choices = 2 if type(runners.model()).__name__.endswith("MultipleChoice") else None
         rows = []
