@@ -223,8 +223,8 @@ def benchmark(
 
     `speedup_vs_baseline` is the baseline's median over the row's. The baseline is torch-fp32 of `reference_dir`
     (e.g. the dense model a sparse one is compared with; sparse_bert or plain BERT, computing every position of its
-    last layer as transformers does), timed in the same turns as the rows, when given; otherwise this model's own torch-fp32 row, when `runtimes` has it (no speed-up otherwise).
-    Rows record `baseline_ms`.
+    last layer as transformers does), timed in the same turns as the rows, when given; otherwise this model's own
+    torch-fp32 row, when `runtimes` has it (no speed-up otherwise). Rows record `baseline_ms`.
     """
     runtimes = list(runtimes)
     unknown = [r for r in runtimes if r not in RUNTIMES]

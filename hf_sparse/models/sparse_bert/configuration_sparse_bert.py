@@ -123,10 +123,10 @@ class SparseBertConfig(BertConfig):
             sentence-transformers models).
         cls_only_last_layer (`bool`, *optional*, defaults to `True`):
             Whether `SparseBertForSequenceClassification` (with `"cls"` pooling) and `SparseBertForMultipleChoice`
-            compute their last encoder layer at the [CLS] position only when not training (queries, attention output and FFN for one position; keys and
-            values for all). The pooler reads nothing else, so the logits are the same up to float rounding and the
-            layer costs about a sixth as much. It does not apply in training mode or when hidden states, attentions
-            or a head mask are asked for.
+            compute their last encoder layer at the [CLS] position only when not training (queries, attention output
+            and FFN for one position; keys and values for all). The pooler reads nothing else, so the logits are the
+            same up to float rounding and the layer costs a fraction as much. It does not apply in training mode or
+            when hidden states, attentions or a head mask are asked for.
         kwargs:
             Passed to [`BertConfig`].
     """

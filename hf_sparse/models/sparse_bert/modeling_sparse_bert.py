@@ -743,10 +743,10 @@ _LAYER_RETURNS_TUPLE = int(_TRANSFORMERS_VERSION.split(".")[0]) < 5
 
 class _ClsOnlyLayer:
     """Mixed into the last `BertLayer` of a head that reads only the pooled [CLS] vector (`_ClsPooledHead`). While
-    `cls_only` is set (by the head, when nothing else is used), the layer computes its output at the first position only: the [CLS] query
-    attends to the keys and values of every position, then the attention output and the FFN run for that one
-    position. The output is `[batch, 1, hidden]`, all the pooler reads. Each step runs inside the module it belongs
-    to, so traced graphs (ONNX, OpenVINO) name their nodes as for the full layer."""
+    `cls_only` is set (by the head, when nothing else is used), the layer computes its output at the first position
+    only: the [CLS] query attends to the keys and values of every position, then the attention output and the FFN run
+    for that one position. The output is `[batch, 1, hidden]`, all the pooler reads. Each step runs inside the module
+    it belongs to, so traced graphs (ONNX, OpenVINO) name their nodes as for the full layer."""
 
     cls_only = False
 
