@@ -682,23 +682,6 @@ class _ClsPooledHead:
             and getattr(config, "position_embedding_type", "absolute") == "absolute"
         )
 
-    def _pooled_head_forward(self, labels, return_dict, kwargs: dict):
-        """The transformers head's own forward, the last layer at [CLS] only where that is all it uses."""
-        last_layer = self.bert.encoder.layer[-1]
-        last_layer.cls_only = self._last_layer_can_be_cls_only(kwargs)
-        try:
-            return super().forward(labels=labels, return_dict=return_dict, **kwargs)
-        finally:
-            last_layer.cls_only = False
-
-
-class SparseBertForSequenceClassification(_ClsPooledHead, SparseBertPreTrainedModel, BertForSequenceClassification):
-    """`BertForSequenceClassification` with masked encoder linear layers. With `config.classifier_pooling="mean"` the
-    pooler (dense + tanh) and classifier read the mean of the last hidden states over the attended tokens instead of
-    the [CLS] vector; the weights are the same either way."""
-
-    dense_class = BertForSequenceClassification
-
     def forward(
         self,
         input_ids=None,
@@ -717,10 +700,30 @@ class SparseBertForSequenceClassification(_ClsPooledHead, SparseBertPreTrainedMo
             inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
         )
         kwargs.update({k: v for k, v in given.items() if v is not None})
+        return self._pooled_forward(labels, return_dict, kwargs)
+
+    def _pooled_forward(self, labels, return_dict, kwargs: dict):
+        """The transformers head's own forward, the last layer at [CLS] only where that is all it uses."""
+        last_layer = self.bert.encoder.layer[-1]
+        last_layer.cls_only = self._last_layer_can_be_cls_only(kwargs)
+        try:
+            return super().forward(labels=labels, return_dict=return_dict, **kwargs)
+        finally:
+            last_layer.cls_only = False
+
+
+class SparseBertForSequenceClassification(_ClsPooledHead, SparseBertPreTrainedModel, BertForSequenceClassification):
+    """`BertForSequenceClassification` with masked encoder linear layers. With `config.classifier_pooling="mean"` the
+    pooler (dense + tanh) and classifier read the mean of the last hidden states over the attended tokens instead of
+    the [CLS] vector; the weights are the same either way."""
+
+    dense_class = BertForSequenceClassification
+
+    def _pooled_forward(self, labels, return_dict, kwargs: dict):
         if self.config.classifier_pooling == "cls":
-            return self._pooled_head_forward(labels, return_dict, kwargs)
+            return super()._pooled_forward(labels, return_dict, kwargs)
         outputs = self.bert(return_dict=True, **kwargs)
-        mean = mean_pool(outputs.last_hidden_state, attention_mask)
+        mean = mean_pool(outputs.last_hidden_state, kwargs.get("attention_mask"))
         pooled = self.bert.pooler.activation(self.bert.pooler.dense(mean))
         logits = self.classifier(self.dropout(pooled))
         loss = None if labels is None else _sequence_classification_loss(self, logits, labels)
@@ -851,26 +854,6 @@ class SparseBertForMultipleChoice(_ClsPooledHead, SparseBertPreTrainedModel, Ber
     """`BertForMultipleChoice` with masked encoder linear layers."""
 
     dense_class = BertForMultipleChoice
-
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        **kwargs,
-    ):
-        given = dict(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
-            inputs_embeds=inputs_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-        )
-        kwargs.update({k: v for k, v in given.items() if v is not None})
-        return self._pooled_head_forward(labels, return_dict, kwargs)
 
 
 __all__ = [
