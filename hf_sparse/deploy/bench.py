@@ -129,11 +129,10 @@ class Runners:
                     known = sorted(name.removeprefix("Sparse") for name in EXPORT_TASKS)
                     raise ValueError(f"{config_file}: architecture {architecture!r} is not a BERT head hf-sparse knows: {known}")
                 self._model = getattr(hf_sparse, f"Sparse{architecture}").from_dense(self.model_dir).eval().float()
-                self._model.config.cls_only_last_layer = False  # computed as transformers' BERT computes it
             else:
                 self._model = load_for_export(self.model_dir)[0].float()
-                if self.baseline:
-                    self._model.config.cls_only_last_layer = False
+            if self.baseline or config.get("model_type") == "bert":  # computed as transformers' BERT computes it
+                self._model.config.cls_only_last_layer = False
         return self._model
 
     def _bf16(self):
