@@ -40,8 +40,10 @@ training example, words replaced by embedding neighbours (TinyBERT-style; hf_spa
 from the dense row trained that many epochs instead of the run's own; `--teacher-seeds N` (with `--kd`, cross-encoder rows) distils
 from the mean of the distributions of the dense row's seeds 1..N (an ensemble teacher; hidden states and the start of a
 `prune-tuned-*` row still come from seed 1); `--classifier-pooling mean` (GLUE cross-encoder rows)
-gives the head the mean of the last hidden states instead of [CLS]; the row's label says so. Each run writes
-benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-att<w>][-kdt<t>][-mh<n>][-tep<n>][-kdseeds<n>][-aug<n>][-pe<f>][-ps<f>][-poolmean][-gl][-fp32]_<task>_s<seed>.json
+gives the head the mean of the last hidden states instead of [CLS]; `--dropout P` sets the student's dropout (0.1 in
+the checkpoint); `--average-from F` evaluates and keeps the uniform average of the weights over the steps from that fraction
+of training on (prune-* rows: at or after the pruning end); the row's label says so. Each run writes
+benchmarks/results/transfer/<row>[-kd][-qat][-bi][-lr<lr>][-hlr<lr>][-ep<n>][-n<examples>][-hid<w>][-att<w>][-kdt<t>][-mh<n>][-tep<n>][-kdseeds<n>][-aug<n>][-pe<f>][-ps<f>][-poolmean][-do<p>][-avg<f>][-gl][-fp32]_<task>_s<seed>.json
 (`-fp32`: trained in fp32, its own row, distilled from and starting from the fp32 dense run); models go to out/transfer/ (not committed).
 """
 
@@ -89,6 +91,8 @@ OVERRIDES = (
     ("pruning_end", "pruning_end_override", "-pe{:g}", "--pruning-end {:g}", " (pruned by {:g} of training)"),
     ("pruning_start", "pruning_start_override", "-ps{:g}", "--pruning-start {:g}", " (pruning from {:g} of training)"),
     ("classifier_pooling", "classifier_pooling_override", "-pool{}", "--classifier-pooling {}", " ({}-pooled head)"),
+    ("dropout", "dropout_override", "-do{:g}", "--dropout {:g}", " (dropout {:g})"),
+    ("average_from", "average_from_override", "-avg{:g}", "--average-from {:g}", " (weights averaged from {:g} of training)"),
 )
 # what a tag's value looks like in a file name, and its type, by the tag's format: "{:g}" float, "{:d}" int, "{}" word
 _VALUE = {"g": (r"\d+(?:\.\d+)?(?:e[+-]\d+)?", float), "d": (r"\d+", int), "{": (r"[a-z]+", str)}
@@ -256,6 +260,10 @@ def _row_arguments(
         args += ["--temperature", str(o.temperature)]
     if o.augment is not None:
         args += ["--augment_copies", str(o.augment)]
+    if o.dropout is not None:  # finetune checks the ranges, and that averaging starts after pruning
+        args += ["--dropout", str(o.dropout)]
+    if o.average_from is not None:
+        args += ["--average_from", str(o.average_from)]
     budget = TASK_BUDGETS[task]
     lr = budget["learning_rate"] if o.learning_rate is None else o.learning_rate
     args += ["--task", task, "--num_train_epochs", str(budget["epochs"] if o.epochs is None else o.epochs), "--learning_rate", str(lr)]
@@ -724,6 +732,14 @@ def main() -> int:
         "--classifier-pooling", choices=["mean"],
         help="GLUE cross-encoder rows: the head reads the mean of the last hidden states instead of [CLS] (MiniLM-L6 was "
              "trained with mean pooling); the row's label shows it",
+    )
+    parser.add_argument(
+        "--dropout", type=float, help="the student's hidden and attention dropout instead of the checkpoint's 0.1; the row's label shows it",
+    )
+    parser.add_argument(
+        "--average-from", type=float,
+        help="evaluate and keep the uniform average of the weights over the steps from this fraction of training on "
+             "(prune-* rows: at or after the pruning end); the row's label shows it",
     )
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()

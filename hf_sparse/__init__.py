@@ -29,7 +29,7 @@ from .models.sparse_bert import (
     parse_sparsity_pattern,
 )
 
-from .transfer import MaskDriftError, SparsityCallback
+from .transfer import MaskDriftError, SparsityCallback, WeightAveragingCallback
 
 __version__ = "0.1.0"
 
@@ -66,5 +66,6 @@ __all__ = [
     "SparseFormatError",
     "SparsityCallback",
     "SparsityPattern",
+    "WeightAveragingCallback",
     "parse_sparsity_pattern",
 ]

@@ -88,7 +88,8 @@ def test_kd_teacher_follows_the_data_budget(tmp_path, monkeypatch):
      {"augment": 2}, {"epochs": 1, "max_train_samples": 67349, "teacher_epochs": 2, "augment": 1, "group_by_length": True, "precision": "fp32"},
      {"pruning_end": 0.35}, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "pruning_end": 0.5, "group_by_length": True},
      {"classifier_pooling": "mean"}, {"epochs": 2, "max_train_samples": 67349, "classifier_pooling": "mean", "group_by_length": True, "precision": "fp32"},
-     {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "teacher_seeds": 3, "group_by_length": True}],
+     {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "teacher_seeds": 3, "group_by_length": True},
+     {"dropout": 0}, {"epochs": 2, "max_train_samples": 67349, "hidden_weight": 1, "dropout": 0.05, "average_from": 0.7, "group_by_length": True}],
 )
 def test_parse_run_name_inverts_run_name(row, kd, qat, bi_encoder, overrides):
     name, _ = transfer.run_name(row, "sst2", 1, kd, qat, bi_encoder, overrides)
@@ -749,3 +750,23 @@ def test_paired_dev_names_the_training_command_of_a_missing_seed(tmp_path, monke
         monkeypatch.setattr(sys, "argv", ["paired_dev.py", "--task", "sst2", "--row", row, *repeated])
         with pytest.raises(SystemExit):  # argparse: a repeated seed
             paired_dev.main()
+
+
+def test_dropout_and_weight_averaging_rows(tmp_path, monkeypatch):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_sparse.transfer.finetune import FinetuneArguments
+
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    (tmp_path / "dense-gl_sst2_s1" / "model").mkdir(parents=True)
+    name, command = transfer.run_name("prune-tuned-structured-movement-75-magnitude-90", "sst2", 2, True, False, False,
+                                      {"dropout": 0.0, "average_from": 0.7, "group_by_length": True})
+    assert name == "prune-tuned-structured-movement-75-magnitude-90-kd-do0-avg0.7-gl_sst2_s2"
+    assert command.endswith("--kd --dropout 0 --average-from 0.7 --group-by-length")
+    assert transfer._override_label({"dropout": 0.0, "average_from": 0.7}) == " (dropout 0) (weights averaged from 0.7 of training)"
+    argv = transfer._row_arguments("prune-tuned-structured-movement-75-magnitude-90", "sst2", 2, True, group_by_length=True,
+                                   dropout=0.0, average_from=0.7)
+    finetune_args, _ = HfArgumentParser((FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(
+        argv + ["--output_dir", str(tmp_path / "run")])
+    assert finetune_args.dropout == 0.0 and finetune_args.average_from == 0.7 and finetune_args.prune_unit_sparsity == 0.75
+    assert "--dropout" not in transfer._row_arguments("prune-tuned-structured-movement-75-magnitude-90", "sst2", 2, True, group_by_length=True)

@@ -241,6 +241,21 @@ def test_hybrid_prune_at_finetune_compacts_to_the_unit_sparsity(checkpoints, dat
     assert (report.heads_after, report.neurons_after) == (2 * 2, 2 * 19) and report.max_abs_diff <= 1e-5
 
 
+def test_hybrid_prune_with_weight_averaging_and_no_dropout(checkpoints, data_dir, tmp_path):
+    results = finetune(  # 12 steps: pruning ends at step 8, the weights of steps 9-12 are averaged
+        checkpoints, data_dir, tmp_path / "h", "--model", str(checkpoints / "dense"), "--task", "mrpc", "--num_train_epochs", "2",
+        "--prune_method", "structured_movement", "--target_sparsity", "0.75", "--prune_unit_sparsity", "0.5",
+        "--average_from", "0.7", "--dropout", "0",
+    )
+    assert results["mode"] == "prune-at-finetune:structured_movement+hybrid-units=0.5+dropout=0+averaged-from=0.7"
+    model = SparseBertForSequenceClassification.from_pretrained(tmp_path / "h" / "model")
+    assert model.config.hidden_dropout_prob == 0 and model.config.attention_probs_dropout_prob == 0
+    for name, module in model.masked_linears().items():  # the average keeps the final pattern: 75% of every layer
+        mask = module.weight_mask
+        assert int(mask.sum()) == mask.numel() - round(0.75 * mask.numel()), name
+        assert not module.weight[~mask].any(), name
+
+
 @pytest.mark.parametrize("method", ["structured_movement", "structured_fisher"])
 def test_global_structured_prune_at_finetune(checkpoints, data_dir, tmp_path, monkeypatch, method):
     from hf_sparse.analysis import pattern_violations
@@ -454,6 +469,10 @@ def test_squad_predictions_keep_dataset_order_when_training_is_grouped_by_length
         (["--task", "mrpc", "--teacher", "x", "--teacher_ensemble", "y", "--kd_weight", "0"], "it needs --teacher and kd_weight > 0"),
         (["--task", "mrpc", "--teacher", "x", "--teacher_ensemble", "y", "x"], "teacher_ensemble repeats a teacher: --teacher x --teacher_ensemble y x"),
         (["--task", "stsb", "--head", "bi-encoder", "--teacher", "x", "--teacher_ensemble", "y"], "teacher_ensemble applies to the cross-encoder head"),
+        (["--task", "mrpc", "--average_from", "1"], "average_from is a fraction of training in [0, 1), got 1"),
+        (["--task", "mrpc", "--prune_method", "structured", "--average_from", "0.5"],
+         "average_from=0.5 averages steps before pruning reaches its target at pruning_end=0.7"),
+        (["--task", "mrpc", "--dropout", "1"], "dropout must be in [0, 1), got 1"),
     ],
 )
 def test_finetune_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):
@@ -581,6 +600,7 @@ def test_lock_finds_the_sparse_encoder_inside_a_sentence_transformer(checkpoints
         (["--task", "stsb", "--head_learning_rate", "1e-3"], "does not support head_learning_rate"),
         (["--task", "stsb", "--hidden_weight", "1", "--teacher", "x"], "does not support hidden_weight"),
         (["--task", "stsb", "--attention_weight", "1", "--teacher", "x"], "does not support attention_weight"),
+        (["--task", "stsb", "--average_from", "0.5", "--dropout", "0"], "does not support average_from, dropout"),
     ],
 )
 def test_bi_encoder_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):

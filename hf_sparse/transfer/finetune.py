@@ -59,6 +59,7 @@ from ..pruning.structured import ALLOCATIONS
 from ..tasks.glue import GlueTask, get_glue_task, load_glue
 from ..tasks.metrics import glue_metrics, squad_metrics
 from ..upstream import resolve_model
+from .averaging import WeightAveragingCallback
 from .callback import MaskDriftError, SparsityCallback, mask_drift, reference_masks
 from .precision import training_precision, warn_if_bf16_is_slow
 from .qat import QAT_RANGES_FILE, QATConfig, convert_qat, prepare_qat
@@ -131,6 +132,10 @@ class FinetuneArguments:
     prune_unit_sparsity: Optional[float] = field(default=None, metadata={"help": "structured methods: remove only this fraction "
                                                  "of the heads and neurons, and reach --target_sparsity with the smallest-magnitude "
                                                  "weights inside the units kept (hybrid: compacts to this unit sparsity)"})
+    average_from: Optional[float] = field(default=None, metadata={"help": "evaluate and save the uniform average of the weights "
+        "over the optimizer steps from this fraction of training on (with --prune_method: at or after --pruning_end)"})
+    dropout: Optional[float] = field(default=None, metadata={"help": "the student's hidden and attention dropout instead of the "
+        "checkpoint's (the classifier's follows the hidden dropout unless the config sets classifier_dropout)"})
     num_layers: Optional[int] = field(default=None, metadata={"help": "keep only the first N encoder layers (dense models)"})
     max_length: Optional[int] = field(default=None, metadata={"help": "max tokens per example (default: the task's)"})
     doc_stride: int = field(default=64, metadata={"help": "SQuAD: overlap between context windows"})
@@ -168,6 +173,14 @@ class FinetuneArguments:
                 raise ValueError(f"prune_unit_sparsity must be in (0, target_sparsity={self.target_sparsity:g}), got {self.prune_unit_sparsity:g}")
         if not 0 <= self.pruning_start < self.pruning_end <= 1:
             raise ValueError(f"need 0 <= pruning_start < pruning_end <= 1, got pruning_start={self.pruning_start:g}, pruning_end={self.pruning_end:g}")
+        if self.average_from is not None:
+            if not 0 <= self.average_from < 1:
+                raise ValueError(f"average_from is a fraction of training in [0, 1), got {self.average_from:g}")
+            if self.prune_method and self.average_from < self.pruning_end:
+                raise ValueError(f"average_from={self.average_from:g} averages steps before pruning reaches its target at "
+                                 f"pruning_end={self.pruning_end:g}: start averaging at or after it")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout:g}")
         if not 0 < self.target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
         for name, distilled in (("hidden_weight", "hidden states"), ("attention_weight", "attention distributions")):
@@ -194,7 +207,8 @@ class FinetuneArguments:
             if self.task not in BI_ENCODER_TASKS:
                 raise ValueError(f"the bi-encoder head supports {', '.join(BI_ENCODER_TASKS)} (a score between two sentences), not {self.task!r}")
             unsupported = [name for name, on in (("prune_method", self.prune_method), ("qat", self.qat), ("head_learning_rate", self.head_learning_rate),
-                                                     ("hidden_weight", self.hidden_weight), ("attention_weight", self.attention_weight)) if on]
+                                                     ("hidden_weight", self.hidden_weight), ("attention_weight", self.attention_weight),
+                                                     ("average_from", self.average_from is not None), ("dropout", self.dropout is not None)) if on]
             if unsupported:
                 raise ValueError(f"the bi-encoder head does not support {', '.join(unsupported)} yet")
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
@@ -240,6 +254,8 @@ def load_model(args: FinetuneArguments, num_labels: int):
     sparse_class = SparseBertForQuestionAnswering if squad else SparseBertForSequenceClassification
     dense_class = AutoModelForQuestionAnswering if squad else AutoModelForSequenceClassification
     head_kwargs = {"num_labels": 2 if squad else num_labels, **_attention_kwargs(args)}  # QA heads need 2 (start, end)
+    if args.dropout is not None:
+        head_kwargs |= {"hidden_dropout_prob": args.dropout, "attention_probs_dropout_prob": args.dropout}
     if config.model_type == "sparse_bert":
         model = sparse_class.from_pretrained(args.model, **head_kwargs)
         return _with_pooling(model, args.classifier_pooling), True, True
@@ -481,6 +497,8 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
         callbacks.append(PruningCallback(method, schedule, model))
     elif sparse:
         callbacks.append(SparsityCallback(reference=upstream))
+    if args.average_from is not None:  # after the pruning / lock callbacks: it replaces the weights they end with
+        callbacks.append(WeightAveragingCallback(args.average_from))
     if args.qat:
         prepare_qat(model, QATConfig())
 
@@ -618,6 +636,10 @@ def _mode(args: FinetuneArguments, sparse_source: bool) -> str:
         parts.append("fic")
     if args.qat:
         parts.append("qat")
+    if args.dropout is not None:
+        parts.append(f"dropout={args.dropout:g}")
+    if args.average_from is not None:
+        parts.append(f"averaged-from={args.average_from:g}")
     return "+".join(parts)
 
 
