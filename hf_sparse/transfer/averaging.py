@@ -64,11 +64,8 @@ class WeightAveragingCallback(TrainerCallback):
             return
         self.steps_averaged += 1
         for name, p in self._parameters(kwargs).items():
-            value = p.detach().float()
-            if name not in self.average:
-                self.average[name] = value.clone()
-            else:
-                self.average[name].add_(value - self.average[name], alpha=1.0 / self.steps_averaged)
+            average = self.average.setdefault(name, torch.zeros_like(p, dtype=torch.float32))
+            average.lerp_(p.detach().float(), 1.0 / self.steps_averaged)  # the running mean; the first step copies
 
     def on_save(self, args, state, control, **kwargs):
         if not self.average or not state.is_world_process_zero:
