@@ -49,6 +49,10 @@ class WeightAveragingCallback(TrainerCallback):
     def _parameters(kwargs) -> dict[str, torch.nn.Parameter]:
         return {name: p for name, p in unwrap_model(kwargs["model"]).named_parameters() if p.requires_grad}
 
+    @staticmethod
+    def _checkpoint_file(args, step: int) -> Path:
+        return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}" / AVERAGE_FILE
+
     def on_train_begin(self, args, state, control, **kwargs):
         if args.load_best_model_at_end:
             raise ValueError("WeightAveragingCallback replaces the weights at the end of training: it cannot be combined "
@@ -56,7 +60,7 @@ class WeightAveragingCallback(TrainerCallback):
         self.start_step = int(self.start * state.max_steps)  # < max_steps: at least the last step is averaged
         self.average, self.steps_averaged = {}, 0
         if state.global_step > self.start_step:  # resumed past the start: the checkpoint holds the average so far
-            self._load(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / AVERAGE_FILE, kwargs, state.global_step)
+            self._load(self._checkpoint_file(args, state.global_step), kwargs, state.global_step)
 
     @torch.no_grad()
     def on_step_end(self, args, state, control, **kwargs):
@@ -70,12 +74,12 @@ class WeightAveragingCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if not self.average or not state.is_world_process_zero:
             return
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        path = self._checkpoint_file(args, state.global_step)
         tensors = {name: t.detach().cpu().contiguous() for name, t in self.average.items()}
         tensors[_COUNT] = torch.tensor(self.steps_averaged)
-        partial = folder / (AVERAGE_FILE + ".partial")
+        partial = path.with_name(AVERAGE_FILE + ".partial")
         save_file(tensors, str(partial))
-        os.replace(partial, folder / AVERAGE_FILE)  # whole or absent
+        os.replace(partial, path)  # whole or absent
 
     def _load(self, path: Path, kwargs, step: int) -> None:
         if not path.is_file():
