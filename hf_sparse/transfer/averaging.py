@@ -68,7 +68,9 @@ class WeightAveragingCallback(TrainerCallback):
             return
         self.steps_averaged += 1
         for name, p in self._parameters(kwargs).items():
-            average = self.average.setdefault(name, torch.zeros_like(p, dtype=torch.float32))
+            average = self.average.get(name)
+            if average is None:  # not setdefault: its default would allocate a tensor on every step
+                average = self.average[name] = torch.zeros_like(p, dtype=torch.float32)
             average.lerp_(p.detach().float(), 1.0 / self.steps_averaged)  # the running mean; the first step copies
 
     def on_save(self, args, state, control, **kwargs):
