@@ -83,6 +83,9 @@ OVERRIDES = (
     ("max_train_samples", "max_train_samples_override", "-n{:d}", "--max-train-samples {:d}", " ({:,} examples)"),
     ("hidden_weight", "hidden_weight_override", "-hid{:g}", "--hidden-weight {:g}", " (hidden-state KD {:g})"),
     ("attention_weight", "attention_weight_override", "-att{:g}", "--attention-weight {:g}", " (attention KD {:g})"),
+    ("prc_weight", "prc_weight_override", "-prc{:g}", "--prc-weight {:g}", " (CAP PrC {:g})"),
+    ("snc_weight", "snc_weight_override", "-snc{:g}", "--snc-weight {:g}", " (CAP SnC {:g})"),
+    ("fic_weight", "fic_weight_override", "-fic{:g}", "--fic-weight {:g}", " (CAP FiC {:g})"),
     ("temperature", "temperature_override", "-kdt{:g}", "--temperature {:g}", " (KD temperature {:g})"),
     ("min_heads_per_layer", "min_heads_per_layer_override", "-mh{:d}", "--min-heads-per-layer {:d}", " (>= {:d} heads per layer)"),
     ("teacher_epochs", "teacher_epochs_override", "-tep{:g}", "--teacher-epochs {:g}", " (from the {:g}-epoch dense model)"),
@@ -189,6 +192,10 @@ def _row_arguments(
         end = FinetuneArguments.__dataclass_fields__["pruning_end"].default if o.pruning_end is None else o.pruning_end
         if not 0 < o.pruning_start < end:
             raise SystemExit(f"--pruning-start is a fraction of training in (0, pruning end), got {o.pruning_start:g}")
+    if o.snc_weight is not None and prune is None:
+        raise SystemExit("--snc-weight contrasts with snapshots taken at the pruning steps: it applies to prune-ft-* / prune-tuned-* rows")
+    if (o.prc_weight is not None or o.snc_weight is not None) and bi_encoder:
+        raise SystemExit("--prc-weight / --snc-weight apply to cross-encoder rows")
     if o.min_heads_per_layer is not None and not (
         prune and (prune["method"] or "").startswith("structured") and (prune["joint"] or prune["scope"])
     ):
@@ -252,6 +259,14 @@ def _row_arguments(
         if not kd or bi_encoder:
             raise SystemExit("--attention-weight distils the dense row's attention distributions: it needs --kd and a cross-encoder row")
         args += ["--attention_weight", str(o.attention_weight)]
+    if o.prc_weight is not None:  # CAP's PrC: the pre-trained MiniLM every row starts from
+        args += ["--prc_weight", str(o.prc_weight), "--pretrained", str(minilm_folder())]
+    if o.snc_weight is not None:
+        args += ["--snc_weight", str(o.snc_weight)]
+    if o.fic_weight is not None:
+        if not kd or bi_encoder:
+            raise SystemExit("--fic-weight contrasts with the dense row's fine-tuned model: it needs --kd and a cross-encoder row")
+        args += ["--fic_weight", str(o.fic_weight)]
     if o.temperature is not None:
         if not kd:
             raise SystemExit("--temperature sets the logits-KD temperature: it needs --kd")
@@ -686,6 +701,21 @@ def main() -> int:
     parser.add_argument(
         "--attention-weight", type=float,
         help="with --kd, also distil the dense row's attention distributions, layer by layer, with this weight (KL; TinyBERT's task-specific distillation)",
+    )
+    parser.add_argument(
+        "--prc-weight", type=float,
+        help="add CAP's PrC term with this weight: the student's [CLS] vector of each example pulled toward the pre-trained "
+             "MiniLM's vector of the same example, away from the batch's other examples",
+    )
+    parser.add_argument(
+        "--snc-weight", type=float,
+        help="prune-ft-* / prune-tuned-* rows: add CAP's SnC term with this weight, contrasting with frozen snapshots of the "
+             "student taken before each of its last 3 pruning steps",
+    )
+    parser.add_argument(
+        "--fic-weight", type=float,
+        help="with --kd (classification tasks): add CAP's FiC term with this weight, a supervised contrastive loss pulling the "
+             "student's [CLS] vector toward the dense row's vectors of same-label examples in the batch",
     )
     parser.add_argument(
         "--temperature", type=float, help="with --kd, the logits-KD temperature instead of the default 2 (the row's label shows it)",

@@ -135,6 +135,25 @@ def test_distillation_weights_need_kd(tmp_path, monkeypatch, weight):
     assert argv[argv.index(f"--{weight}") + 1] == "1.0"
 
 
+def test_cap_terms_reach_the_runner_and_are_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "MODELS", tmp_path)
+    monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")
+    (tmp_path / "dense_sst2_s1" / "model").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="applies to prune-ft-"):
+        transfer._row_arguments("dense", "sst2", 1, False, snc_weight=0.5)
+    with pytest.raises(SystemExit, match="needs --kd"):
+        transfer._row_arguments("prune-tuned-structured-movement-80-magnitude-90", "sst2", 1, False, fic_weight=0.5)
+    argv = transfer._row_arguments("prune-tuned-structured-movement-80-magnitude-90", "sst2", 1, True, prc_weight=0.5, snc_weight=0.25, fic_weight=1.0)
+    assert argv[argv.index("--prc_weight") + 1 : argv.index("--prc_weight") + 4] == ["0.5", "--pretrained", str(tmp_path / "minilm")]
+    assert argv[argv.index("--snc_weight") + 1] == "0.25" and argv[argv.index("--fic_weight") + 1] == "1.0"
+    name, command = transfer.run_name("prune-tuned-structured-movement-80-magnitude-90", "sst2", 1, True, False, False,
+                                      {"prc_weight": 0.5, "snc_weight": 0.25, "fic_weight": 1, "group_by_length": True})
+    assert name == "prune-tuned-structured-movement-80-magnitude-90-kd-prc0.5-snc0.25-fic1-gl_sst2_s1"
+    assert command.endswith("--kd --prc-weight 0.5 --snc-weight 0.25 --fic-weight 1 --group-by-length")
+    parsed = {key: value for key, value in transfer.parse_run_name(name.removesuffix("_sst2_s1"))[4].items() if value is not None}
+    assert parsed == {"prc_weight": 0.5, "snc_weight": 0.25, "fic_weight": 1.0, "group_by_length": True}
+
+
 def test_attention_weight_needs_a_cross_encoder_and_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(transfer, "MODELS", tmp_path)
     monkeypatch.setattr("hf_sparse.upstream.minilm_folder", lambda: tmp_path / "minilm")

@@ -256,6 +256,45 @@ def test_hybrid_prune_with_weight_averaging_and_no_dropout(checkpoints, data_dir
         assert not module.weight[~mask].any(), name
 
 
+def test_cap_prc_and_snc_while_pruning_at_finetune(checkpoints, data_dir, tmp_path, monkeypatch):
+    import hf_sparse.distillation.trainer as distillation_trainer
+
+    calls = []
+    real = distillation_trainer.contrastive_loss
+
+    def recording(anchors, candidates, positives, temperature=0.1):
+        calls.append((anchors.shape[0], candidates.shape[0], int(positives.sum())))
+        return real(anchors, candidates, positives, temperature)
+
+    monkeypatch.setattr(distillation_trainer, "contrastive_loss", recording)
+    results = finetune(  # 12 steps of batch 4 (the last of each epoch too); magnitude pruning at steps 1..8, no teacher
+        checkpoints, data_dir, tmp_path / "cap", "--model", str(checkpoints / "dense"), "--task", "mrpc", "--num_train_epochs", "2",
+        "--prune_method", "magnitude", "--target_sparsity", "0.6", "--logging_steps", "1",
+        "--prc_weight", "0.5", "--pretrained", str(checkpoints / "dense"), "--snc_weight", "0.5",
+    )
+    assert results["mode"] == "prune-at-finetune:magnitude+prc+snc" and results["sparsity"] == pytest.approx(0.6, abs=1e-3)
+    assert results["arguments"]["pretrained"] == str(checkpoints / "dense")
+    steps = [entry for entry in results["log_history"] if "loss" in entry]
+    assert len(steps) == 12 and all("loss_prc" in entry for entry in steps) and "loss_kd" not in steps[0]
+    # PrC: one positive per anchor, the same example through the pre-trained model
+    prc = [(a, c, p) for a, c, p in calls if c == a and p == a]
+    assert len(prc) >= 12
+    # SnC: from the first snapshot of a sparse model on, the batch against up to 3 snapshots of itself, one positive per view
+    snc = [(a, c // a) for a, c, p in calls if c > a]
+    assert snc and {views for _, views in snc} <= {2, 3} and max(views for _, views in snc) == 3
+    assert any("loss_snc" in entry for entry in steps) and "loss_snc" not in steps[0]  # no snapshot before the first pruning
+
+
+def test_prc_needs_a_pretrained_model_of_the_students_width(checkpoints, data_dir, tmp_path, capsys):
+    narrow = tmp_path / "narrow"
+    build("SparseBertForMaskedLM", sparsity=0.0, hidden_size=48, intermediate_size=64).to_dense().save_pretrained(narrow)
+    argv = ["finetune", "--model", str(checkpoints / "upstream"), "--data_dir", str(data_dir), "--output_dir", str(tmp_path / "e"),
+            "--task", "mrpc", "--prc_weight", "1", "--pretrained", str(narrow), "--use_cpu", "true", "--report_to", "none"]
+    assert main(argv) == 2
+    assert f"--pretrained {narrow}: hidden_size 48, the student's is" in capsys.readouterr().err
+    assert not (tmp_path / "e" / "results.json").exists()
+
+
 @pytest.mark.parametrize("method", ["structured_movement", "structured_fisher"])
 def test_global_structured_prune_at_finetune(checkpoints, data_dir, tmp_path, monkeypatch, method):
     from hf_sparse.analysis import pattern_violations
@@ -473,6 +512,11 @@ def test_squad_predictions_keep_dataset_order_when_training_is_grouped_by_length
         (["--task", "mrpc", "--prune_method", "structured", "--average_from", "0.5"],
          "average_from=0.5 averages steps before pruning reaches its target at pruning_end=0.7"),
         (["--task", "mrpc", "--dropout", "1"], "dropout must be in [0, 1), got 1"),
+        (["--task", "mrpc", "--prc_weight", "1"], "prc_weight and --pretrained go together"),
+        (["--task", "mrpc", "--pretrained", "x"], "prc_weight and --pretrained go together"),
+        (["--task", "mrpc", "--snc_weight", "1"], "snc_weight needs --prune_method"),
+        (["--task", "mrpc", "--fic_weight", "-1", "--teacher", "x"], "fic_weight must be >= 0, got -1"),
+        (["--task", "stsb", "--head", "bi-encoder", "--snc_weight", "1", "--prune_method", "magnitude"], "does not support prune_method, snc_weight"),
     ],
 )
 def test_finetune_errors(checkpoints, data_dir, tmp_path, capsys, extra, message):

@@ -6,7 +6,8 @@ Modes, chosen by the arguments:
   `num_layers` keeps only the first layers (the equal-non-zero dense baseline);
 - `prune_method`: prune at fine-tune time from a dense checkpoint (the downstream-pruning baseline);
   `prune_unit_sparsity` with a structured method: hybrid (units to that sparsity, then magnitude inside them);
-- `teacher`: distil from a fine-tuned model's logits (Prune OFA); `fic_weight`: CAP's FiC term;
+- `teacher`: distil from a fine-tuned model's logits (Prune OFA); CAP's contrastive terms: `fic_weight` (with the
+  fine-tuned teacher), `prc_weight` (with the `pretrained` model), `snc_weight` (with snapshots taken at the pruning steps);
 - `qat`: 8-bit quantization-aware training (evaluated with fake quantization on);
 - `head="bi-encoder"`: sentence-transformers bi-encoder (each sentence alone, cosine score; `bi_encoder.py`).
 """
@@ -30,6 +31,7 @@ import transformers
 from datasets import Dataset, concatenate_datasets
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -102,7 +104,13 @@ class FinetuneArguments:
                                     "with as many heads per layer and as many layers, or a multiple; cross-encoder head; both "
                                     "models run eager attention and the student's attention dropout is off)"})
     fic_weight: float = field(default=0.0, metadata={"help": "CAP FiC contrastive weight (needs --teacher; classification tasks)"})
-    contrastive_pooling: str = field(default="cls", metadata={"help": "FiC's sentence vector: cls (CAP) or mean"})
+    prc_weight: float = field(default=0.0, metadata={"help": "CAP PrC contrastive weight: the student's sentence vector of each "
+                              "example is pulled toward the --pretrained model's vector of the same example, away from the others'"})
+    pretrained: Optional[str] = field(default=None, metadata={"help": "the pre-trained (dense) encoder PrC contrasts with, of the "
+                                      "student's hidden size (e.g. the checkpoint the dense teacher was fine-tuned from)"})
+    snc_weight: float = field(default=0.0, metadata={"help": "CAP SnC contrastive weight: contrast with frozen snapshots of the student "
+                              "taken before each of its last pruning steps (needs --prune_method)"})
+    contrastive_pooling: str = field(default="cls", metadata={"help": "the sentence vector of PrC / SnC / FiC: cls (CAP) or mean"})
     head: str = field(default="cross-encoder", metadata={"help": f"{' | '.join(HEADS)}: one vector for the joined input, or "
                       "each sentence encoded alone and pairs scored by cosine (sentence-transformers; stsb)"})
     classifier_pooling: str = field(default="cls", metadata={"help": "cross-encoder head on GLUE: the vector its pooler and classifier "
@@ -189,8 +197,15 @@ class FinetuneArguments:
                 raise ValueError(f"{name} must be >= 0, got {weight}")
             if weight and self.teacher is None:
                 raise ValueError(f"{name} needs --teacher (the fine-tuned model whose {distilled} are distilled)")
+        for name in ("fic_weight", "prc_weight", "snc_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.fic_weight and self.teacher is None:
             raise ValueError("fic_weight needs --teacher (the fine-tuned model FiC contrasts with)")
+        if bool(self.prc_weight) != (self.pretrained is not None):
+            raise ValueError("prc_weight and --pretrained go together: PrC contrasts with the pre-trained model --pretrained names")
+        if self.snc_weight and not self.prune_method:
+            raise ValueError("snc_weight needs --prune_method: SnC's snapshots are taken at the pruning steps")
         if self.teacher_ensemble:
             if self.teacher is None or not self.kd_weight > 0:
                 raise ValueError("teacher_ensemble averages the logits KD target with --teacher's: it needs --teacher and kd_weight > 0")
@@ -207,6 +222,7 @@ class FinetuneArguments:
             if self.task not in BI_ENCODER_TASKS:
                 raise ValueError(f"the bi-encoder head supports {', '.join(BI_ENCODER_TASKS)} (a score between two sentences), not {self.task!r}")
             unsupported = [name for name, on in (("prune_method", self.prune_method), ("qat", self.qat), ("head_learning_rate", self.head_learning_rate),
+                                                     ("prc_weight", self.prc_weight), ("snc_weight", self.snc_weight), ("fic_weight", self.fic_weight),
                                                      ("hidden_weight", self.hidden_weight), ("attention_weight", self.attention_weight),
                                                      ("average_from", self.average_from is not None), ("dropout", self.dropout is not None)) if on]
             if unsupported:
@@ -271,6 +287,18 @@ def _attention_kwargs(args: FinetuneArguments) -> dict:
     """`from_pretrained` kwargs of the student and the teacher: attention distillation needs attentions, which only eager
     attention returns."""
     return {"attn_implementation": "eager"} if args.attention_weight else {}
+
+
+def contrast_model(path: str, student) -> torch.nn.Module:
+    """The pre-trained encoder PrC contrasts with (`AutoModel`: a bert or sparse_bert checkpoint), checked against the
+    student: their sentence vectors are compared by cosine, so the hidden sizes must match."""
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in ("bert", "sparse_bert"):
+        raise ValueError(f"--pretrained {path}: model_type {config.model_type!r}; PrC contrasts with a bert or sparse_bert encoder")
+    if config.hidden_size != student.config.hidden_size:
+        raise ValueError(f"--pretrained {path}: hidden_size {config.hidden_size}, the student's is {student.config.hidden_size}; "
+                         "PrC compares their sentence vectors")
+    return AutoModel.from_pretrained(path)
 
 
 def _with_pooling(model, classifier_pooling: str):
@@ -506,16 +534,19 @@ def run_finetune(args: FinetuneArguments, training_args: TrainingArguments) -> d
         model=model, args=training_args, train_dataset=train, eval_dataset=eval_dataset, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics, callbacks=callbacks,
     )
-    if args.teacher:
-        teacher_class = AutoModelForQuestionAnswering if args.task == "squad" else AutoModelForSequenceClassification
-        teacher = labeller if labeller is not None else teacher_class.from_pretrained(args.teacher, **_attention_kwargs(args))  # loaded once
+    if args.teacher or args.prc_weight or args.snc_weight:
+        teacher, ensemble = None, []
+        if args.teacher:
+            teacher_class = AutoModelForQuestionAnswering if args.task == "squad" else AutoModelForSequenceClassification
+            teacher = labeller if labeller is not None else teacher_class.from_pretrained(args.teacher, **_attention_kwargs(args))  # loaded once
+            ensemble = [ensemble_member(teacher_class, path, teacher, args.teacher) for path in args.teacher_ensemble]
         distillation = DistillationConfig(
-            task_weight=args.task_weight, kd_weight=args.kd_weight, temperature=args.temperature, fic_weight=args.fic_weight,
-            hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
-            contrastive_pooling=args.contrastive_pooling,
+            task_weight=args.task_weight, kd_weight=args.kd_weight if args.teacher else 0.0, temperature=args.temperature,
+            hidden_weight=args.hidden_weight, attention_weight=args.attention_weight, fic_weight=args.fic_weight,
+            prc_weight=args.prc_weight, snc_weight=args.snc_weight, contrastive_pooling=args.contrastive_pooling,
         )
-        ensemble = [ensemble_member(teacher_class, path, teacher, args.teacher) for path in args.teacher_ensemble]
-        trainer = DistillationTrainer(teacher=teacher, ensemble=ensemble, distillation=distillation, **common)
+        pretrained = contrast_model(args.pretrained, model) if args.prc_weight else None
+        trainer = DistillationTrainer(teacher=teacher, pretrained=pretrained, ensemble=ensemble, distillation=distillation, **common)
     else:
         trainer = Trainer(**common)
     if args.head_learning_rate is not None:
@@ -632,6 +663,10 @@ def _mode(args: FinetuneArguments, sparse_source: bool) -> str:
         parts.append("attention")
     if args.augment_copies:
         parts.append(f"augmented-x{args.augment_copies}")
+    if args.prc_weight:
+        parts.append("prc")
+    if args.snc_weight:
+        parts.append("snc")
     if args.fic_weight:
         parts.append("fic")
     if args.qat:
