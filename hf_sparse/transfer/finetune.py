@@ -191,15 +191,12 @@ class FinetuneArguments:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout:g}")
         if not 0 < self.target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
-        for name, distilled in (("hidden_weight", "hidden states"), ("attention_weight", "attention distributions")):
-            weight = getattr(self, name)
-            if weight < 0:
-                raise ValueError(f"{name} must be >= 0, got {weight}")
-            if weight and self.teacher is None:
-                raise ValueError(f"{name} needs --teacher (the fine-tuned model whose {distilled} are distilled)")
-        for name in ("fic_weight", "prc_weight", "snc_weight"):
+        for name in ("hidden_weight", "attention_weight", "fic_weight", "prc_weight", "snc_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, distilled in (("hidden_weight", "hidden states"), ("attention_weight", "attention distributions")):
+            if getattr(self, name) and self.teacher is None:
+                raise ValueError(f"{name} needs --teacher (the fine-tuned model whose {distilled} are distilled)")
         if self.fic_weight and self.teacher is None:
             raise ValueError("fic_weight needs --teacher (the fine-tuned model FiC contrasts with)")
         if bool(self.prc_weight) != (self.pretrained is not None):
@@ -292,9 +289,7 @@ def _attention_kwargs(args: FinetuneArguments) -> dict:
 def contrast_model(path: str, student) -> torch.nn.Module:
     """The pre-trained encoder PrC contrasts with (`AutoModel`: a bert or sparse_bert checkpoint), checked against the
     student: their sentence vectors are compared by cosine, so the hidden sizes must match."""
-    config = AutoConfig.from_pretrained(path)
-    if config.model_type not in ("bert", "sparse_bert"):
-        raise ValueError(f"--pretrained {path}: model_type {config.model_type!r}; PrC contrasts with a bert or sparse_bert encoder")
+    config = checked_config(path)
     if config.hidden_size != student.config.hidden_size:
         raise ValueError(f"--pretrained {path}: hidden_size {config.hidden_size}, the student's is {student.config.hidden_size}; "
                          "PrC compares their sentence vectors")
